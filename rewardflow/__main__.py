@@ -1,0 +1,5 @@
+import sys
+
+from rewardflow.cli import main
+
+sys.exit(main())

@@ -1,0 +1,120 @@
+"""``rewardflow`` command line (also ``python -m rewardflow``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _setup_env() -> None:
+    # Never block on the model hub when nothing is reachable; a user can still pass local paths.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _cmd_demo(a) -> int:
+    from rewardflow.config import load_config
+    from rewardflow.toy.demo import DemoConfig, run_demo
+
+    cfg = load_config(DemoConfig, a.config, a.overrides)
+    run_demo(a.out, cfg, generator_path=a.generator,
+             reward_paths={"toy_clip": a.reward, "toy_clip_adv": a.reward_adv})
+    return 0
+
+
+def _cmd_train_generator(a) -> int:
+    from rewardflow.toy.train import train_generator
+
+    train_generator(a.out, steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed, caption_noise=a.caption_noise)
+    print(f"saved the toy generator pipeline to {a.out}")
+    return 0
+
+
+def _cmd_train_reward(a) -> int:
+    from rewardflow.toy.train import train_reward
+
+    train_reward(a.out, steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed, adv_eps=a.adv_eps,
+                 swap_negatives=a.swap_negatives)
+    print(f"saved the toy reward to {a.out}")
+    return 0
+
+
+def _cmd_toy_eval(a) -> int:
+    from rewardflow.eval.toy import eval_prompts, generator_accuracy
+    from rewardflow.pipelines.toy import ToyGenerator
+
+    gen = ToyGenerator.from_pretrained(a.generator, guidance_scale=a.guidance)
+    out = {}
+    for split in ("train", "heldout"):
+        rep = generator_accuracy(gen, eval_prompts(split, a.per_category, seed=a.seed), steps=a.steps, seed=a.seed)
+        out[split] = {k: rep[k] for k in ("accuracy", "partial", "per_category")}
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+def _cmd_rewards(a) -> int:
+    from rewardflow.rewards.base import list_rewards
+
+    print("\n".join(list_rewards()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rewardflow", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="ReNO-style noise optimization in the embedded toy world (CPU, ~1-2 min)")
+    d.add_argument("--out", default="demo_out", help="output directory (grid PNG + summary.json)")
+    d.add_argument("--config", default=None, help="YAML config (default: built-in, as configs/toy/demo.yaml)")
+    d.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, e.g. iterations=20 per_category=4")
+    d.add_argument("--generator", default=None, help="toy generator directory (default: shipped assets)")
+    d.add_argument("--reward", default=None, help="toy_clip directory (default: shipped assets)")
+    d.add_argument("--reward-adv", default=None, help="toy_clip_adv directory (default: shipped assets)")
+    d.set_defaults(fn=_cmd_demo)
+
+    r = sub.add_parser("rewards", help="list the registered rewards")
+    r.set_defaults(fn=_cmd_rewards)
+
+    t = sub.add_parser("toy", help="toy-world tools: reproduce the shipped weights, evaluate")
+    tsub = t.add_subparsers(dest="toy_command", required=True)
+    tg = tsub.add_parser("train-generator", help="train the toy text-to-image flow model (~25 min on 2 cores)")
+    tg.add_argument("--out", required=True)
+    tg.add_argument("--steps", type=int, default=800)
+    tg.add_argument("--batch", type=int, default=128)
+    tg.add_argument("--lr", type=float, default=2e-3)
+    tg.add_argument("--seed", type=int, default=0)
+    tg.add_argument("--caption-noise", type=float, default=0.2, help="fraction of deliberately wrong captions")
+    tg.set_defaults(fn=_cmd_train_generator)
+    tr = tsub.add_parser("train-reward", help="train the tiny CLIP reward (~8 min on 2 cores)")
+    tr.add_argument("--out", required=True)
+    tr.add_argument("--steps", type=int, default=700)
+    tr.add_argument("--batch", type=int, default=128)
+    tr.add_argument("--lr", type=float, default=2e-3)
+    tr.add_argument("--seed", type=int, default=1)
+    tr.add_argument("--adv-eps", type=float, default=0.0, help="FGSM adversarial training radius (0 = off)")
+    tr.add_argument("--swap-negatives", type=int, default=3, help="attribute-swap negatives per two-object image")
+    tr.set_defaults(fn=_cmd_train_reward)
+    te = tsub.add_parser("eval", help="oracle accuracy of a toy generator on train / held-out prompts")
+    te.add_argument("--generator", default=None)
+    te.add_argument("--per-category", type=int, default=20)
+    te.add_argument("--steps", type=int, default=4)
+    te.add_argument("--guidance", type=float, default=1.0)
+    te.add_argument("--seed", type=int, default=0)
+    te.set_defaults(fn=_cmd_toy_eval)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    _setup_env()
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(f"rewardflow: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Typed configs: a YAML file (and ``key=value`` overrides) into a dataclass, failing on unknown keys *before*
+anything heavy loads, with the valid keys and the closest match in the message."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from pathlib import Path
+from typing import Any, Sequence, TypeVar, get_type_hints
+
+import yaml
+
+T = TypeVar("T")
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    origin = getattr(typ, "__origin__", None)
+    if origin is tuple and isinstance(value, (list, tuple)):
+        return tuple(value)
+    if typ in (int, float) and isinstance(value, str):
+        try:
+            return typ(value)
+        except ValueError:
+            raise ValueError(f"config key {key!r} expects {typ.__name__}, got {value!r}") from None
+    if typ is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ in (int, float, str, bool) and not isinstance(value, typ):
+        raise ValueError(f"config key {key!r} expects {typ.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """``cls`` from YAML ``path`` plus ``key=value`` overrides (values parsed as YAML scalars)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file not found: {p}")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{p}: a config must be a mapping of keys to values")
+        data.update(loaded)
+    for ov in overrides:
+        if "=" not in ov:
+            raise ValueError(f"override {ov!r} must look like key=value")
+        k, v = ov.split("=", 1)
+        data[k.strip()] = yaml.safe_load(v)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = get_type_hints(cls)
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        k = unknown[0]
+        close = difflib.get_close_matches(k, fields, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown config key {k!r} for {cls.__name__}.{hint} Valid keys: {', '.join(fields)}")
+    return cls(**{k: _coerce(v, hints[k], k) for k, v in data.items()})

@@ -1,0 +1,71 @@
+"""Adapter for the toy rectified-flow pipeline (:class:`rewardflow.toy.pipeline.ToyFlowPipeline`).
+
+Exactly the same surface as a real model's adapter: the sampling loop, the parametrization and the log-probs all
+live in :class:`rewardflow.pipelines.base.Generator`; this file only says how to encode text, call the network and
+decode.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+
+from rewardflow.pipelines.base import Conditioning, Generator, parametrization_from_scheduler
+
+
+class ToyGenerator(Generator):
+    modality = "image"
+
+    def __init__(self, pipe, guidance_scale: float = 1.0, device: str | torch.device = "cpu"):
+        self.pipe = pipe.to(device)
+        self.denoiser = pipe.unet
+        self.scheduler = pipe.scheduler
+        self.parametrization = parametrization_from_scheduler(pipe.scheduler)
+        self.num_train_timesteps = int(pipe.scheduler.config.num_train_timesteps)
+        self.guidance_scale = float(guidance_scale)
+        pipe.text_encoder.requires_grad_(False).eval()
+        self._cache: dict[str, dict[str, torch.Tensor]] = {}
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike | None = None, **kwargs) -> "ToyGenerator":
+        """Load from a ``save_pretrained`` directory (default: the shipped ``assets/toy/generator``)."""
+        from rewardflow.toy.assets import asset_path
+        from rewardflow.toy.pipeline import ToyFlowPipeline
+
+        path = asset_path("generator") if path is None else path
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"toy generator directory not found: {path} "
+                                    "(train one with `rewardflow toy train-generator --out DIR`)")
+        pipe = ToyFlowPipeline.from_pretrained(str(path), dtype=torch.float32)
+        return cls(pipe, **kwargs)
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return self.pipe.latent_shape()
+
+    @torch.no_grad()
+    def _encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._cache]
+        if missing:
+            emb = self.pipe.encode_prompt(missing, self.device)
+            for i, p in enumerate(missing):
+                self._cache[p] = {k: v[i] for k, v in emb.items()}
+        return {k: torch.stack([self._cache[p][k] for p in prompts]) for k in self._cache[prompts[0]]}
+
+    def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
+        prompts = list(prompts)
+        if not prompts:
+            raise ValueError("encode_prompts needs at least one prompt")
+        unc = self._encode([""] * len(prompts)) if self.guidance_scale != 1.0 else None
+        return Conditioning(prompts, self._encode(prompts), unc)
+
+    def _forward(self, x, model_t, embeds):
+        return self.pipe.denoise(x, model_t, embeds, unet=self.denoiser)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.pipe.decode_latents(latents.float())
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        return self.pipe.encode_images(images)

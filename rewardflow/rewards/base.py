@@ -1,0 +1,110 @@
+"""The Reward interface and the reward registry.
+
+``scores = reward(media, prompts)`` -> ``Tensor[B]`` (float32, higher is better).
+
+* ``media``: float tensor in [0, 1]; images ``[B, 3, H, W]``, videos ``[B, T, 3, H, W]``.
+* ``differentiable``: gradients flow from the scores to the pixels. Black-box rewards say False and are run under
+  ``torch.no_grad()``; methods that need gradients call :func:`require_differentiable` at construction.
+* ``modality``: "image" or "video".
+* ``heads``: names of every score the model exposes (``score_heads`` returns all of them; ``__call__`` returns the
+  head named by ``primary_head``).
+
+Register a reward family with ``@register_reward("name")`` on a factory; build one with ``load_reward("name", **kw)``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+_REGISTRY: dict[str, Callable[..., "Reward"]] = {}
+
+
+class Reward(nn.Module):
+    """Base class. Subclasses implement :meth:`score_heads` (or :meth:`score` for single-head rewards)."""
+
+    name: str = "reward"
+    differentiable: bool = True
+    modality: str = "image"
+    heads: tuple[str, ...] = ("score",)
+    primary_head: str = "score"
+
+    def score(self, media: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def score_heads(self, media: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
+        return {"score": self.score(media, prompts)}
+
+    # -- validation -----------------------------------------------------------------------------------------
+    def check_inputs(self, media: torch.Tensor, prompts: Sequence[str]) -> list[str]:
+        if not isinstance(media, torch.Tensor) or not media.is_floating_point():
+            raise TypeError(f"{self.name}: media must be a float tensor in [0, 1], got "
+                            f"{type(media).__name__}{'' if not isinstance(media, torch.Tensor) else ' ' + str(media.dtype)}")
+        want = 4 if self.modality == "image" else 5
+        layout = "[B, 3, H, W]" if want == 4 else "[B, T, 3, H, W]"
+        if media.ndim != want or media.shape[-3] != 3:
+            raise ValueError(f"{self.name} is an {self.modality} reward: media must be {layout}, got "
+                             f"{tuple(media.shape)}")
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if len(prompts) != media.shape[0]:
+            raise ValueError(f"{self.name}: {media.shape[0]} media but {len(prompts)} prompts")
+        with torch.no_grad():
+            lo, hi = float(media.min()), float(media.max())
+        if lo < -1e-3 or hi > 1 + 1e-3:
+            raise ValueError(f"{self.name}: media must be in [0, 1], got range [{lo:.3f}, {hi:.3f}] "
+                             "(convert from [-1, 1] with x * 0.5 + 0.5)")
+        return prompts
+
+    def forward(self, media: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        return self.all_heads(media, prompts)[self.primary_head]
+
+    def all_heads(self, media: torch.Tensor, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        prompts = self.check_inputs(media, prompts)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.differentiable):
+            out = self.score_heads(media, prompts)
+        return {k: v.float() for k, v in out.items()}
+
+
+def require_differentiable(reward: Reward, method: str) -> None:
+    """Refuse a black-box reward in a method that backpropagates through it (fail at construction)."""
+    if not getattr(reward, "differentiable", False):
+        raise ValueError(f"{method} backpropagates through the reward, but {reward.name!r} is a black-box "
+                         "(non-differentiable) reward; use a differentiable reward or a policy-gradient method")
+
+
+def register_reward(name: str):
+    """Decorator: register a reward factory under ``name``."""
+
+    def deco(factory):
+        if name in _REGISTRY:
+            raise ValueError(f"reward {name!r} is already registered")
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def list_rewards() -> list[str]:
+    _import_builtin()
+    return sorted(_REGISTRY)
+
+
+def load_reward(name: str, **kwargs) -> Reward:
+    """Build a registered reward by name; an unknown name raises ``KeyError`` listing the known ones."""
+    _import_builtin()
+    if name not in _REGISTRY:
+        import difflib
+
+        close = difflib.get_close_matches(name, _REGISTRY, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise KeyError(f"unknown reward {name!r}.{hint} Known rewards: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](**kwargs)
+
+
+def _import_builtin() -> None:
+    # importing the family modules registers them
+    from rewardflow.rewards import combine, toy  # noqa: F401

@@ -1,0 +1,1 @@
+"""Toy worlds for fast, exactly-verifiable alignment experiments."""
