@@ -40,6 +40,20 @@ def _cmd_train_reward(a) -> int:
     return 0
 
 
+def _cmd_train_all(a) -> int:
+    """The shipped recipe, in order: generator, standard reward, adversarially trained reward."""
+    from pathlib import Path
+
+    from rewardflow.toy.train import train_generator, train_reward
+
+    out = Path(a.out)
+    train_generator(out / "generator")
+    train_reward(out / "reward")
+    train_reward(out / "reward_adv", steps=500, seed=2, adv_eps=0.06)
+    print(f"saved generator, reward and reward_adv under {out}")
+    return 0
+
+
 def _cmd_toy_eval(a) -> int:
     from rewardflow.eval.toy import eval_prompts, generator_accuracy
     from rewardflow.pipelines.toy import ToyGenerator
@@ -96,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--adv-eps", type=float, default=0.0, help="FGSM adversarial training radius (0 = off)")
     tr.add_argument("--swap-negatives", type=int, default=3, help="attribute-swap negatives per two-object image")
     tr.set_defaults(fn=_cmd_train_reward)
+    ta = tsub.add_parser("train-all", help="reproduce all shipped toy weights (generator, reward, reward_adv)")
+    ta.add_argument("--out", required=True,
+                    help="writes OUT/generator, OUT/reward, OUT/reward_adv (assets/toy replaces the shipped ones)")
+    ta.set_defaults(fn=_cmd_train_all)
     te = tsub.add_parser("eval", help="oracle accuracy of a toy generator on train / held-out prompts")
     te.add_argument("--generator", default=None)
     te.add_argument("--per-category", type=int, default=20)

@@ -40,3 +40,16 @@ def test_train_reward_loss_falls_and_loads(tmp_path):
 
     r = load_reward("toy_clip", path=str(tmp_path / "r"))
     assert r(torch.rand(2, 3, 32, 32), ["a red circle", "two blue squares"]).shape == (2,)
+
+
+def test_non_finite_loss_never_touches_weights():
+    from rewardflow.toy.train import _optim_step
+
+    lin = torch.nn.Linear(2, 1)
+    before = [p.detach().clone() for p in lin.parameters()]
+    opt = torch.optim.AdamW(lin.parameters(), lr=0.1)
+    assert not _optim_step(opt, lin(torch.tensor([[float("nan"), 1.0]])).sum(), 0.1)
+    assert not _optim_step(opt, (lin.weight * float("inf")).sum(), 0.1)
+    assert all(torch.equal(a, b) for a, b in zip(before, lin.parameters()))
+    assert _optim_step(opt, lin(torch.ones(1, 2)).sum(), 0.1)
+    assert not torch.equal(before[0], lin.weight)

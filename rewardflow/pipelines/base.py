@@ -234,12 +234,14 @@ class Generator:
     # ------------------------------------------------------------------ one sampler step
     def step(self, out: torch.Tensor, x: torch.Tensor, t: torch.Tensor | float, t_next: torch.Tensor | float,
              noise_level: float = 0.0, prev_sample: torch.Tensor | None = None,
-             generator: torch.Generator | None = None, sigma_max: float | None = None) -> StepOutput:
+             generator: torch.Generator | None = None, sigma_max: float | None = None,
+             z: torch.Tensor | None = None) -> StepOutput:
         """One step from grid point t to t_next.
 
         flow: Euler ODE when ``noise_level == 0``, else Flow-GRPO's SDE step with a = noise_level (§6.1).
         diffusion: DDIM with eta = noise_level (§0.1); eta = 0 is the deterministic DDIM ODE.
-        If ``prev_sample`` is given, it is used instead of drawing noise (log-prob of a stored transition).
+        If ``prev_sample`` is given, it is used instead of drawing noise (log-prob of a stored transition);
+        ``z`` supplies the standard-normal draw (else it is drawn from ``generator``).
         """
         xf = x.float()
         t = float(t)
@@ -265,9 +267,15 @@ class Generator:
         if std == 0.0:
             return StepOutput(mean.to(x.dtype), mean, std_t, None)
         if prev_sample is None:
-            z = torch.randn(x.shape, generator=generator, device=x.device if generator is None else generator.device)
+            if z is None:
+                z = self._randn(x, generator)
             prev_sample = (mean + std * z.to(x.device)).to(x.dtype)
         return StepOutput(prev_sample, mean, std_t, gaussian_log_prob(prev_sample.detach(), mean, std_t))
+
+    @staticmethod
+    def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        dev = like.device if generator is None else generator.device
+        return torch.randn(like.shape, generator=generator, device=dev).to(like.device)
 
     def log_prob(self, x_t: torch.Tensor, x_next: torch.Tensor, t: float, t_next: float, cond: Conditioning,
                  noise_level: float, sigma_max: float | None = None) -> torch.Tensor:
@@ -339,24 +347,26 @@ class Generator:
             if not with_grad:
                 x = x.detach()
 
-            def _one(x_in, t=t, t_next=t_next, i=i):
+            # the step's Gaussian draw is made outside the (checkpointed) step so recomputation is exact
+            z = self._randn(x, generator) if noise_level > 0 else None
+
+            def _one(x_in, t=t, t_next=t_next, i=i, z=z):
                 out = self.predict(x_in, t, cond, guidance_scale)
                 if step_callback is not None:
                     out = step_callback(i, float(t), x_in, out)
-                return self.step(out, x_in, t, t_next, noise_level, generator=generator, sigma_max=sigma_max)
+                r = self.step(out, x_in, t, t_next, noise_level, sigma_max=sigma_max, z=z)
+                return r.prev_sample, (r.log_prob if r.log_prob is not None else x_in.new_zeros(0))
 
             with torch.set_grad_enabled(with_grad):
-                if with_grad and checkpoint and noise_level == 0.0:
-                    # recompute the step's activations in backward; only x is kept per step
-                    x = _checkpoint(lambda x_in, f=_one: f(x_in).prev_sample, x, use_reentrant=False)
-                    res = None
+                if with_grad and checkpoint:
+                    # per-step gradient checkpointing: only x is kept; activations are recomputed in backward
+                    x, lp = _checkpoint(_one, x, use_reentrant=False)
                 else:
-                    res = _one(x)
-                    x = res.prev_sample
+                    x, lp = _one(x)
+            if lp.numel():
+                log_probs.append(lp.detach())
             if with_grad:
                 grad_steps.append(i)
-            if res is not None and res.log_prob is not None:
-                log_probs.append(res.log_prob.detach())
             latents.append(x.detach())
         lp = torch.stack(log_probs, 1) if log_probs else None
         return Trajectory(latents, grid[start:], x, noise, lp, grad_steps)

@@ -27,6 +27,7 @@ import torch
 class DemoConfig:
     per_category: int = 10  # held-out prompts per caption category (5 categories)
     steps: int = 4  # sampler steps of the toy generator
+    guidance_scale: float = 1.0  # classifier-free guidance of the toy generator
     n_candidates: int = 4  # best-of-N start for ReNO (1 = plain ReNO from the base noise)
     iterations: int = 12  # ReNO iterations
     lr: float = 2.0
@@ -69,7 +70,7 @@ def run_demo(out: str | Path | None = "demo_out", config: DemoConfig | None = No
 
     cfg = config or DemoConfig()
     t_start = time.time()
-    gen = ToyGenerator.from_pretrained(generator_path)
+    gen = ToyGenerator.from_pretrained(generator_path, guidance_scale=cfg.guidance_scale)
     reward_paths = reward_paths or {}
     comps = [load_reward(name, path=reward_paths.get(name)) for name in cfg.rewards]
     reward = WeightedReward(comps, cfg.weights)

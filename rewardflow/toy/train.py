@@ -64,6 +64,32 @@ def _lr(step: int, base: float, warmup: int, total: int) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))) * 0.9 + base * 0.1
 
 
+def _optim_step(opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float) -> bool:
+    """Set the lr, backprop, clip the gradient norm to 1 and step; a non-finite loss or gradient skips the step
+    (weights are never touched by a NaN) and returns False."""
+    params = [p for g in opt.param_groups for p in g["params"]]
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    if not torch.isfinite(loss):
+        print(f"skipping a step: non-finite loss {loss.item()}", flush=True)
+        return False
+    loss.backward()
+    if not torch.isfinite(torch.nn.utils.clip_grad_norm_(params, 1.0)):
+        print("skipping a step: non-finite gradient norm", flush=True)
+        opt.zero_grad(set_to_none=True)
+        return False
+    opt.step()
+    return True
+
+
+def _log(log: list, step: int, steps: int, every: int, loss: torch.Tensor, t_start: float) -> None:
+    if step % every == 0 or step == steps - 1:
+        rec = {"step": step, "loss": loss.item(), "seconds": round(time.time() - t_start, 1)}
+        log.append(rec)
+        print(json.dumps(rec), flush=True)
+
+
 def train_generator(out: str | Path, steps: int = 700, batch: int = 128, lr: float = 2e-3, seed: int = 0,
                     caption_noise: float = 0.3, cfg_dropout: float = 0.1, ema_decay: float = 0.995,
                     log_every: int = 50, threads: int | None = None) -> dict:
@@ -95,18 +121,10 @@ def train_generator(out: str | Path, steps: int = 700, batch: int = 128, lr: flo
         emb = pipe.encode_prompt(caps, "cpu")
         v = pipe.denoise(x_t, t * 1000, emb)
         loss = F.mse_loss(v, noise - x0)
-        for group in opt.param_groups:
-            group["lr"] = _lr(step, lr, 100, steps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(modules.parameters(), 1.0)
-        opt.step()
-        # EMA with warm-up: decay min(ema_decay, (1+n)/(10+n))
-        _ema_update(ema, modules, min(ema_decay, (1 + step) / (10 + step)))
-        if step % log_every == 0 or step == steps - 1:
-            rec = {"step": step, "loss": loss.item(), "seconds": round(time.time() - t_start, 1)}
-            log.append(rec)
-            print(json.dumps(rec), flush=True)
+        if _optim_step(opt, loss, _lr(step, lr, 100, steps)):
+            # EMA with warm-up: decay min(ema_decay, (1+n)/(10+n))
+            _ema_update(ema, modules, min(ema_decay, (1 + step) / (10 + step)))
+        _log(log, step, steps, log_every, loss, t_start)
     modules.load_state_dict(ema)
     out = Path(out)
     pipe.to(torch.float16).save_pretrained(str(out))
@@ -198,16 +216,8 @@ def train_reward(out: str | Path, steps: int = 700, batch: int = 128, lr: float 
         same = truth[:, own].T & ~torch.eye(batch, dtype=torch.bool)
         loss_t = F.cross_entropy(lt.masked_fill(same, -1e4), torch.arange(batch))
         loss = 0.5 * (loss_i + loss_t)
-        for group in opt.param_groups:
-            group["lr"] = _lr(step, lr, 50, steps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if step % log_every == 0 or step == steps - 1:
-            rec = {"step": step, "loss": loss.item(), "seconds": round(time.time() - t_start, 1)}
-            log.append(rec)
-            print(json.dumps(rec), flush=True)
+        _optim_step(opt, loss, _lr(step, lr, 50, steps))
+        _log(log, step, steps, log_every, loss, t_start)
     out = Path(out)
     model.eval().to(torch.float16).save_pretrained(str(out))
     tok.save_pretrained(str(out))
