@@ -13,13 +13,15 @@ from rewardflow.toy import world
 
 def eval_prompts(split: str = "heldout", per_category: int = 10, seed: int = 0,
                  categories: Sequence[str] | None = None) -> list[str]:
-    """``per_category`` distinct prompts of each category (fixed by ``seed``), category-major order."""
+    """``per_category`` prompts of each category (fixed by ``seed``), category-major order. Prompts are distinct
+    while the category has enough of them; small categories (4 held-out ``single`` / ``counting`` captions) are
+    cycled, so each category weighs the same and repeated prompts get different noise."""
     rng = np.random.default_rng(seed)
     out = []
     for cat in categories or world.CATEGORIES:
         caps = world.split_captions(split, cat)
-        idx = rng.choice(len(caps), size=min(per_category, len(caps)), replace=False)
-        out += [caps[i] for i in sorted(idx)]
+        idx = sorted(rng.choice(len(caps), size=min(per_category, len(caps)), replace=False))
+        out += [caps[idx[i % len(idx)]] for i in range(per_category)]
     return out
 
 

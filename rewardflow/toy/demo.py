@@ -35,6 +35,7 @@ class DemoConfig:
     grad_clip: float = 0.1
     reg_weight: float = 0.01
     seed: int = 0
+    control: bool = False  # also run best-of-M at the same wall-clock as best-of-N + ReNO (equal-compute control)
     rewards: tuple[str, ...] = ("toy_clip", "toy_clip_adv")
     weights: tuple[float, ...] = (1.0, 1.0)
 
@@ -69,6 +70,11 @@ def run_demo(out: str | Path | None = "demo_out", config: DemoConfig | None = No
     from rewardflow.rewards.combine import WeightedReward
 
     cfg = config or DemoConfig()
+    if cfg.n_candidates < 1 or cfg.iterations < 1 or cfg.per_category < 1 or cfg.steps < 1:
+        raise ValueError("demo: n_candidates, iterations, per_category and steps must all be >= 1, got "
+                         f"{cfg.n_candidates}, {cfg.iterations}, {cfg.per_category}, {cfg.steps}")
+    if len(cfg.rewards) != len(cfg.weights):
+        raise ValueError(f"demo: {len(cfg.rewards)} rewards but {len(cfg.weights)} weights")
     t_start = time.time()
     gen = ToyGenerator.from_pretrained(generator_path, guidance_scale=cfg.guidance_scale)
     reward_paths = reward_paths or {}
@@ -77,7 +83,9 @@ def run_demo(out: str | Path | None = "demo_out", config: DemoConfig | None = No
     prompts = eval_prompts("heldout", cfg.per_category, seed=cfg.seed)
     n = len(prompts)
     g = torch.Generator().manual_seed(cfg.seed)
-    noise = torch.randn((n, cfg.n_candidates, *gen.latent_shape), generator=g)
+    # candidate 0 (the "before" sample) does not depend on the number of candidates
+    noise = torch.randn((n, 1, *gen.latent_shape), generator=g)
+    noise = torch.cat([noise, torch.randn((n, cfg.n_candidates - 1, *gen.latent_shape), generator=g)], 1)
 
     # 1. before: the candidate-0 noise, plain sampling
     with torch.no_grad():
@@ -85,7 +93,9 @@ def run_demo(out: str | Path | None = "demo_out", config: DemoConfig | None = No
         r_before = reward(before, prompts)
     rep_before = oracle_report(before, prompts)
     # 2. best-of-N start
+    t_b = time.time()
     bon = best_of_n(gen, reward, prompts, cfg.n_candidates, cfg.steps, noise=noise)
+    t_bon = time.time() - t_b
     rep_bon = oracle_report(bon.images, prompts)
     # 3. ReNO from the selected noise
     reno = ReNO(gen, reward, ReNOConfig(iterations=cfg.iterations, lr=cfg.lr, optimizer=cfg.optimizer,
@@ -93,6 +103,15 @@ def run_demo(out: str | Path | None = "demo_out", config: DemoConfig | None = No
     res = reno.optimize(prompts, bon.noise)
     rep_after = oracle_report(res.images, prompts)
     seconds = time.time() - t_start
+    control = None
+    if cfg.control:
+        # equal wall-clock best-of-M: M = N + (ReNO seconds / seconds per best-of-N candidate)
+        m = cfg.n_candidates + max(1, round(res.seconds / max(t_bon / cfg.n_candidates, 1e-6)))
+        more = torch.randn((n, m - cfg.n_candidates, *gen.latent_shape), generator=g)
+        t_c = time.time()
+        ctrl = best_of_n(gen, reward, prompts, m, cfg.steps, noise=torch.cat([noise, more], 1))
+        control = {"m": m, "oracle_accuracy": oracle_report(ctrl.images, prompts)["accuracy"],
+                   "reward_mean": float(ctrl.scores.mean()), "seconds": round(time.time() - t_c + t_bon, 2)}
 
     summary = {
         "num_prompts": n,
@@ -112,6 +131,8 @@ def run_demo(out: str | Path | None = "demo_out", config: DemoConfig | None = No
         "seconds_total": round(seconds, 2),
         "seconds_per_prompt": round(seconds / n, 3),
         "seconds_reno": round(res.seconds, 2),
+        "seconds_best_of_n": round(t_bon, 2),
+        "control_best_of_m_equal_time": control,
         "config": asdict(cfg),
         "torch_threads": torch.get_num_threads(),
     }
@@ -138,6 +159,10 @@ def format_table(s: dict) -> str:
     cats = " | ".join(f"{c} {100 * s['per_category_before'][c]:.0f}->{100 * s['per_category_after'][c]:.0f}"
                       for c in s["per_category_before"])
     lines.append(f"per category (held-out, %): {cats}")
+    c = s.get("control_best_of_m_equal_time")
+    if c:
+        lines.append(f"{'control: best-of-' + str(c['m']):<22}{100 * c['oracle_accuracy']:>11.1f}%"
+                     f"{c['reward_mean']:>10.3f}   (same wall-clock as best-of-N + ReNO)")
     lines.append(f"{s['num_prompts']} held-out prompts, {s['seconds_total']:.1f} s total, "
                  f"{s['seconds_per_prompt']:.2f} s/prompt; ReNO fixed {s['reno_fixed']}, broke {s['reno_broken']}")
     return "\n".join(lines)

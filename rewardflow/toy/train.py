@@ -91,15 +91,22 @@ def _log(log: list, step: int, steps: int, every: int, loss: torch.Tensor, t_sta
 
 
 def train_generator(out: str | Path, steps: int = 700, batch: int = 128, lr: float = 2e-3, seed: int = 0,
-                    caption_noise: float = 0.3, cfg_dropout: float = 0.1, ema_decay: float = 0.995,
-                    log_every: int = 50, threads: int | None = None) -> dict:
-    """Train the toy text-to-image flow model from scratch and save the EMA weights (fp16) as a pipeline."""
+                    caption_noise: float = 0.2, cfg_dropout: float = 0.1, ema_decay: float = 0.995,
+                    log_every: int = 50, threads: int | None = None, init_from: str | Path | None = None,
+                    warmup: int = 100) -> dict:
+    """Train the toy text-to-image flow model and save the EMA weights (fp16) as a pipeline.
+
+    ``init_from``: continue from a saved pipeline (a second stage with a lower lr) instead of from scratch."""
     from rewardflow.toy.pipeline import ToyFlowPipeline
 
     if threads:
         torch.set_num_threads(threads)
     rng = np.random.default_rng(seed)
-    pipe = ToyFlowPipeline.from_config_dict(seed=seed)
+    if init_from is not None:
+        torch.manual_seed(seed)
+        pipe = ToyFlowPipeline.from_pretrained(str(init_from), dtype=torch.float32)
+    else:
+        pipe = ToyFlowPipeline.from_config_dict(seed=seed)
     modules = torch.nn.ModuleDict({"unet": pipe.unet, "text_encoder": pipe.text_encoder}).train()
     opt = torch.optim.AdamW(modules.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     ema = {k: v.detach().clone() for k, v in modules.state_dict().items()}
@@ -121,7 +128,7 @@ def train_generator(out: str | Path, steps: int = 700, batch: int = 128, lr: flo
         emb = pipe.encode_prompt(caps, "cpu")
         v = pipe.denoise(x_t, t * 1000, emb)
         loss = F.mse_loss(v, noise - x0)
-        if _optim_step(opt, loss, _lr(step, lr, 100, steps)):
+        if _optim_step(opt, loss, _lr(step, lr, warmup, steps)):
             # EMA with warm-up: decay min(ema_decay, (1+n)/(10+n))
             _ema_update(ema, modules, min(ema_decay, (1 + step) / (10 + step)))
         _log(log, step, steps, log_every, loss, t_start)
@@ -129,6 +136,7 @@ def train_generator(out: str | Path, steps: int = 700, batch: int = 128, lr: flo
     out = Path(out)
     pipe.to(torch.float16).save_pretrained(str(out))
     meta = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "caption_noise": caption_noise,
+            "init_from": None if init_from is None else str(init_from), "warmup": warmup,
             "cfg_dropout": cfg_dropout, "ema_decay": ema_decay, "seconds": round(time.time() - t_start, 1),
             "log": log}
     (out / "training.json").write_text(json.dumps(meta, indent=1))
