@@ -18,6 +18,11 @@ def _cmd_demo(a) -> int:
     from rewardflow.toy.demo import DemoConfig, run_demo
 
     cfg = load_config(DemoConfig, a.config, a.overrides)
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
     run_demo(a.out, cfg, generator_path=a.generator,
              reward_paths={"toy_clip": a.reward, "toy_clip_adv": a.reward_adv})
     return 0
@@ -26,7 +31,8 @@ def _cmd_demo(a) -> int:
 def _cmd_train_generator(a) -> int:
     from rewardflow.toy.train import train_generator
 
-    train_generator(a.out, steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed, caption_noise=a.caption_noise)
+    train_generator(a.out, steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed, caption_noise=a.caption_noise,
+                    init_from=a.init_from, warmup=a.warmup)
     print(f"saved the toy generator pipeline to {a.out}")
     return 0
 
@@ -47,7 +53,8 @@ def _cmd_train_all(a) -> int:
     from rewardflow.toy.train import train_generator, train_reward
 
     out = Path(a.out)
-    train_generator(out / "generator")
+    train_generator(out / "generator_stage1")
+    train_generator(out / "generator", steps=500, lr=5e-4, seed=1, init_from=out / "generator_stage1", warmup=20)
     train_reward(out / "reward")
     train_reward(out / "reward_adv", steps=500, seed=2, adv_eps=0.06)
     print(f"saved generator, reward and reward_adv under {out}")
@@ -93,13 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("toy", help="toy-world tools: reproduce the shipped weights, evaluate")
     tsub = t.add_subparsers(dest="toy_command", required=True)
-    tg = tsub.add_parser("train-generator", help="train the toy text-to-image flow model (~25 min on 2 cores)")
+    tg = tsub.add_parser("train-generator", help="train the toy text-to-image flow model (stage 1: ~20 min on 2 cores)")
     tg.add_argument("--out", required=True)
     tg.add_argument("--steps", type=int, default=800)
     tg.add_argument("--batch", type=int, default=128)
     tg.add_argument("--lr", type=float, default=2e-3)
     tg.add_argument("--seed", type=int, default=0)
     tg.add_argument("--caption-noise", type=float, default=0.2, help="fraction of deliberately wrong captions")
+    tg.add_argument("--init-from", default=None, help="continue from a saved toy pipeline (second stage)")
+    tg.add_argument("--warmup", type=int, default=100, help="lr warm-up steps")
     tg.set_defaults(fn=_cmd_train_generator)
     tr = tsub.add_parser("train-reward", help="train the tiny CLIP reward (~8 min on 2 cores)")
     tr.add_argument("--out", required=True)

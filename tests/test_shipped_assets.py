@@ -15,13 +15,15 @@ from rewardflow.toy import world
 def gen():
     from rewardflow.pipelines.toy import ToyGenerator
 
-    return ToyGenerator.from_pretrained()
+    return ToyGenerator.from_pretrained(guidance_scale=2.0)
 
 
 def test_shipped_generator_is_mediocre_on_heldout(gen):
-    rep = generator_accuracy(gen, eval_prompts("heldout", 8), steps=4)
+    """The demo's setting (cfg 2, 4 steps): mediocre on held-out compositions, with headroom in every category
+    but `single`; the two-position category is essentially unsolved."""
+    rep = generator_accuracy(gen, eval_prompts("heldout", 12), steps=4)
     print("held-out oracle accuracy", rep["accuracy"], rep["per_category"])
-    assert 0.15 <= rep["accuracy"] <= 0.7
+    assert 0.2 <= rep["accuracy"] <= 0.6
     assert rep["per_category"]["single"] > rep["per_category"]["two_pos"]
 
 
