@@ -268,3 +268,16 @@ def test_sde_checkpointing_is_exact(flow_gen):
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
     for n in runs[0][2]:
         assert torch.allclose(runs[0][2][n], runs[1][2][n], atol=1e-6, rtol=1e-4), n
+
+
+def test_guidance_per_call_and_missing_uncond(flow_gen):
+    cond = flow_gen.encode_prompts(PROMPTS)
+    x = flow_gen.initial_noise(2, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        c = flow_gen.predict(x, 0.5, cond, guidance_scale=1.0)
+        g3 = flow_gen.predict(x, 0.5, cond, guidance_scale=3.0)
+        u = flow_gen._forward(x, flow_gen.model_time(torch.full((2,), 0.5)), cond.uncond)
+    assert torch.allclose(g3, u + 3.0 * (c - u), atol=1e-5)
+    cond.uncond = None
+    with pytest.raises(ValueError, match="unconditional"):
+        flow_gen.predict(x, 0.5, cond, guidance_scale=3.0)

@@ -220,8 +220,11 @@ class Generator:
         if t.ndim == 0:
             t = t.expand(x_t.shape[0])
         mt = self.model_time(t)
-        if g == 1.0 or cond.uncond is None:
+        if g == 1.0:
             return self._forward(x_t, mt, cond.embeds)
+        if cond.uncond is None:
+            raise ValueError(f"guidance_scale={g} needs unconditional embeddings, but this Conditioning has none "
+                             "(encode the prompts with an adapter that provides them, or use guidance_scale=1)")
         if detach_uncond:
             with torch.no_grad():
                 u = self._forward(x_t, mt, cond.uncond)

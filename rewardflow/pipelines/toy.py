@@ -58,8 +58,8 @@ class ToyGenerator(Generator):
         prompts = list(prompts)
         if not prompts:
             raise ValueError("encode_prompts needs at least one prompt")
-        unc = self._encode([""] * len(prompts)) if self.guidance_scale != 1.0 else None
-        return Conditioning(prompts, self._encode(prompts), unc)
+        # the unconditional ("") branch is always encoded (cached once), so guidance can be changed per call
+        return Conditioning(prompts, self._encode(prompts), self._encode([""] * len(prompts)))
 
     def _forward(self, x, model_t, embeds):
         return self.pipe.denoise(x, model_t, embeds, unet=self.denoiser)
