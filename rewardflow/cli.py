@@ -32,7 +32,8 @@ def _cmd_train_generator(a) -> int:
     from rewardflow.toy.train import train_generator
 
     train_generator(a.out, steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed, caption_noise=a.caption_noise,
-                    init_from=a.init_from, warmup=a.warmup)
+                    init_from=a.init_from, warmup=a.warmup, parametrization=a.parametrization,
+                    save_every=a.save_every)
     print(f"saved the toy generator pipeline to {a.out}")
     return 0
 
@@ -75,9 +76,13 @@ def _cmd_toy_eval(a) -> int:
 
 
 def _cmd_rewards(a) -> int:
-    from rewardflow.rewards.base import list_rewards
+    from rewardflow.rewards.base import reward_info
 
-    print("\n".join(list_rewards()))
+    rows = reward_info()
+    w = max(len(r["name"]) for r in rows)
+    print(f"{'name':<{w}}  modality  differentiable  description")
+    for r in rows:
+        print(f"{r['name']:<{w}}  {r['modality']:<8}  {'yes' if r['differentiable'] else 'no':<14}  {r['description']}")
     return 0
 
 
@@ -109,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--caption-noise", type=float, default=0.2, help="fraction of deliberately wrong captions")
     tg.add_argument("--init-from", default=None, help="continue from a saved toy pipeline (second stage)")
     tg.add_argument("--warmup", type=int, default=100, help="lr warm-up steps")
+    tg.add_argument("--parametrization", choices=("flow", "epsilon"), default="flow",
+                    help="flow (rectified flow, assets/toy/generator) or epsilon (DDPM/DDIM, assets/toy/generator_eps)")
+    tg.add_argument("--save-every", type=int, default=0, help="also save the EMA weights every N steps (0 = end only)")
     tg.set_defaults(fn=_cmd_train_generator)
     tr = tsub.add_parser("train-reward", help="train the tiny CLIP reward (~8 min on 2 cores)")
     tr.add_argument("--out", required=True)
@@ -130,6 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--guidance", type=float, default=1.0)
     te.add_argument("--seed", type=int, default=0)
     te.set_defaults(fn=_cmd_toy_eval)
+
+    # Further commands live one per module in rewardflow/commands/, each with ``register(subparsers)``.
+    import importlib
+    import pkgutil
+
+    import rewardflow.commands as cmds
+
+    for m in sorted(pkgutil.iter_modules(cmds.__path__), key=lambda m: m.name):
+        if not m.name.startswith("_"):
+            importlib.import_module(f"rewardflow.commands.{m.name}").register(sub)
     return p
 
 

@@ -13,8 +13,11 @@ from typing import Sequence
 import torch
 
 from rewardflow.pipelines.base import Conditioning, Generator, parametrization_from_scheduler
+from rewardflow.pipelines.registry import register_generator
 
 
+@register_generator("toy", pipeline_classes=("ToyFlowPipeline",),
+                    description="the embedded toy text-to-image model (shipped weights)")
 class ToyGenerator(Generator):
     modality = "image"
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 _REGISTRY: dict[str, Callable[..., "Reward"]] = {}
+_INFO: dict[str, dict] = {}
 
 
 class Reward(nn.Module):
@@ -76,13 +77,23 @@ def require_differentiable(reward: Reward, method: str) -> None:
                          "(non-differentiable) reward; use a differentiable reward or a policy-gradient method")
 
 
-def register_reward(name: str):
-    """Decorator: register a reward factory under ``name``."""
+def finite_mask(scores: torch.Tensor) -> torch.Tensor:
+    """Bool mask of the usable scores. Black-box rewards (HTTP judges) return NaN for a sample they could not
+    score (parse failure, timeout) instead of a fake value, and ``WeightedReward`` propagates it; every consumer
+    (advantages, pair formation, means, best-of-N) keeps only ``scores[finite_mask(scores)]``."""
+    return torch.isfinite(scores)
+
+
+def register_reward(name: str, *, modality: str = "image", differentiable: bool = True, description: str = ""):
+    """Decorator: register a reward factory under ``name``. The keyword metadata is what ``rewardflow rewards``
+    lists without building the model."""
 
     def deco(factory):
         if name in _REGISTRY:
             raise ValueError(f"reward {name!r} is already registered")
         _REGISTRY[name] = factory
+        doc = description or (factory.__doc__ or "").strip().split("\n")[0]
+        _INFO[name] = {"name": name, "modality": modality, "differentiable": differentiable, "description": doc}
         return factory
 
     return deco
@@ -91,6 +102,12 @@ def register_reward(name: str):
 def list_rewards() -> list[str]:
     _import_builtin()
     return sorted(_REGISTRY)
+
+
+def reward_info() -> list[dict]:
+    """Registry metadata, one dict per reward: name, modality, differentiable, description."""
+    _import_builtin()
+    return [_INFO[n] for n in sorted(_REGISTRY)]
 
 
 def load_reward(name: str, **kwargs) -> Reward:
@@ -106,5 +123,13 @@ def load_reward(name: str, **kwargs) -> Reward:
 
 
 def _import_builtin() -> None:
-    # importing the family modules registers them
-    from rewardflow.rewards import combine, toy  # noqa: F401
+    # Importing the family modules registers them: every module in rewardflow/rewards/ is one family.
+    # Family modules import their heavy dependencies (open_clip, transformers models) inside the factories.
+    import importlib
+    import pkgutil
+
+    import rewardflow.rewards as pkg
+
+    for m in pkgutil.iter_modules(pkg.__path__):
+        if not m.name.startswith("_"):
+            importlib.import_module(f"rewardflow.rewards.{m.name}")

@@ -56,20 +56,20 @@ class ToyOracleReward(Reward):
         return {"score": partial, "pass": (partial >= 1.0).float()}
 
 
-@register_reward("toy_clip")
+@register_reward("toy_clip", description="tiny CLIP-style toy-world reward (shipped weights)")
 def _toy_clip(path: str | None = None, **kw) -> ToyCLIPReward:
     from rewardflow.toy.assets import asset_path
 
     return ToyCLIPReward(path or asset_path("reward"), name="toy_clip", **kw)
 
 
-@register_reward("toy_clip_adv")
+@register_reward("toy_clip_adv", description="toy CLIP reward trained with FGSM adversarial examples")
 def _toy_clip_adv(path: str | None = None, **kw) -> ToyCLIPReward:
     from rewardflow.toy.assets import asset_path
 
     return ToyCLIPReward(path or asset_path("reward_adv"), name="toy_clip_adv", **kw)
 
 
-@register_reward("toy_oracle")
+@register_reward("toy_oracle", differentiable=False, description="exact pixel oracle of the toy world (heads: score, pass)")
 def _toy_oracle() -> ToyOracleReward:
     return ToyOracleReward()

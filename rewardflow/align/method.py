@@ -1,0 +1,125 @@
+"""The contract between the shared trainer (:mod:`rewardflow.align.trainer`) and a training method.
+
+A method file (``rewardflow/align/<method>.py``) holds three things and nothing else:
+
+1. its config dataclass (method hyper-parameters only; trainer keys such as ``max_steps``, ``lr``,
+   ``output_dir`` belong to :class:`rewardflow.align.trainer.TrainConfig`);
+2. how it collects data: :meth:`Method.collect` — offline pairs from disk, on-policy samples, groups per prompt;
+3. its loss: :meth:`Method.loss` on one micro-batch.
+
+The trainer owns everything else (accelerate, LoRA, EMA, optimizer, NaN guard, checkpoints, logging, eval).
+Per optimizer step the trainer calls ``collect`` once (under ``torch.no_grad`` unless the method says
+``collect_needs_grad``) and then ``loss`` on each micro-batch it returned, accumulating gradients over them
+(PPO-style methods return several micro-batches and may set ``inner_epochs``). A method never branches on the
+model: it uses only the :class:`~rewardflow.pipelines.base.Generator` and
+:class:`~rewardflow.rewards.base.Reward` interfaces.
+
+Register a method with ``@register_method("flow_dpo")`` on the class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+_METHODS: dict[str, type["Method"]] = {}
+
+
+@dataclass
+class MethodContext:
+    """What a method may use. Built by the trainer (or by a test) and passed to the method's constructor."""
+
+    generator: Any                      # rewardflow.pipelines.base.Generator (LoRA already added when configured)
+    reward: Any | None                  # rewardflow.rewards.base.Reward (None for purely offline methods)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    rng: torch.Generator | None = None  # per-process sampling RNG, checkpointed by the trainer
+    sample_steps: int = 4               # sampling steps for on-policy rollouts
+    batch_size: int = 8                 # prompts per process per optimizer step
+    process_index: int = 0
+    num_processes: int = 1
+    # gather a tensor from all processes (identity on one process); methods use it for group statistics
+    gather: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+    # log a scalar outside the loss metrics (e.g. collection statistics)
+    log: Callable[[dict[str, float]], None] = lambda d: None
+
+
+class Method:
+    """Base class of a training method. Subclasses set ``name`` and ``config_class`` and implement
+    :meth:`collect` and :meth:`loss`."""
+
+    name: str = "method"
+    config_class: type = object
+    needs_reward_grad: bool = False      # True: refuse black-box rewards at construction (require_differentiable)
+    collect_needs_grad: bool = False     # True: collect() runs with grad enabled (e.g. DRaFT collects nothing)
+    uses_reference: bool = False         # True: the loss calls generator.reference()
+    inner_epochs: int = 1                # passes of loss() over the collected micro-batches per step
+
+    def __init__(self, config, ctx: MethodContext):
+        self.config = config
+        self.ctx = ctx
+        if self.needs_reward_grad:
+            from rewardflow.rewards.base import require_differentiable
+
+            if ctx.reward is None:
+                raise ValueError(f"{self.name} needs a reward")
+            require_differentiable(ctx.reward, self.name)
+
+    def collect(self, prompts: list[str], step: int) -> list[dict[str, Any]]:
+        """Data for one optimizer step, as a list of micro-batches (dicts of tensors / lists)."""
+        raise NotImplementedError
+
+    def loss(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """Scalar loss of one micro-batch (already divided as the method wants; the trainer divides by the
+        number of micro-batches for accumulation) and scalar diagnostics to log."""
+        raise NotImplementedError
+
+    # method state that must survive a resume (stat trackers, reference refresh counters, ...)
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def register_method(name: str):
+    def deco(cls):
+        if name in _METHODS:
+            raise ValueError(f"method {name!r} is already registered")
+        if not dataclasses.is_dataclass(cls.config_class):
+            raise TypeError(f"{cls.__name__}.config_class must be a dataclass")
+        cls.name = name
+        _METHODS[name] = cls
+        return cls
+
+    return deco
+
+
+def _import_builtin() -> None:
+    import importlib
+    import pkgutil
+
+    import rewardflow.align as pkg
+
+    skip = {"method", "trainer", "reno", "best_of_n", "nrg"}
+    for m in pkgutil.iter_modules(pkg.__path__):
+        if m.name not in skip and not m.name.startswith("_"):
+            importlib.import_module(f"rewardflow.align.{m.name}")
+
+
+def get_method(name: str) -> type[Method]:
+    _import_builtin()
+    if name not in _METHODS:
+        import difflib
+
+        close = difflib.get_close_matches(name, _METHODS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise KeyError(f"unknown method {name!r}.{hint} Known methods: {', '.join(sorted(_METHODS))}")
+    return _METHODS[name]
+
+
+def list_methods() -> list[str]:
+    _import_builtin()
+    return sorted(_METHODS)
