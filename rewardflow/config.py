@@ -17,6 +17,8 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
     origin = getattr(typ, "__origin__", None)
     if origin is tuple and isinstance(value, (list, tuple)):
         return tuple(value)
+    if origin is tuple and isinstance(value, str):  # `key=clip` on the command line: one element
+        return (value,)
     if typ in (int, float) and isinstance(value, str):
         try:
             return typ(value)

@@ -56,6 +56,20 @@ class Method:
     collect_needs_grad: bool = False     # True: collect() runs with grad enabled (e.g. DRaFT collects nothing)
     uses_reference: bool = False         # True: the loss calls generator.reference()
     inner_epochs: int = 1                # passes of loss() over the collected micro-batches per step
+    trains_generator: bool = True        # False: the method trains its own module (e.g. a reward model); the
+                                         # trainer then neither adds LoRA nor unfreezes the generator
+
+    def trainable_module(self) -> torch.nn.Module | None:
+        """The module whose parameters the trainer optimizes when ``trains_generator`` is False."""
+        return None
+
+    def save_pretrained(self, path) -> None:
+        """Write the trained artifact of a method with ``trains_generator = False`` (called at the end)."""
+
+    def evaluate(self, prompts: list[str]) -> dict[str, float]:
+        """Held-out metrics of a method with ``trains_generator = False`` (the trainer evaluates the generator
+        otherwise). Runs under ``no_grad`` with every RNG restored afterwards."""
+        return {}
 
     def __init__(self, config, ctx: MethodContext):
         self.config = config

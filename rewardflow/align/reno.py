@@ -15,9 +15,10 @@ best iterates, which is the same as running each prompt on its own.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -33,8 +34,32 @@ class ReNOConfig:
     grad_clip: float = 0.1
     reg_weight: float = 0.01
     steps: int = 1  # sampler steps of the (one- or few-step) generator
-    checkpoint: bool = True
+    checkpoint: bool = True  # per-step gradient checkpointing of the generator
+    reward_checkpointing: bool = False  # gradient checkpointing inside the reward backbones (HPS/CLIP towers)
+    autocast: str = "none"  # "none", "fp16" or "bf16": mixed precision for the generator and rewards
     seed: int = 0
+
+
+# ReNO's paper reward set and weights (ALGORITHMS.md §10.1): losses "offset - score" with these weights; our rewards
+# return the scores (HPS cos, standardized IR, PickScore s*cos, CLIP s*cos), so the same weights apply to them.
+RENO_PAPER_REWARDS = "hpsv2.1:5,imagereward:1,pickscore:0.05,clip:0.01"
+
+
+_AUTOCAST = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def enable_reward_checkpointing(reward: torch.nn.Module) -> int:
+    """Turn on gradient checkpointing in every backbone inside ``reward`` that supports it (open_clip towers:
+    ``set_grad_checkpointing``; transformers models: ``gradient_checkpointing_enable``). Returns how many."""
+    n = 0
+    for m in reward.modules():
+        if hasattr(m, "gradient_checkpointing_enable") and getattr(m, "supports_gradient_checkpointing", False):
+            m.gradient_checkpointing_enable()
+            n += 1
+        elif hasattr(m, "set_grad_checkpointing") and m is not reward:
+            m.set_grad_checkpointing(True)
+            n += 1
+    return n
 
 
 def chi_norm_reg(noise: torch.Tensor) -> torch.Tensor:
@@ -65,12 +90,25 @@ class ReNO:
         self.gen, self.reward, self.cfg = generator, reward, config or ReNOConfig()
         if self.cfg.optimizer not in ("sgd", "adam"):
             raise ValueError(f"ReNOConfig.optimizer must be 'sgd' or 'adam', got {self.cfg.optimizer!r}")
+        if self.cfg.autocast not in _AUTOCAST:
+            raise ValueError(f"ReNOConfig.autocast must be one of {list(_AUTOCAST)}, got {self.cfg.autocast!r}")
+        if self.cfg.reward_checkpointing:
+            enable_reward_checkpointing(reward)
 
     def _render(self, cond, noise: torch.Tensor) -> torch.Tensor:
         traj = self.gen.sample(cond, self.cfg.steps, noise=noise, grad="all", checkpoint=self.cfg.checkpoint)
         return self.gen.decode(traj.final)
 
-    def optimize(self, prompts: Sequence[str], noise: torch.Tensor | None = None) -> ReNOResult:
+    def _autocast(self):
+        dtype = _AUTOCAST[self.cfg.autocast]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.gen.device.type, dtype=dtype)
+
+    def optimize(self, prompts: Sequence[str], noise: torch.Tensor | None = None,
+                 callback: Callable[[int, torch.Tensor], None] | None = None) -> ReNOResult:
+        """Optimize one initial noise per prompt. ``callback(iteration, rewards)`` is called after each
+        evaluation (progress bars, logging)."""
         cfg, prompts = self.cfg, list(prompts)
         t0 = time.time()
         cond = self.gen.encode_prompts(prompts)
@@ -86,12 +124,17 @@ class ReNO:
         init_img = init_r = None
         curve = []
         for it in range(cfg.iterations):
-            img = self._render(cond, eps.to(self.gen.dtype))
-            r = self.reward(img, prompts)
+            with self._autocast():
+                img = self._render(cond, eps.to(self.gen.dtype)).float().clamp(0, 1)
+                r = self.reward(img, prompts).float()
             if not torch.isfinite(r).all():
-                raise FloatingPointError(f"ReNO: non-finite reward at iteration {it}: {r.tolist()}")
+                raise FloatingPointError(f"ReNO: non-finite reward at iteration {it} ({r.tolist()}); the noise "
+                                         "would be poisoned. Check the reward on these images, or lower lr / "
+                                         "disable autocast.")
             rd = r.detach().cpu()
             curve.append(rd.tolist())
+            if callback is not None:
+                callback(it, rd)
             if it == 0:
                 init_img, init_r, best_img = img.detach().clone(), rd.clone(), img.detach().clone()
             better = rd > best_r

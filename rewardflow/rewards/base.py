@@ -110,9 +110,32 @@ def reward_info() -> list[dict]:
     return [_INFO[n] for n in sorted(_REGISTRY)]
 
 
+_WRAPPERS: dict[str, Callable[..., "Reward"]] = {}
+
+
+def register_reward_wrapper(name: str):
+    """Decorator: register a factory ``f(inner_name, **kwargs)`` that wraps another reward, so that
+    ``load_reward("name(inner)")`` works (e.g. ``segmental(toy_clip)``)."""
+
+    def deco(factory):
+        if name in _WRAPPERS:
+            raise ValueError(f"reward wrapper {name!r} is already registered")
+        _WRAPPERS[name] = factory
+        return factory
+
+    return deco
+
+
 def load_reward(name: str, **kwargs) -> Reward:
-    """Build a registered reward by name; an unknown name raises ``KeyError`` listing the known ones."""
+    """Build a registered reward by name; an unknown name raises ``KeyError`` listing the known ones.
+    ``"wrapper(inner)"`` builds a registered wrapper around the reward named ``inner``."""
     _import_builtin()
+    if name.endswith(")") and "(" in name and name not in _REGISTRY:
+        outer, inner = name[:-1].split("(", 1)
+        if outer.strip() not in _WRAPPERS:
+            raise KeyError(f"unknown reward wrapper {outer.strip()!r} in {name!r}; known wrappers: "
+                           f"{', '.join(sorted(_WRAPPERS)) or 'none'}")
+        return _WRAPPERS[outer.strip()](inner.strip(), **kwargs)
     if name not in _REGISTRY:
         import difflib
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Mapping, Sequence
 
 import torch
 
-from rewardflow.rewards.base import Reward
+from rewardflow.rewards.base import Reward, load_reward
 
 
 class WeightedReward(Reward):
     """``sum_k w_k * r_k`` over component rewards. Each component's score is kept in ``last_components``
-    for logging. ``normalize`` standardizes each component as ``(r - mean_k) / std_k`` with fixed statistics
-    given per component (e.g. measured on base samples), so weights are comparable across reward scales."""
+    for logging. A NaN component score (a black-box judge that could not score a sample) makes that sample's
+    total NaN, so consumers drop it with :func:`~rewardflow.rewards.base.finite_mask` (never a silent 0).
+    ``normalize`` standardizes each component as ``(r - mean_k) / std_k`` with fixed statistics given per
+    component (e.g. measured on base samples), so weights are comparable across reward scales."""
 
     name = "weighted"
 
@@ -38,7 +41,7 @@ class WeightedReward(Reward):
     def score_heads(self, media, prompts):
         out, total = {}, 0.0
         for i, (r, w) in enumerate(zip(self.rewards, self.weights)):
-            s = r(media, prompts)
+            s = r(media, prompts).to(media.device)  # black boxes may answer on the CPU
             if self.stats is not None:
                 m, sd = self.stats[i]
                 s = (s - m) / sd
@@ -47,3 +50,55 @@ class WeightedReward(Reward):
         out["score"] = total
         self.last_components = {k: v.detach() for k, v in out.items() if k != "score"}
         return out
+
+
+def parse_reward_spec(spec: str) -> list[tuple[str, float]]:
+    """``"hpsv2.1:5,imagereward:1"`` -> ``[("hpsv2.1", 5.0), ("imagereward", 1.0)]``.
+
+    Comma-separated ``NAME[:WEIGHT]`` items (the weight follows the last ``:``; default 1). Weights may be zero
+    (the component is logged but does not count) or negative (a penalty); NaN / infinite weights, empty items and
+    repeated names are errors. Names are checked against the registry by :func:`build_reward`.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError("empty reward spec; write NAME[:WEIGHT][,NAME[:WEIGHT]...], e.g. 'hpsv2.1:5,imagereward:1'")
+    out: list[tuple[str, float]] = []
+    for item in spec.split(","):
+        item = item.strip()
+        if not item:
+            raise ValueError(f"empty item in reward spec {spec!r} (stray comma?)")
+        name, sep, w = item.rpartition(":")
+        if not sep:
+            name, w = item, "1"
+        name, w = name.strip(), w.strip()
+        if not name:
+            raise ValueError(f"missing reward name in {item!r} of reward spec {spec!r}")
+        try:
+            weight = float(w)
+        except ValueError:
+            raise ValueError(f"bad weight {w!r} for reward {name!r} in spec {spec!r}: expected a number, "
+                             "as in 'hpsv2.1:5'") from None
+        if not math.isfinite(weight):
+            raise ValueError(f"weight of reward {name!r} must be finite, got {w!r}")
+        if name in (n for n, _ in out):
+            raise ValueError(f"reward {name!r} appears twice in spec {spec!r}; give it once with the summed weight")
+        out.append((name, weight))
+    return out
+
+
+def build_reward(spec: str | Sequence[tuple[str, float]], **per_reward_kwargs: Mapping) -> Reward:
+    """Build a reward from a spec string (see :func:`parse_reward_spec`) or ``[(name, weight), ...]``.
+
+    ``per_reward_kwargs`` maps a reward name to the keyword arguments of its factory, e.g.
+    ``build_reward("hpsv2.1:5,imagereward:1", **{"hpsv2.1": {"path": "HPS_v2.1_compressed.pt"}})``.
+    One reward with weight 1 is returned as itself; otherwise a :class:`WeightedReward` that keeps every component.
+    An unknown name raises ``KeyError`` listing the known rewards.
+    """
+    items = parse_reward_spec(spec) if isinstance(spec, str) else [(str(n), float(w)) for n, w in spec]
+    names = [n for n, _ in items]
+    extra = sorted(set(per_reward_kwargs) - set(names))
+    if extra:
+        raise ValueError(f"keyword arguments given for {extra}, which are not in the reward spec {names}")
+    rewards = [load_reward(n, **dict(per_reward_kwargs.get(n) or {})) for n in names]
+    if len(rewards) == 1 and items[0][1] == 1.0:
+        return rewards[0]
+    return WeightedReward(rewards, [w for _, w in items])

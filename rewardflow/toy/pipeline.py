@@ -22,7 +22,12 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, UNet2DConditionModel
+from diffusers import (
+    DDIMScheduler,
+    DiffusionPipeline,
+    FlowMatchEulerDiscreteScheduler,
+    UNet2DConditionModel,
+)
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")  # eos id 3 (CLIPTextModel treats eos id 2 as a legacy case)
@@ -53,6 +58,24 @@ def build_text_encoder(vocab_size: int, width: int = 64, layers: int = 2) -> CLI
                                         eos_token_id=3, projection_dim=width))
 
 
+PARAMETRIZATIONS = ("flow", "epsilon")
+
+
+def build_scheduler(parametrization: str = "flow"):
+    """``flow``: ``FlowMatchEulerDiscreteScheduler`` (shift 1), the shipped ``assets/toy/generator``.
+    ``epsilon``: ``DDIMScheduler`` over the Stable Diffusion ``scaled_linear`` betas (0.00085-0.012, so alpha_bar at
+    t = 999 is 0.0047 and the first few-step DDIM update stays well conditioned), ``trailing`` spacing (a 4-step grid
+    starts at t = 999, as in "Common Diffusion Noise Schedules and Sample Steps are Flawed", §3.3), and
+    ``set_alpha_to_one`` so the last step returns the x0 prediction: ``assets/toy/generator_eps``."""
+    if parametrization == "flow":
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+    if parametrization == "epsilon":
+        return DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                             beta_schedule="scaled_linear", prediction_type="epsilon", clip_sample=False,
+                             set_alpha_to_one=True, timestep_spacing="trailing", steps_offset=0)
+    raise ValueError(f"unknown toy parametrization {parametrization!r}; expected one of {PARAMETRIZATIONS}")
+
+
 def build_unet(width: int = 64, channels=(32, 64, 96), image_size: int = 32, factor: int = 2,
                parametrization_channels: int = 3) -> UNet2DConditionModel:
     c = parametrization_channels * factor * factor
@@ -65,22 +88,26 @@ def build_unet(width: int = 64, channels=(32, 64, 96), image_size: int = 32, fac
 
 
 class ToyFlowPipeline(DiffusionPipeline):
-    """Text-to-image rectified flow on 32x32 toy scenes. ``pipe(prompts)`` -> images in [0, 1]."""
+    """Text-to-image rectified flow on 32x32 toy scenes. ``pipe(prompts)`` -> images in [0, 1].
+
+    The same pipeline class with a ``DDIMScheduler`` (epsilon prediction) is the toy *diffusion* model
+    (``assets/toy/generator_eps``): the sampling loop below only calls ``scheduler.step``."""
 
     model_cpu_offload_seq = "text_encoder->unet"
 
     def __init__(self, unet: UNet2DConditionModel, text_encoder: CLIPTextModel, tokenizer: PreTrainedTokenizerFast,
-                 scheduler: FlowMatchEulerDiscreteScheduler):
+                 scheduler: FlowMatchEulerDiscreteScheduler | DDIMScheduler):
         super().__init__()
         self.register_modules(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
 
     @classmethod
-    def from_config_dict(cls, width: int = 64, channels=(32, 64, 96), image_size: int = 32, seed: int = 0):
-        """A freshly initialised (random) toy pipeline."""
+    def from_config_dict(cls, width: int = 64, channels=(32, 64, 96), image_size: int = 32, seed: int = 0,
+                         parametrization: str = "flow"):
+        """A freshly initialised (random) toy pipeline (``parametrization``: see :func:`build_scheduler`)."""
+        scheduler = build_scheduler(parametrization)
         torch.manual_seed(seed)
         tok = build_tokenizer()
-        return cls(build_unet(width, channels, image_size), build_text_encoder(len(tok), width), tok,
-                   FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0))
+        return cls(build_unet(width, channels, image_size), build_text_encoder(len(tok), width), tok, scheduler)
 
     # -- geometry ---------------------------------------------------------------------------------------
     @property

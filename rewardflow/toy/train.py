@@ -93,11 +93,15 @@ def _log(log: list, step: int, steps: int, every: int, loss: torch.Tensor, t_sta
 def train_generator(out: str | Path, steps: int = 700, batch: int = 128, lr: float = 2e-3, seed: int = 0,
                     caption_noise: float = 0.2, cfg_dropout: float = 0.1, ema_decay: float = 0.995,
                     log_every: int = 50, threads: int | None = None, init_from: str | Path | None = None,
-                    warmup: int = 100) -> dict:
-    """Train the toy text-to-image flow model and save the EMA weights (fp16) as a pipeline.
+                    warmup: int = 100, parametrization: str = "flow", save_every: int = 0) -> dict:
+    """Train the toy text-to-image model and save the EMA weights (fp16) as a pipeline.
 
-    ``init_from``: continue from a saved pipeline (a second stage with a lower lr) instead of from scratch."""
-    from rewardflow.toy.pipeline import ToyFlowPipeline
+    ``parametrization``: ``flow`` (rectified flow, the shipped ``generator``) or ``epsilon`` (DDPM noise
+    prediction with a DDIM sampler, ``generator_eps``; uniform integer t, target eps, DDPM eq. 14).
+    ``init_from``: continue from a saved pipeline (a second stage with a lower lr) instead of from scratch; with a
+    parametrization different from the saved one, its weights are the initialisation and its scheduler is replaced.
+    ``save_every``: also save the current EMA weights every N steps (a usable model if the run is cut short)."""
+    from rewardflow.toy.pipeline import ToyFlowPipeline, build_scheduler
 
     if threads:
         torch.set_num_threads(threads)
@@ -105,13 +109,25 @@ def train_generator(out: str | Path, steps: int = 700, batch: int = 128, lr: flo
     if init_from is not None:
         torch.manual_seed(seed)
         pipe = ToyFlowPipeline.from_pretrained(str(init_from), dtype=torch.float32)
+        if parametrization != ("flow" if "FlowMatch" in type(pipe.scheduler).__name__ else "epsilon"):
+            pipe.scheduler = build_scheduler(parametrization)
     else:
-        pipe = ToyFlowPipeline.from_config_dict(seed=seed)
+        pipe = ToyFlowPipeline.from_config_dict(seed=seed, parametrization=parametrization)
+    ab = None if parametrization == "flow" else pipe.scheduler.alphas_cumprod.float()
     modules = torch.nn.ModuleDict({"unet": pipe.unet, "text_encoder": pipe.text_encoder}).train()
     opt = torch.optim.AdamW(modules.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     ema = {k: v.detach().clone() for k, v in modules.state_dict().items()}
     g = torch.Generator().manual_seed(seed)
     t_start, log = time.time(), []
+
+    def _meta(done: int, log: list) -> dict:
+        return {"steps": done, "batch": batch, "lr": lr, "seed": seed, "caption_noise": caption_noise,
+                "init_from": None if init_from is None else str(init_from), "warmup": warmup,
+                "cfg_dropout": cfg_dropout, "ema_decay": ema_decay, "seconds": round(time.time() - t_start, 1),
+                **({} if parametrization == "flow" else {"parametrization": parametrization,
+                                                         "planned_steps": steps}),
+                "log": log}
+
     for step in range(steps):
         scenes = world.sample_scenes(rng, batch, split="train")
         images = _to_tensor(world.render_batch(scenes, rng=rng))
@@ -122,25 +138,39 @@ def train_generator(out: str | Path, steps: int = 700, batch: int = 128, lr: flo
                         world.corrupt_caption(s, rng, split="train").caption if u < cfg_dropout + caption_noise else s.caption)
         x0 = pipe.encode_images(images)
         noise = torch.randn(x0.shape, generator=g)
-        t = torch.sigmoid(torch.randn(batch, generator=g))
-        s_ = t.view(-1, 1, 1, 1)
-        x_t = (1 - s_) * x0 + s_ * noise
         emb = pipe.encode_prompt(caps, "cpu")
-        v = pipe.denoise(x_t, t * 1000, emb)
-        loss = F.mse_loss(v, noise - x0)
+        if ab is None:
+            t = torch.sigmoid(torch.randn(batch, generator=g))
+            s_ = t.view(-1, 1, 1, 1)
+            x_t = (1 - s_) * x0 + s_ * noise
+            loss = F.mse_loss(pipe.denoise(x_t, t * 1000, emb), noise - x0)
+        else:  # DDPM (Ho et al. 2020, Algorithm 1): x_t = sqrt(ab) x0 + sqrt(1 - ab) eps, predict eps
+            t = torch.randint(0, len(ab), (batch,), generator=g)
+            a = ab[t].view(-1, 1, 1, 1)
+            x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+            loss = F.mse_loss(pipe.denoise(x_t, t, emb), noise)
         if _optim_step(opt, loss, _lr(step, lr, warmup, steps)):
             # EMA with warm-up: decay min(ema_decay, (1+n)/(10+n))
             _ema_update(ema, modules, min(ema_decay, (1 + step) / (10 + step)))
         _log(log, step, steps, log_every, loss, t_start)
+        if save_every and (step + 1) % save_every == 0 and step + 1 < steps:
+            _save_generator(pipe, modules, ema, out, _meta(step + 1, log))
+    meta = _meta(steps, log)
+    _save_generator(pipe, modules, ema, out, meta)
+    return meta
+
+
+def _save_generator(pipe, modules: torch.nn.Module, ema: dict, out: str | Path, meta: dict) -> None:
+    """Save the EMA weights in fp16 (the live training weights are left untouched) and ``training.json``."""
+    import copy
+
+    live = copy.deepcopy(modules.state_dict())
     modules.load_state_dict(ema)
     out = Path(out)
     pipe.to(torch.float16).save_pretrained(str(out))
-    meta = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "caption_noise": caption_noise,
-            "init_from": None if init_from is None else str(init_from), "warmup": warmup,
-            "cfg_dropout": cfg_dropout, "ema_decay": ema_decay, "seconds": round(time.time() - t_start, 1),
-            "log": log}
+    pipe.to(torch.float32)
+    modules.load_state_dict(live)
     (out / "training.json").write_text(json.dumps(meta, indent=1))
-    return meta
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

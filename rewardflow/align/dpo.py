@@ -1,0 +1,336 @@
+"""Flow-DPO and Diffusion-DPO: one preference loss over the generator's parametrization (ALGORITHMS.md §2, §3.1-3.2).
+
+For a pair (winner ``w``, loser ``l``) with ONE shared noise ``eps`` and ONE shared ``t`` (Diffusion-DPO
+``train.py``: the first half's timesteps and noise are repeated for the second half):
+
+    x_t^* = gen.noisy(x0^*, eps, t)          e^* = mean_dims || gen.target(x0^*, eps, t) - model(x_t^*, t) ||^2
+    inside = -(beta_t / 2) * [ (e_theta^w - e_ref^w) - (e_theta^l - e_ref^l) ]
+    L = -mean log sigmoid(inside)
+
+With an epsilon generator ``target = eps`` and this *is* Diffusion-DPO (Wallace et al., arXiv 2311.12908, §4 eq. 14,
+official ``SalesforceAIResearch/DiffusionDPO/train.py``); with a flow generator ``target = eps - x0`` and it is
+Flow-DPO (VideoAlign, arXiv 2501.13918; flow_grpo ``scripts/train_sd3_dpo.py``). ``beta_schedule: one_minus_t_sq``
+uses ``beta_t = beta (1 - t)^2``, the faithful port of the epsilon-space loss to velocity space (§3.1); the paper
+and the public code use a constant beta, the default. Timesteps come from the generator's own training density
+(logit-normal sigmas for flow, uniform integers for diffusion).
+
+Pairs: ``pairs: on_policy`` samples ``num_samples_per_prompt`` images per prompt (from the reference, as flow_grpo
+does, or from the current policy) and keeps the best and the worst by the reward; ``pairs: offline`` reads a
+preference dataset from disk (:class:`PreferencePairs`). ``ref_update_every`` copies the policy into the reference
+every N steps (online DPO, flow_grpo ``ref_update_step``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from rewardflow.align._samples import (
+    best_worst_pairs,
+    draw_noise_and_t,
+    per_sample_error,
+    sample_and_score,
+)
+from rewardflow.align.method import Method, register_method
+from rewardflow.rewards.base import finite_mask
+
+BETA_SCHEDULES = ("constant", "one_minus_t_sq")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+@dataclass
+class DPOConfig:
+    beta: float = 500.0                 # DPO temperature (Diffusion-DPO SD: 5000; flow_grpo SD3: 100)
+    beta_schedule: str = "constant"     # "constant" or "one_minus_t_sq" (beta (1-t)^2, flow generators only)
+    pairs: str = "on_policy"            # "on_policy" or "offline"
+    num_samples_per_prompt: int = 4     # on-policy group size; the pair is its best and worst sample
+    sample_from: str = "reference"      # on-policy samples from the "reference" or the current "policy"
+    min_reward_gap: float = 0.0         # drop on-policy pairs whose reward gap is <= this (ties)
+    timesteps_per_pair: int = 1         # (noise, t) draws per pair per loss (flow_grpo: 39 over the chain)
+    ref_update_every: int = 0           # copy policy -> reference every N steps (online DPO); 0 = frozen base
+    dataset: str | None = None          # offline pairs: .jsonl, .parquet, or a saved HF dataset directory
+    resolution: int = 0                 # resize offline images to this size before encoding (0 = as stored)
+    sft_weight: float = 0.0             # optional denoising loss on the winners (Diffusion-DPO ``--sft``-style)
+
+
+def dpo_loss(err_w: torch.Tensor, err_l: torch.Tensor, ref_err_w: torch.Tensor, ref_err_l: torch.Tensor,
+             beta: torch.Tensor | float) -> tuple[torch.Tensor, dict[str, float]]:
+    """``-mean log sigmoid(-(beta/2) [(e_w - e_ref_w) - (e_l - e_ref_l)])`` (Diffusion-DPO ``train.py``, the
+    ``-0.5 * beta`` factor and the per-pair mean) plus the diagnostics of ALGORITHMS.md §2.1."""
+    inside = -0.5 * torch.as_tensor(beta, device=err_w.device, dtype=torch.float32) * (
+        (err_w - ref_err_w) - (err_l - ref_err_l))
+    loss = -F.logsigmoid(inside).mean()
+    err_w, err_l, inside = err_w.detach(), err_l.detach(), inside.detach()
+    diag = {"implicit_acc": float((inside > 0).float().mean()),
+            "mse_w_policy": float(err_w.mean()), "mse_w_ref": float(ref_err_w.mean()),
+            "mse_l_policy": float(err_l.mean()), "mse_l_ref": float(ref_err_l.mean()),
+            "dpo_inside": float(inside.mean())}
+    return loss, diag
+
+
+# ---------------------------------------------------------------------------------------------------- offline
+
+
+def _read_records(path: str) -> list[dict[str, Any]]:
+    p = Path(path)
+    if p.is_file() and p.suffix == ".jsonl":
+        recs = []
+        for n, line in enumerate(p.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    recs.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{p}:{n}: not valid JSON ({e})") from None
+        return recs
+    if (p.is_file() and p.suffix == ".parquet") or p.is_dir():
+        try:
+            import datasets
+        except ImportError:
+            raise ImportError(f"reading {p} needs the `datasets` library (pip install datasets); or convert the "
+                              "pairs to JSONL (one {\"prompt\", \"chosen\", \"rejected\"} object per line)") from None
+        ds = datasets.load_dataset("parquet", data_files=str(p), split="train") if p.is_file() \
+            else datasets.load_from_disk(str(p))
+        return [dict(r) for r in ds]
+    if not p.exists():
+        raise FileNotFoundError(f"preference dataset not found: {p}")
+    raise ValueError(f"unsupported preference dataset {p}: use .jsonl, .parquet or a saved HF dataset directory")
+
+
+class PreferencePairs:
+    """Offline (prompt, winner, loser) pairs. Each record has ``prompt`` and either
+
+    * ``chosen`` / ``rejected``, or
+    * ``image_0`` / ``image_1`` / ``label_0`` (Pick-a-Pic v2 columns; ``label_0`` 1 means image 0 wins, 0 image 1,
+      0.5 is a tie and is dropped, as Diffusion-DPO does),
+
+    where an image is a file path (PNG/JPEG/WebP, relative to the dataset file), a ``.safetensors`` file with an
+    encoded ``latent`` tensor, or (HF datasets) a PIL image / ``{"bytes": ...}``."""
+
+    def __init__(self, path: str, root: str | None = None):
+        self.path = path
+        self.root = Path(root) if root else (Path(path).parent if Path(path).is_file() else Path(path))
+        self.pairs: list[tuple[str, Any, Any]] = []
+        for i, r in enumerate(_read_records(path)):
+            if "prompt" not in r and "caption" not in r:
+                raise ValueError(f"{path}: record {i} has no 'prompt' (keys: {sorted(r)})")
+            prompt = r.get("prompt", r.get("caption"))
+            if "chosen" in r and "rejected" in r:
+                self.pairs.append((prompt, r["chosen"], r["rejected"]))
+            elif "image_0" in r and "image_1" in r and "label_0" in r:
+                lab = float(r["label_0"])
+                if lab == 0.5:
+                    continue
+                w, l = (r["image_0"], r["image_1"]) if lab > 0.5 else (r["image_1"], r["image_0"])
+                self.pairs.append((prompt, w, l))
+            else:
+                raise ValueError(f"{path}: record {i} needs chosen/rejected or image_0/image_1/label_0 "
+                                 f"(keys: {sorted(r)})")
+        if not self.pairs:
+            raise ValueError(f"{path}: no usable preference pairs (all ties or empty)")
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load_item(self, item: Any, gen, resolution: int = 0) -> torch.Tensor:
+        """One winner / loser -> latent [C, H, W] through the generator's own image encoder."""
+        if isinstance(item, str) and item.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            f = self.root / item
+            if not f.is_file():
+                raise FileNotFoundError(f"latent file not found: {f}")
+            t = load_file(str(f))
+            if "latent" not in t:
+                raise ValueError(f"{f} must hold a tensor named 'latent' (has {sorted(t)})")
+            lat = t["latent"]
+            return lat[0] if lat.ndim == len(gen.latent_shape) + 1 else lat
+        img = self._load_image(item)
+        if resolution and img.shape[-2:] != (resolution, resolution):
+            img = F.interpolate(img[None], size=(resolution, resolution), mode="bilinear", antialias=True,
+                                align_corners=False)[0]
+        if not hasattr(gen, "encode_images"):
+            raise ValueError(f"{type(gen).__name__} has no encode_images(); store encoded latents "
+                             "(.safetensors with a 'latent' tensor) in the dataset instead of images")
+        with torch.no_grad():
+            return gen.encode_images(img[None].to(gen.device, gen.dtype))[0]
+
+    def _load_image(self, item: Any) -> torch.Tensor:
+        import io
+
+        import numpy as np
+        from PIL import Image
+
+        if isinstance(item, str):
+            f = self.root / item
+            if f.suffix.lower() not in IMAGE_SUFFIXES:
+                raise ValueError(f"unsupported preference item {item!r}: expected an image file "
+                                 f"({', '.join(IMAGE_SUFFIXES)}) or a .safetensors latent")
+            if not f.is_file():
+                raise FileNotFoundError(f"image not found: {f}")
+            im = Image.open(f)
+        elif isinstance(item, dict) and item.get("bytes") is not None:
+            im = Image.open(io.BytesIO(item["bytes"]))
+        elif hasattr(item, "convert"):
+            im = item
+        else:
+            raise ValueError(f"unsupported preference item of type {type(item).__name__}")
+        arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+        return torch.from_numpy(arr).permute(2, 0, 1)
+
+
+# ---------------------------------------------------------------------------------------------------- method
+
+
+class _DPOBase(Method):
+    config_class = DPOConfig
+    uses_reference = True
+
+    def __init__(self, config: DPOConfig, ctx):
+        super().__init__(config, ctx)
+        c = config
+        if c.beta_schedule not in BETA_SCHEDULES:
+            raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {c.beta_schedule!r}")
+        if c.beta_schedule == "one_minus_t_sq" and ctx.generator.parametrization != "flow":
+            raise ValueError("beta_schedule=one_minus_t_sq ports epsilon-space DPO to a *flow* generator "
+                             f"(ALGORITHMS.md §3.1); this generator is {ctx.generator.parametrization!r}, whose "
+                             "errors are already in its own space: use beta_schedule=constant")
+        if c.pairs not in ("on_policy", "offline"):
+            raise ValueError(f"pairs must be on_policy or offline, got {c.pairs!r}")
+        if c.sample_from not in ("reference", "policy"):
+            raise ValueError(f"sample_from must be reference or policy, got {c.sample_from!r}")
+        if c.timesteps_per_pair < 1:
+            raise ValueError("timesteps_per_pair must be >= 1")
+        self.data = None
+        if c.pairs == "offline":
+            if not c.dataset:
+                raise ValueError("pairs=offline needs dataset=PATH (.jsonl, .parquet or a saved HF dataset)")
+            self.data = PreferencePairs(c.dataset)
+            self.samples_per_prompt = 2
+        else:
+            if ctx.reward is None:
+                raise ValueError(f"{self.name} with pairs=on_policy needs a reward to rank samples")
+            if c.num_samples_per_prompt < 2:
+                raise ValueError("num_samples_per_prompt must be >= 2 to form a (best, worst) pair")
+            self.samples_per_prompt = c.num_samples_per_prompt
+        self.cursor = 0
+        self._ref = None  # online DPO: a frozen copy of the policy (LoRA included), refreshed every N steps
+        self._refreshed_at = 0
+        if c.ref_update_every > 0:
+            self._ref = copy.deepcopy(ctx.generator.denoiser).requires_grad_(False).eval()
+
+    # -- reference handling (frozen base via gen.reference(), or the refreshed copy)
+    def _reference(self):
+        gen, ref = self.ctx.generator, self._ref
+        if ref is None:
+            return gen.reference()
+
+        class _Swap:
+            def __enter__(self_):
+                self_.policy, gen.denoiser = gen.denoiser, ref
+                return gen
+
+            def __exit__(self_, *a):
+                gen.denoiser = self_.policy
+                return False
+
+        return _Swap()
+
+    def _maybe_refresh(self, step: int) -> None:
+        n = self.config.ref_update_every
+        if self._ref is not None and step > 0 and step % n == 0 and step != self._refreshed_at:
+            self._ref.load_state_dict(self.ctx.generator.denoiser.state_dict())
+            self._refreshed_at = step
+            self.ctx.log({"ref_refreshed": 1.0})
+
+    # -- data
+    def collect(self, prompts: list[str], step: int) -> list[dict[str, Any]]:
+        self._maybe_refresh(step)
+        if self.data is not None:
+            return self._collect_offline(len(prompts))
+        c, ctx = self.config, self.ctx
+        if c.sample_from == "reference":
+            with self._reference():
+                s = sample_and_score(ctx.generator, ctx.reward, prompts, c.num_samples_per_prompt,
+                                     ctx.sample_steps, generator=ctx.rng)
+        else:
+            s = sample_and_score(ctx.generator, ctx.reward, prompts, c.num_samples_per_prompt, ctx.sample_steps,
+                                 generator=ctx.rng)
+        ok = finite_mask(s.rewards)
+        pairs = best_worst_pairs(s.rewards, c.num_samples_per_prompt, c.min_reward_gap)
+        ctx.log({"reward_mean": float(s.rewards[ok].mean()) if ok.any() else float("nan"),
+                 "nonfinite_rewards": float((~ok).sum()), "pairs": float(len(pairs)),
+                 "reward_gap": float(sum(s.rewards[w] - s.rewards[l] for w, l in pairs) / max(1, len(pairs)))})
+        if not pairs:
+            return []
+        w = torch.tensor([p[0] for p in pairs], device=s.latents.device)
+        l = torch.tensor([p[1] for p in pairs], device=s.latents.device)
+        return [{"prompts": [s.prompts[i] for i in w.tolist()], "x0_w": s.latents[w], "x0_l": s.latents[l]}]
+
+    def _collect_offline(self, n: int) -> list[dict[str, Any]]:
+        """The next ``n`` pairs of a per-epoch permutation (seeded by the epoch, so resuming is exact)."""
+        gen, N = self.ctx.generator, len(self.data)
+        prompts, xw, xl = [], [], []
+        for _ in range(n):
+            epoch, pos = divmod(self.cursor, N)
+            perm = torch.randperm(N, generator=torch.Generator().manual_seed(10007 * epoch + 17))
+            p, w, l = self.data.pairs[int(perm[pos])]
+            prompts.append(p)
+            xw.append(self.data.load_item(w, gen, self.config.resolution))
+            xl.append(self.data.load_item(l, gen, self.config.resolution))
+            self.cursor += 1
+        dev, dt = gen.device, gen.dtype
+        return [{"prompts": prompts, "x0_w": torch.stack(xw).to(dev, dt), "x0_l": torch.stack(xl).to(dev, dt)}]
+
+    # -- loss
+    def loss(self, batch: dict[str, Any], step: int):
+        c, gen = self.config, self.ctx.generator
+        x_w, x_l = batch["x0_w"], batch["x0_l"]
+        n = x_w.shape[0]
+        cond = gen.encode_prompts(batch["prompts"]).repeat(2)  # [p0, p0, p1, p1, ...]: (w, l) interleaved
+        x0 = torch.stack([x_w, x_l], 1).flatten(0, 1)
+        total, diags = 0.0, {}
+        for _ in range(c.timesteps_per_pair):
+            noise, t = draw_noise_and_t(gen, x_w, self.ctx.rng)  # one noise and one t per PAIR, shared by w and l
+            noise2, t2 = noise.repeat_interleave(2, 0), t.repeat_interleave(2, 0)
+            x_t, target = gen.noisy(x0, noise2, t2), gen.target(x0, noise2, t2)
+            err = per_sample_error(gen.predict(x_t, t2, cond, guidance_scale=1.0), target).view(n, 2)
+            with torch.no_grad(), self._reference():
+                ref_err = per_sample_error(gen.predict(x_t, t2, cond, guidance_scale=1.0), target).view(n, 2)
+            beta = c.beta * (1 - t.float()) ** 2 if c.beta_schedule == "one_minus_t_sq" else c.beta
+            loss, d = dpo_loss(err[:, 0], err[:, 1], ref_err[:, 0], ref_err[:, 1], beta)
+            if c.sft_weight > 0:
+                loss = loss + c.sft_weight * err[:, 0].mean()
+            total = total + loss / c.timesteps_per_pair
+            for k, v in d.items():
+                diags[k] = diags.get(k, 0.0) + v / c.timesteps_per_pair
+        return total, diags
+
+    # -- resume
+    def state_dict(self) -> dict[str, Any]:
+        st: dict[str, Any] = {"cursor": self.cursor, "refreshed_at": self._refreshed_at}
+        if self._ref is not None:
+            names = {n for n, p in self.ctx.generator.denoiser.named_parameters() if p.requires_grad}
+            st["ref"] = {k: v.detach().cpu().clone() for k, v in self._ref.state_dict().items() if k in names}
+        return st
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.cursor = int(state.get("cursor", 0))
+        self._refreshed_at = int(state.get("refreshed_at", 0))
+        if self._ref is not None and "ref" in state:
+            self._ref.load_state_dict(state["ref"], strict=False)
+
+
+@register_method("flow_dpo")
+class FlowDPO(_DPOBase):
+    """Flow-DPO (VideoAlign): the DPO loss on a flow generator's velocity errors (same code as Diffusion-DPO)."""
+
+
+@register_method("diffusion_dpo")
+class DiffusionDPO(_DPOBase):
+    """Diffusion-DPO (Wallace et al. 2023): the DPO loss on an epsilon / v generator's errors (same code)."""

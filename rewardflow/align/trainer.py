@@ -1,0 +1,793 @@
+"""The one trainer shared by every training method (``rewardflow train CONFIG [key=value ...]``).
+
+A method (``rewardflow/align/<method>.py``) says how to collect data and what its loss is
+(:mod:`rewardflow.align.method`); everything else lives here, once:
+
+* config: one flat YAML holding the trainer keys (:class:`TrainConfig`) and the method's keys (its
+  ``config_class``); :func:`split_config` validates both *before* anything heavy loads and an unknown key names the
+  valid keys of both;
+* accelerate (mixed precision, ``cpu=True`` without CUDA, several processes: gradients are all-reduced
+  explicitly, so the generator's denoiser is never wrapped and LoRA on/off for the reference keeps working);
+* LoRA through :meth:`Generator.add_lora` (peft) or full fine-tuning with a frozen
+  :meth:`Generator.snapshot_reference`; EMA of the trainable weights (diffusers ``EMAModel``);
+* a NaN/inf guard: a non-finite loss or gradient norm skips the optimizer step (logged as ``skipped``); weights
+  are never written from a non-finite value; non-finite rewards are masked by the methods
+  (:func:`rewardflow.rewards.base.finite_mask`);
+* atomic checkpoints (written to a temporary directory, fsynced, renamed) holding the trainable weights, the
+  optimizer, lr schedule, EMA, every RNG state, the step and ``method.state_dict()``; ``resume="auto"`` continues
+  a run exactly as an uninterrupted one would have;
+* one run directory: ``config.yaml`` (resolved), ``metrics.jsonl``, tensorboard events (``report_to``),
+  ``checkpoints/``, ``samples/`` (grids), ``eval.jsonl``, ``reward_curve.png`` and ``final/`` (the LoRA or the
+  trainable weights, EMA applied).
+
+Methods log collection statistics through ``ctx.log``; by convention ``reward_mean`` is the mean reward of the
+samples collected for the step (drawn on the reward curve).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import torch
+
+from rewardflow.align.method import MethodContext, get_method
+
+REPORT_TO = ("tensorboard", "wandb", "none")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+
+
+@dataclass
+class TrainConfig:
+    """Trainer keys. Method keys (beta, group size, ...) live in the method's ``config_class``."""
+
+    method: str = ""                      # a registered method: see `rewardflow train --list-methods`
+    model: str = "toy"                    # pipeline directory, hub id, or "toy" (the shipped toy generator)
+    adapter: str | None = None            # generator adapter name (default: detected from model_index.json)
+    reward: str = "toy_clip"              # reward spec: NAME or NAME:W,NAME:W (a weighted sum)
+    prompts: str = "toy:train"            # "toy:train" / "toy:heldout" (toy caption splits) or a text file
+    eval_prompts: str = "toy:heldout"     # held-out prompts for evaluation (same forms)
+    eval_per_category: int = 10           # toy eval prompts per caption category
+    heldout_rewards: tuple[str, ...] = () # rewards scored at eval but never optimized; a warning (hacking.jsonl)
+                                          # when eval_reward rises while one of them falls
+    max_steps: int = 100                  # optimizer steps
+    output_dir: str = "runs/train"
+    resume: str = "auto"                  # "auto" (latest checkpoint in output_dir, if any), "never", or a path
+    seed: int = 0
+    lr: float = 1e-4
+    lr_warmup_steps: int = 0              # linear warm-up, then constant
+    optimizer: str = "adamw"
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0                # max gradient norm (0 = no clipping; the norm is still checked)
+    batch_size: int = 8                   # prompts per process per collect() call
+    grad_accum: int = 1                   # collect() calls accumulated into one optimizer step
+    mixed_precision: str = "no"
+    lora_rank: int = 8                    # 0 = full fine-tuning (a frozen copy is the reference)
+    lora_alpha: float = 0.0               # 0 = lora_rank
+    lora_targets: tuple[str, ...] = ()    # default: the adapter's default_lora_targets
+    ema_decay: float = 0.0                # 0 = no EMA; else EMA of the trainable weights (used for eval/final)
+    sample_steps: int = 4                 # sampling steps of on-policy rollouts and of evaluation
+    guidance_scale: float = 1.0
+    gradient_checkpointing: bool = False
+    save_every: int = 0                   # checkpoint every N steps (0 = only at the end)
+    keep_checkpoints: int = 2
+    eval_every: int = 0                   # evaluate every N steps (0 = before and after training only)
+    eval_at_start: bool = True
+    log_every: int = 1
+    report_to: str = "tensorboard"
+    run_name: str | None = None           # wandb run name
+    device: str = "auto"                  # "auto", "cpu" or "cuda"
+
+
+# ---------------------------------------------------------------------------------------------------- config
+
+
+def split_config(data: dict[str, Any]) -> tuple[TrainConfig, Any]:
+    """A flat mapping (YAML + overrides) -> (:class:`TrainConfig`, the method's config). Fails on an unknown key
+    (naming the valid keys of both) or a bad value *before* any model is loaded."""
+    from rewardflow.config import _coerce
+
+    data = dict(data)
+    name = data.get("method")
+    if not name:
+        raise ValueError("the config needs `method: NAME`; known methods: " + ", ".join(_known_methods()))
+    cls = get_method(str(name))
+    tfields = {f.name for f in dataclasses.fields(TrainConfig)}
+    mfields = {f.name for f in dataclasses.fields(cls.config_class)}
+    clash = sorted(tfields & mfields)
+    if clash:
+        raise TypeError(f"{cls.__name__}.config_class reuses trainer keys {clash}; rename them")
+    unknown = [k for k in data if k not in tfields | mfields]
+    if unknown:
+        import difflib
+
+        k = unknown[0]
+        close = difflib.get_close_matches(k, tfields | mfields, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown config key {k!r}.{hint} Trainer keys: {', '.join(sorted(tfields))}. "
+                         f"{name} keys: {', '.join(sorted(mfields)) or '(none)'}")
+    th, mh = get_type_hints(TrainConfig), get_type_hints(cls.config_class)
+    tcfg = TrainConfig(**{k: _coerce(v, th[k], k) for k, v in data.items() if k in tfields})
+    mcfg = cls.config_class(**{k: _coerce(v, mh[k], k) for k, v in data.items() if k in mfields})
+    _validate(tcfg)
+    return tcfg, mcfg
+
+
+def _known_methods() -> list[str]:
+    from rewardflow.align.method import list_methods
+
+    return list_methods()
+
+
+def _validate(c: TrainConfig) -> None:
+    checks = [(c.report_to in REPORT_TO, f"report_to must be one of {REPORT_TO}, got {c.report_to!r}"),
+              (c.mixed_precision in MIXED_PRECISION,
+               f"mixed_precision must be one of {MIXED_PRECISION}, got {c.mixed_precision!r}"),
+              (c.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {c.optimizer!r}"),
+              (c.max_steps >= 1, f"max_steps must be >= 1, got {c.max_steps}"),
+              (c.batch_size >= 1, f"batch_size must be >= 1, got {c.batch_size}"),
+              (c.grad_accum >= 1, f"grad_accum must be >= 1, got {c.grad_accum}"),
+              (c.lora_rank >= 0, f"lora_rank must be >= 0 (0 = full fine-tuning), got {c.lora_rank}"),
+              (0.0 <= c.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {c.ema_decay}"),
+              (c.lr > 0, f"lr must be > 0, got {c.lr}"),
+              (c.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {c.device!r}")]
+    for ok, msg in checks:
+        if not ok:
+            raise ValueError(msg)
+
+
+def load_train_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> tuple[TrainConfig, Any]:
+    """YAML file + ``key=value`` overrides -> (TrainConfig, method config). Nothing heavy is imported."""
+    import yaml
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file not found: {p}")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{p}: a config must be a mapping of keys to values")
+        data.update(loaded)
+    for ov in overrides:
+        if "=" not in ov:
+            raise ValueError(f"override {ov!r} must look like key=value")
+        k, v = ov.split("=", 1)
+        data[k.strip()] = yaml.safe_load(v)
+    return split_config(data)
+
+
+# ---------------------------------------------------------------------------------------------------- prompts
+
+
+class PromptSource:
+    """Training / eval prompts. ``toy:SPLIT``: the toy caption split, sampled category-balanced (each of the five
+    caption types equally often); otherwise a text file with one prompt per line, sampled uniformly."""
+
+    def __init__(self, spec: str):
+        self.spec = spec
+        if spec.startswith("toy:"):
+            from rewardflow.toy import world
+
+            split = spec.split(":", 1)[1]
+            if split not in ("train", "heldout"):
+                raise ValueError(f"toy prompt split must be train or heldout, got {split!r} in {spec!r}")
+            self.split = split
+            self.groups = [list(world.split_captions(split, c)) for c in world.CATEGORIES]
+        else:
+            p = Path(spec)
+            if not p.is_file():
+                raise FileNotFoundError(f"prompt file not found: {p} (use toy:train, or a text file with one "
+                                        "prompt per line)")
+            lines = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
+            if not lines:
+                raise ValueError(f"prompt file {p} has no prompts")
+            self.split = None
+            self.groups = [lines]
+
+    def sample(self, n: int, generator: torch.Generator) -> list[str]:
+        out = []
+        for _ in range(n):
+            g = self.groups[int(torch.randint(len(self.groups), (1,), generator=generator))]
+            out.append(g[int(torch.randint(len(g), (1,), generator=generator))])
+        return out
+
+    def eval_list(self, per_category: int, seed: int = 0) -> list[str]:
+        if self.split is not None:
+            from rewardflow.eval.toy import eval_prompts
+
+            return eval_prompts(self.split, per_category, seed=seed)
+        return self.groups[0]
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            with open(p, "rb+") as fh:
+                os.fsync(fh.fileno())
+    _fsync_dir(path)
+
+
+def _rng_state(generators: dict[str, torch.Generator | None]) -> dict[str, torch.Tensor]:
+    st = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    for k, g in generators.items():
+        if g is not None:
+            st[f"gen_{k}"] = g.get_state()
+    return st
+
+
+def _set_rng_state(st: dict[str, torch.Tensor], generators: dict[str, torch.Generator | None]) -> None:
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(st["cuda"]))
+    for k, g in generators.items():
+        if g is not None and f"gen_{k}" in st:
+            g.set_state(st[f"gen_{k}"])
+
+
+class _Reporter:
+    """metrics.jsonl (always) + tensorboard / wandb."""
+
+    def __init__(self, run_dir: Path, report_to: str, config: dict, run_name: str | None, main: bool):
+        self.main = main
+        self.tb = self.wb = None
+        if not main:
+            return
+        self.metrics = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 - open for the whole run
+        if report_to == "tensorboard":
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ImportError("report_to=tensorboard needs the `tensorboard` package (pip install "
+                                  "tensorboard), or set report_to=none") from e
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        elif report_to == "wandb":
+            try:
+                import wandb
+            except ImportError as e:
+                raise ImportError("report_to=wandb needs `pip install wandb` (or report_to=tensorboard)") from e
+            self.wb = wandb.init(project="rewardflow", name=run_name, config=config, dir=str(run_dir))
+
+    def log(self, rec: dict, step: int, file=None) -> None:
+        if not self.main:
+            return
+        (file or self.metrics).write(json.dumps(rec) + "\n")
+        (file or self.metrics).flush()
+        scalars = {k: v for k, v in rec.items() if isinstance(v, (int, float)) and k != "step"}
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, step)
+        if self.wb is not None:
+            self.wb.log(scalars, step=step)
+
+    def close(self) -> None:
+        if not self.main:
+            return
+        self.metrics.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.wb is not None:
+            self.wb.finish()
+
+
+def save_image_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 8) -> None:
+    """images [B,3,H,W] (or video [B,T,3,H,W]: first frame) in [0, 1] -> one PNG grid."""
+    from torchvision.utils import save_image
+
+    if images.ndim == 5:
+        images = images[:, 0]
+    save_image(images.float().cpu().clamp(0, 1), str(path), nrow=nrow, padding=2, pad_value=1.0)
+
+
+def plot_reward_curve(run_dir: str | os.PathLike) -> Path | None:
+    """``reward_curve.png`` from metrics.jsonl (train ``reward_mean``) and eval.jsonl (held-out reward, oracle)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    read = lambda f: [json.loads(ln) for ln in f.read_text().splitlines() if ln.strip()] if f.is_file() else []
+    train = [r for r in read(run_dir / "metrics.jsonl") if "reward_mean" in r]
+    ev = [r for r in read(run_dir / "eval.jsonl") if "eval_reward" in r]
+    if not train and not ev:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if train:
+        ax.plot([r["step"] for r in train], [r["reward_mean"] for r in train], lw=1, alpha=0.7,
+                label="train reward (on-policy samples)")
+    if ev:
+        ax.plot([r["step"] for r in ev], [r["eval_reward"] for r in ev], "o-", label="held-out reward")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("reward")
+    if ev and "oracle_accuracy" in ev[0]:
+        ax2 = ax.twinx()
+        ax2.plot([r["step"] for r in ev], [r["oracle_accuracy"] for r in ev], "s--", color="tab:green",
+                 label="held-out oracle accuracy")
+        ax2.set_ylabel("oracle accuracy")
+        ax2.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    out = run_dir / "reward_curve.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- trainer
+
+
+class Trainer:
+    """Build everything from a (TrainConfig, method config) pair and run :meth:`train`.
+
+    ``generator`` / ``reward`` may be passed in (tests, notebooks); otherwise they are loaded from the config.
+    """
+
+    def __init__(self, config: TrainConfig, method_config: Any, generator=None, reward=None):
+        from accelerate import Accelerator
+
+        self.config = c = config
+        _validate(c)
+        self.method_config = method_config
+        cpu = c.device == "cpu" or (c.device == "auto" and not torch.cuda.is_available())
+        if c.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device=cuda but CUDA is not available; use device=auto or device=cpu")
+        self.accelerator = Accelerator(mixed_precision=c.mixed_precision, cpu=cpu)
+        acc = self.accelerator
+        self.run_dir = Path(c.output_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        if acc.is_main_process:
+            (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+
+        torch.manual_seed(c.seed + acc.process_index)
+        self.prompt_rng = torch.Generator().manual_seed(c.seed * 1000 + acc.process_index)
+        self.sample_rng = torch.Generator().manual_seed(c.seed * 1000 + 500 + acc.process_index)
+
+        # -- generator, trainable weights, reference
+        if generator is None:
+            from rewardflow.pipelines.registry import load_generator
+
+            generator = load_generator(c.model, adapter=c.adapter, guidance_scale=c.guidance_scale)
+        self.gen = generator
+        self.gen.guidance_scale = c.guidance_scale
+        if self.gen.device != acc.device:
+            self._move_generator(acc.device)
+        self.method_cls = get_method(c.method)
+        self.trains_generator = bool(self.method_cls.trains_generator)
+        if self.trains_generator:
+            if c.lora_rank > 0:
+                self.gen.add_lora(rank=c.lora_rank, alpha=c.lora_alpha or None,
+                                  target_modules=c.lora_targets or None)
+            else:
+                self.gen.denoiser.requires_grad_(True)
+            if c.lora_rank == 0 and self.method_cls.uses_reference:
+                self.gen.snapshot_reference()
+            if c.gradient_checkpointing:
+                self.gen.enable_gradient_checkpointing()
+            self.gen.denoiser.train()
+        else:  # the method trains its own module (e.g. a latent reward head); the generator stays frozen
+            self.gen.denoiser.requires_grad_(False).eval()
+
+        # -- reward
+        if reward is None and c.reward:
+            reward = self._build_reward(c.reward)
+        self.reward = reward
+        if self.reward is not None:
+            self.reward.to(acc.device).requires_grad_(False).eval()
+
+        # -- method
+        self._log_buffer: dict[str, list[float]] = {}
+        self.ctx = MethodContext(generator=self.gen, reward=self.reward, device=acc.device, rng=self.sample_rng,
+                                 sample_steps=c.sample_steps, batch_size=c.batch_size,
+                                 process_index=acc.process_index, num_processes=acc.num_processes,
+                                 gather=self._gather, log=self._ctx_log)
+        self.method = self.method_cls(method_config, self.ctx)
+        module = self.gen.denoiser if self.trains_generator else self.method.trainable_module()
+        if module is None:
+            raise TypeError(f"method {c.method!r} sets trains_generator=False but trainable_module() returned None")
+        module.train()
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        self.param_names = [n for n, p in module.named_parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("no trainable parameters (LoRA targets matched nothing?); set lora_targets")
+        self.params_before = sum(p.numel() for p in self.params)
+        self._last_collected: list | None = None
+
+        # -- optimizer, schedule, EMA
+        if c.optimizer in ("adamw", "adam"):
+            opt_cls = torch.optim.AdamW if c.optimizer == "adamw" else torch.optim.Adam
+            self.optimizer = opt_cls(self.params, lr=c.lr, betas=(c.adam_beta1, c.adam_beta2), eps=c.adam_eps,
+                                     weight_decay=c.weight_decay)
+        else:
+            self.optimizer = torch.optim.SGD(self.params, lr=c.lr, weight_decay=c.weight_decay)
+        warm = max(0, c.lr_warmup_steps)
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        self.optimizer = acc.prepare_optimizer(self.optimizer)
+        self.ema = None
+        if c.ema_decay > 0:
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel(self.params, decay=c.ema_decay)
+        self.prompts = PromptSource(c.prompts)
+        self.eval_source = PromptSource(c.eval_prompts) if c.eval_prompts else None
+        # held-out rewards: scored at every eval; a RewardHackingMonitor warns when eval_reward rises while one of
+        # them falls (eval/monitor.py)
+        self.heldout = {n.split("(")[0].strip(): self._build_reward(n).to(acc.device).eval()
+                        for n in c.heldout_rewards}
+        self.monitor = None
+        if self.heldout and acc.is_main_process:
+            from rewardflow.eval.monitor import RewardHackingMonitor
+
+            self.monitor = RewardHackingMonitor("eval_reward", [f"heldout_{n}" for n in self.heldout],
+                                                log_file=self.run_dir / "hacking.jsonl")
+        self.step = 0
+        self.samples_seen = 0
+        self.reporter = None
+
+    # ------------------------------------------------------------------ construction helpers
+    def _move_generator(self, device) -> None:
+        pipe = getattr(self.gen, "pipe", None)
+        if pipe is not None:
+            pipe.to(device)
+        else:
+            self.gen.denoiser.to(device)
+
+    @staticmethod
+    def _build_reward(spec: str):
+        try:
+            from rewardflow.rewards.combine import build_reward
+        except ImportError:  # pragma: no cover - older combine.py
+            from rewardflow.rewards.base import load_reward
+
+            return load_reward(spec)
+        return build_reward(spec)
+
+    def _gather(self, t: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.gather(t) if self.accelerator.num_processes > 1 else t
+
+    def _ctx_log(self, d: dict[str, float]) -> None:
+        for k, v in d.items():
+            v = float(v.item() if torch.is_tensor(v) else v)
+            self._log_buffer.setdefault(k, []).append(v)
+
+    def effective_batch(self) -> dict[str, int]:
+        c, acc = self.config, self.accelerator
+        per_prompt = int(getattr(self.method, "samples_per_prompt", 1) or 1)
+        prompts = c.batch_size * c.grad_accum * acc.num_processes
+        return {"batch_size": c.batch_size, "grad_accum": c.grad_accum, "num_processes": acc.num_processes,
+                "samples_per_prompt": per_prompt, "prompts_per_step": prompts, "samples_per_step": prompts * per_prompt}
+
+    def describe(self) -> str:
+        e = self.effective_batch()
+        return (f"[rewardflow] method={self.config.method} trainable parameters={self.params_before:,} "
+                f"({'LoRA r=' + str(self.config.lora_rank) if self.config.lora_rank else 'full fine-tuning'})\n"
+                f"[rewardflow] effective batch: {e['batch_size']} prompts/process x {e['grad_accum']} grad_accum x "
+                f"{e['num_processes']} processes = {e['prompts_per_step']} prompts per optimizer step; "
+                f"x {e['samples_per_prompt']} samples/prompt = {e['samples_per_step']} samples per optimizer step")
+
+    # ------------------------------------------------------------------ checkpoints
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().cpu().contiguous().clone() for n, p in zip(self.param_names, self.params)}
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        missing = [n for n in self.param_names if n not in state]
+        if missing:
+            raise ValueError(f"checkpoint lacks {len(missing)} trainable tensors (e.g. {missing[0]}): it was saved "
+                             "with a different lora_rank / lora_targets / model")
+        with torch.no_grad():
+            for n, p in zip(self.param_names, self.params):
+                p.copy_(state[n].to(p.device, p.dtype))
+
+    def save_checkpoint(self) -> Path | None:
+        """Atomically write ``checkpoints/step_{N}``: to a temporary directory, fsync, rename."""
+        from safetensors.torch import save_file
+
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if not acc.is_main_process:
+            return None
+        final = self.ckpt_dir / f"step_{self.step:07d}"
+        tmp = self.ckpt_dir / f".tmp_step_{self.step:07d}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        save_file(self.trainable_state(), str(tmp / "trainable.safetensors"))
+        torch.save({"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
+                    "ema": None if self.ema is None else self.ema.state_dict(),
+                    "rng": _rng_state({"prompt": self.prompt_rng, "sample": self.sample_rng}),
+                    "method": self.method.state_dict()}, tmp / "state.pt")
+        (tmp / "trainer.json").write_text(json.dumps({"step": self.step, "samples_seen": self.samples_seen,
+                                                      "method": self.config.method}))
+        _fsync_tree(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(self.ckpt_dir)
+        done = sorted(self.ckpt_dir.glob("step_*"))
+        for old in done[:-max(1, self.config.keep_checkpoints)]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def latest_checkpoint(self) -> Path | None:
+        done = sorted(p for p in self.ckpt_dir.glob("step_*") if (p / "trainer.json").is_file())
+        return done[-1] if done else None
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not (path / "trainer.json").is_file():
+            raise FileNotFoundError(f"{path} is not a complete rewardflow checkpoint (trainer.json missing)")
+        meta = json.loads((path / "trainer.json").read_text())
+        if meta.get("method") != self.config.method:
+            raise ValueError(f"checkpoint {path} was written by method {meta.get('method')!r}, "
+                             f"not {self.config.method!r}")
+        self.load_trainable_state(load_file(str(path / "trainable.safetensors")))
+        st = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.lr_scheduler.load_state_dict(st["lr_scheduler"])
+        if self.ema is not None and st["ema"] is not None:
+            self.ema.load_state_dict(st["ema"])
+        _set_rng_state(st["rng"], {"prompt": self.prompt_rng, "sample": self.sample_rng})
+        self.method.load_state_dict(st["method"])
+        self.step, self.samples_seen = int(meta["step"]), int(meta["samples_seen"])
+
+    def maybe_resume(self) -> bool:
+        r = self.config.resume
+        if r == "never":
+            return False
+        path = self.latest_checkpoint() if r == "auto" else Path(r)
+        if path is None:
+            return False
+        self.load_checkpoint(path)
+        print(f"[rewardflow] resumed from {path} at step {self.step}", flush=True)
+        return True
+
+    # ------------------------------------------------------------------ one optimizer step
+    def train_step(self) -> dict[str, float]:
+        """Collect, accumulate the loss over micro-batches, guard against non-finite values, step."""
+        c, acc, m = self.config, self.accelerator, self.method
+        self._log_buffer = {}
+        self.optimizer.zero_grad(set_to_none=True)
+        losses, diags, finite = [], {}, True
+        batches = []
+        for _ in range(c.grad_accum):
+            prompts = self.prompts.sample(c.batch_size, self.prompt_rng)
+            with torch.set_grad_enabled(m.collect_needs_grad), acc.autocast():
+                collected = m.collect(prompts, self.step)
+            batches.append(collected)
+            # a method that re-serves the same rollout (updates_per_rollout > 1) drew no new samples
+            if collected is not self._last_collected:
+                self.samples_seen += (c.batch_size * int(getattr(m, "samples_per_prompt", 1) or 1)
+                                      * acc.num_processes)
+            self._last_collected = collected
+        n_micro = sum(len(b) for b in batches) * max(1, m.inner_epochs)
+        for _epoch in range(max(1, m.inner_epochs)):
+            for collected in batches:
+                for mb in collected:
+                    with acc.autocast():
+                        loss, d = m.loss(mb, self.step)
+                    if not torch.isfinite(loss.detach()).all():
+                        finite = False
+                        losses.append(float("nan"))
+                        continue
+                    if loss.requires_grad:
+                        acc.backward(loss / n_micro)
+                    losses.append(float(loss.detach()))
+                    for k, v in d.items():
+                        diags.setdefault(k, []).append(float(v.item() if torch.is_tensor(v) else v))
+        # all-reduce gradients across processes (the denoiser is deliberately not DDP-wrapped)
+        if acc.num_processes > 1:
+            for p in self.params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                p.grad = acc.reduce(p.grad, reduction="mean")
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if grads:
+            if acc.scaler is not None:
+                acc.unscale_gradients()
+            gnorm = torch.nn.utils.clip_grad_norm_(self.params, c.grad_clip if c.grad_clip > 0 else float("inf"))
+            gnorm = float(gnorm)
+        else:
+            gnorm = 0.0
+        skipped = (not finite) or (not math.isfinite(gnorm)) or not grads
+        reason = ("non-finite loss" if not finite else "non-finite gradient" if not math.isfinite(gnorm)
+                  else "no gradient" if not grads else "")
+        if skipped:
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            if self.ema is not None:
+                self.ema.step(self.params)
+        self.optimizer.zero_grad(set_to_none=True)
+        rec = {"step": self.step + 1, "loss": float(sum(x for x in losses if math.isfinite(x)) /
+                                                  max(1, sum(math.isfinite(x) for x in losses))),
+               "grad_norm": gnorm, "lr": self.lr_scheduler.get_last_lr()[0], "skipped": int(skipped),
+               "samples": self.samples_seen}
+        if skipped:
+            rec["skip_reason"] = reason
+        rec.update({k: sum(v) / len(v) for k, v in diags.items()})
+        rec.update({k: sum(v) / len(v) for k, v in self._log_buffer.items()})
+        return rec
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, tag: str | None = None) -> dict[str, float]:
+        """Mean reward on the held-out prompts (fixed noise), toy-oracle accuracy for the toy world, a sample grid.
+        Runs with the EMA weights when EMA is on; leaves every RNG untouched."""
+        if self.eval_source is None or not self.accelerator.is_main_process:
+            return {}
+        c = self.config
+        prompts = self.eval_source.eval_list(c.eval_per_category, seed=0)
+        if not self.trains_generator:  # the generator is frozen: the method reports on its own module
+            with torch.random.fork_rng(devices=[]), self._ema_weights():
+                return {"step": self.step, "samples": self.samples_seen, **self.method.evaluate(prompts)}
+        with torch.random.fork_rng(devices=[]), self._ema_weights():
+            was_training = self.gen.denoiser.training
+            self.gen.denoiser.eval()
+            noise = torch.randn((len(prompts), *self.gen.latent_shape), generator=torch.Generator().manual_seed(0))
+            imgs = torch.cat([self.gen.generate(prompts[i:i + 50], c.sample_steps,
+                                                noise=noise[i:i + 50].to(self.gen.device, self.gen.dtype))
+                              for i in range(0, len(prompts), 50)]).float()
+            self.gen.denoiser.train(was_training)
+        out: dict[str, float] = {"step": self.step, "samples": self.samples_seen}
+        if self.reward is not None:
+            r = torch.cat([self.reward(imgs[i:i + 50].to(self.accelerator.device), prompts[i:i + 50]).float().cpu()
+                           for i in range(0, len(prompts), 50)])
+            out["eval_reward"] = float(r[torch.isfinite(r)].mean()) if torch.isfinite(r).any() else float("nan")
+        for name, rw in self.heldout.items():  # held-out rewards: watched for reward hacking, never optimized
+            r = torch.cat([rw(imgs[i:i + 50].to(self.accelerator.device), prompts[i:i + 50]).float().cpu()
+                           for i in range(0, len(prompts), 50)])
+            out[f"heldout_{name}"] = float(r[torch.isfinite(r)].mean()) if torch.isfinite(r).any() else float("nan")
+        if self.eval_source.split is not None:
+            from rewardflow.eval.toy import oracle_report
+
+            rep = oracle_report(imgs.cpu(), prompts)
+            out["oracle_accuracy"] = rep["accuracy"]
+            out["oracle_partial"] = rep["partial"]
+            out.update({f"oracle_{k}": v for k, v in rep["per_category"].items()})
+        idx = list(range(0, len(prompts), max(1, len(prompts) // 16)))[:16]
+        save_image_grid(imgs[idx], self.run_dir / "samples" / f"{tag or f'step_{self.step:07d}'}.png", nrow=8)
+        return out
+
+    def _ema_weights(self):
+        """Context: the EMA weights swapped into the trainable parameters (no-op without EMA)."""
+        import contextlib
+
+        if self.ema is None:
+            return contextlib.nullcontext()
+        ema, params = self.ema, self.params
+
+        @contextlib.contextmanager
+        def swap():
+            ema.store(params)
+            ema.copy_to(params)
+            try:
+                yield
+            finally:
+                ema.restore(params)
+
+        return swap()
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        c, acc = self.config, self.accelerator
+        resumed = self.maybe_resume()
+        if acc.is_main_process:
+            import yaml
+
+            resolved = {**dataclasses.asdict(c), **dataclasses.asdict(self.method_config)}
+            resolved = {k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()}
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        self.reporter = _Reporter(self.run_dir, c.report_to, {**dataclasses.asdict(c)}, c.run_name,
+                                  acc.is_main_process)
+        print(self.describe(), flush=True)
+        # open for the whole run
+        eval_file = open(self.run_dir / "eval.jsonl", "a") if acc.is_main_process else None  # noqa: SIM115
+        history: list[dict] = []
+
+        def do_eval(tag=None):
+            ev = self.evaluate(tag)
+            if ev and self.monitor is not None:
+                ev["hacking_warnings"] = len(self.monitor.update(ev["step"], ev))
+            if ev:
+                self.reporter.log(ev, self.step, file=eval_file)
+                history.append(ev)
+                print("[rewardflow] eval " + json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                                                         for k, v in ev.items()}), flush=True)
+            return ev
+
+        first = do_eval() if (c.eval_at_start and not resumed) else {}
+        t0 = time.time()
+        bar = tqdm(total=c.max_steps, initial=self.step, desc=c.method, disable=not acc.is_main_process,
+                   dynamic_ncols=True)
+        skipped = 0
+        while self.step < c.max_steps:
+            rec = self.train_step()
+            self.step += 1
+            skipped += rec["skipped"]
+            rec["seconds"] = round(time.time() - t0, 2)
+            if rec["skipped"]:
+                print(f"[rewardflow] step {self.step}: skipped ({rec['skip_reason']}); weights unchanged",
+                      flush=True)
+            if self.step % max(1, c.log_every) == 0 or rec["skipped"] or self.step == c.max_steps:
+                self.reporter.log(rec, self.step)
+            bar.update(1)
+            bar.set_postfix({k: f"{rec[k]:.4g}" for k in ("loss", "reward_mean") if k in rec})
+            if c.save_every and self.step % c.save_every == 0 and self.step < c.max_steps:
+                self.save_checkpoint()
+            if c.eval_every and self.step % c.eval_every == 0 and self.step < c.max_steps:
+                do_eval()
+        bar.close()
+        self.save_checkpoint()
+        last = do_eval()
+        final_dir = self.save_final()
+        if eval_file is not None:
+            eval_file.close()
+        self.reporter.close()
+        curve = plot_reward_curve(self.run_dir) if acc.is_main_process else None
+        summary = {"run_dir": str(self.run_dir), "steps": self.step, "samples": self.samples_seen,
+                   "skipped_steps": skipped, "seconds": round(time.time() - t0, 1), "final": str(final_dir),
+                   "reward_curve": None if curve is None else str(curve),
+                   "before": first, "after": last}
+        if acc.is_main_process:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        return summary
+
+    def save_final(self) -> Path | None:
+        """``final/``: the LoRA (``gen.save_lora``, peft format) or the trainable weights as safetensors; EMA
+        weights when EMA is on."""
+        if not self.accelerator.is_main_process:
+            return None
+        from safetensors.torch import save_file
+
+        out = self.run_dir / "final"
+        out.mkdir(parents=True, exist_ok=True)
+        with self._ema_weights():
+            if not self.trains_generator:
+                self.method.save_pretrained(out)
+            elif self.config.lora_rank > 0 and hasattr(self.gen, "save_lora"):
+                self.gen.save_lora(str(out))
+            else:
+                save_file(self.trainable_state(), str(out / "trainable.safetensors"))
+        return out
+
+
+def train(config: TrainConfig, method_config: Any, generator=None, reward=None) -> dict[str, Any]:
+    """Convenience: build a :class:`Trainer` and run it."""
+    return Trainer(config, method_config, generator=generator, reward=reward).train()

@@ -1,0 +1,72 @@
+"""Write generated images in the folder layouts external evaluators read.
+
+* ``plain``: ``OUT/images/{i:05d}.png`` + ``OUT/prompts.jsonl`` (one ``{"index", "prompt", "file", ...}`` per image).
+* ``geneval``: GenEval (``djghosh13/geneval``, ``generation/diffusers_generate.py`` writes and
+  ``evaluation/evaluate_images.py`` reads): ``OUT/{prompt_index:05d}/metadata.jsonl`` holding the prompt's metadata
+  line (the object from ``evaluation_metadata.jsonl``; ``{"prompt": ...}`` for plain prompts) and
+  ``OUT/{prompt_index:05d}/samples/{sample:04d}.png``.
+* ``t2i-compbench``: T2I-CompBench (``Karine-Huang/T2I-CompBench`` evaluation scripts read
+  ``OUT/samples/{prompt}_{index:06d}.png``, the prompt recovered from the file name).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+LAYOUTS = ("plain", "geneval", "t2i-compbench")
+
+
+def save_png(img: torch.Tensor, path: str | Path) -> None:
+    """``[3, H, W]`` float in [0, 1] -> 8-bit PNG."""
+    from PIL import Image
+
+    arr = (img.detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy())
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def write_layout(images: torch.Tensor, prompts: Sequence[str], out: str | Path, layout: str = "plain",
+                 sample_index: Sequence[int] | None = None, metadata: Sequence[dict] | None = None,
+                 extra: Sequence[dict] | None = None) -> list[str]:
+    """Write ``images[i]`` for ``prompts[i]``; ``sample_index[i]`` numbers several samples of one prompt
+    (default 0). Returns the written file paths."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    prompts = list(prompts)
+    if len(prompts) != images.shape[0]:
+        raise ValueError(f"{images.shape[0]} images but {len(prompts)} prompts")
+    out = Path(out)
+    sample_index = list(sample_index) if sample_index is not None else [0] * len(prompts)
+    files = []
+    if layout == "plain":
+        rows = []
+        for i, p in enumerate(prompts):
+            f = out / "images" / f"{i:05d}.png"
+            save_png(images[i], f)
+            row = {"index": i, "prompt": p, "file": str(f.relative_to(out))}
+            row.update((extra or [{}] * len(prompts))[i])
+            rows.append(row)
+            files.append(str(f))
+        (out / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif layout == "geneval":
+        order = list(dict.fromkeys(prompts))  # prompt index = order of first appearance
+        for i, p in enumerate(prompts):
+            d = out / f"{order.index(p):05d}"
+            meta = (metadata[i] if metadata is not None else {"prompt": p})
+            (d / "samples").mkdir(parents=True, exist_ok=True)
+            (d / "metadata.jsonl").write_text(json.dumps(meta) + "\n")
+            f = d / "samples" / f"{sample_index[i]:04d}.png"
+            save_png(images[i], f)
+            files.append(str(f))
+    else:
+        for i, p in enumerate(prompts):
+            if "/" in p:
+                raise ValueError(f"T2I-CompBench file names hold the prompt, which cannot contain '/': {p!r}")
+            f = out / "samples" / f"{p}_{sample_index[i]:06d}.png"
+            save_png(images[i], f)
+            files.append(str(f))
+    return files

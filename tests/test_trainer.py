@@ -1,0 +1,137 @@
+"""The shared trainer: config splitting, effective batch, NaN guard, atomic checkpoints and exact resume."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rewardflow.align.trainer import TrainConfig, load_train_config, split_config
+from tests.trainer_utils import NaNReward, make_trainer, read_metrics
+
+PROMPTS = ["a red circle", "two blue squares", "a green triangle", "a yellow square"]
+
+
+def test_unknown_key_fails_before_any_model_loads(tmp_path, monkeypatch):
+    from rewardflow.pipelines import registry
+
+    def boom(*a, **k):
+        raise AssertionError("a model was loaded before the config was validated")
+
+    monkeypatch.setattr(registry, "load_generator", boom)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("method: rwr\nmax_steps: 3\nbetta: 0.1\n")
+    with pytest.raises(ValueError) as e:
+        load_train_config(cfg, ["output_dir=x"])
+    msg = str(e.value)
+    assert "'betta'" in msg and "Did you mean 'beta'" in msg
+    assert "max_steps" in msg and "lora_rank" in msg  # trainer keys
+    assert "kl_weight" in msg and "mean_zero" in msg  # the method's keys
+    from rewardflow.cli import main
+
+    assert main(["train", str(cfg)]) == 2  # the CLI reports it as `rewardflow: error: ...`
+
+
+def test_split_config_types_and_method_errors():
+    t, m = split_config({"method": "flow_dpo", "max_steps": "7", "beta": 10, "lr": "3e-4"})
+    assert isinstance(t, TrainConfig) and t.max_steps == 7 and t.lr == pytest.approx(3e-4)
+    assert m.beta == 10.0 and isinstance(m.beta, float)
+    with pytest.raises(KeyError, match="Known methods"):
+        split_config({"method": "flow_dop"})
+    with pytest.raises(ValueError, match="needs `method"):
+        split_config({"max_steps": 2})
+    with pytest.raises(ValueError, match="report_to"):
+        split_config({"method": "rwr", "report_to": "mlflow"})
+
+
+def test_shipped_configs_validate_with_overrides():
+    for name in ("flow_dpo", "diffusion_dpo", "rwr", "draft"):
+        t, _ = load_train_config(f"configs/toy/{name}.yaml", ["max_steps=5", "output_dir=/tmp/somewhere"])
+        assert t.method == name and t.max_steps == 5 and t.output_dir == "/tmp/somewhere"
+
+
+def test_effective_batch_arithmetic(tmp_path, tiny_pipe_dir):
+    tr = make_trainer(tmp_path, tiny_pipe_dir, "rwr", batch_size=3, grad_accum=2, num_samples_per_prompt=4)
+    e = tr.effective_batch()
+    assert e["prompts_per_step"] == 3 * 2 * 1 and e["samples_per_step"] == 24
+    assert "3 prompts/process x 2 grad_accum x 1 processes = 6 prompts" in tr.describe()
+    assert "x 4 samples/prompt = 24 samples" in tr.describe()
+
+
+def _params(tr):
+    return [p.detach().clone() for p in tr.params]
+
+
+@pytest.mark.parametrize("method", ["rwr", "draft", "flow_dpo"])
+def test_nan_reward_leaves_weights_unchanged(tmp_path, tiny_pipe_dir, method):
+    tr = make_trainer(tmp_path, tiny_pipe_dir, method, reward=NaNReward(), max_steps=1, weight_decay=0.1)
+    with torch.no_grad():  # non-zero LoRA weights, so weight decay alone would change them if a step were taken
+        for p in tr.params:
+            p.add_(0.01)
+    before = _params(tr)
+    tr.train()
+    assert all(torch.equal(a, b) for a, b in zip(before, tr.params))
+    rec = read_metrics(tmp_path)[-1]
+    assert rec["skipped"] == 1 and rec["skip_reason"] in ("no gradient", "non-finite loss")
+    saved = load_file(str(tmp_path / "final" / "pytorch_lora_weights.safetensors"))
+    assert all(torch.isfinite(v).all() for v in saved.values())
+
+
+def test_partially_nan_rewards_are_masked_not_skipped(tmp_path, tiny_pipe_dir):
+    tr = make_trainer(tmp_path, tiny_pipe_dir, "rwr", reward=NaNReward(bad=[0, 5]), max_steps=1,
+                      num_samples_per_prompt=4)
+    tr.train()
+    rec = read_metrics(tmp_path)[-1]
+    assert rec["skipped"] == 0 and rec["nonfinite_rewards"] == 2.0 and torch.isfinite(torch.tensor(rec["loss"]))
+
+
+def test_nonfinite_gradient_skips_step(tmp_path, tiny_pipe_dir):
+    tr = make_trainer(tmp_path, tiny_pipe_dir, "draft", max_steps=1)
+    tr.params[0].register_hook(lambda g: torch.full_like(g, float("inf")))  # finite loss, infinite gradient
+    before = _params(tr)
+    tr.train()
+    assert all(torch.equal(a, b) for a, b in zip(before, tr.params))
+    rec = read_metrics(tmp_path)[-1]
+    assert rec["skipped"] == 1 and rec["skip_reason"] == "non-finite gradient" and torch.isfinite(
+        torch.tensor(rec["loss"]))
+
+
+def test_checkpoints_are_atomic_and_pruned(tmp_path, tiny_pipe_dir):
+    tr = make_trainer(tmp_path, tiny_pipe_dir, "rwr", max_steps=3, save_every=1, keep_checkpoints=2,
+                      ema_decay=0.9)
+    tr.train()
+    ck = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert ck == ["step_0000002", "step_0000003"]  # no .tmp_ leftovers, oldest pruned
+    meta = json.loads((tmp_path / "checkpoints" / "step_0000003" / "trainer.json").read_text())
+    assert meta["step"] == 3 and meta["samples_seen"] == 3 * 2 * 4
+    state = torch.load(tmp_path / "checkpoints" / "step_0000003" / "state.pt", weights_only=True)
+    assert {"optimizer", "lr_scheduler", "ema", "rng", "method"} <= set(state)
+    for f in ("config.yaml", "metrics.jsonl", "summary.json"):
+        assert (tmp_path / f).is_file()
+
+
+@pytest.mark.parametrize("method,extra", [("rwr", {"ema_decay": 0.9}), ("flow_dpo", {"ref_update_every": 2})])
+def test_resume_gives_the_same_next_step(tmp_path, tiny_pipe_dir, method, extra):
+    full = tmp_path / "full"
+    make_trainer(full, tiny_pipe_dir, method, max_steps=3, **extra).train()
+    part = tmp_path / "part"
+    make_trainer(part, tiny_pipe_dir, method, max_steps=2, **extra).train()  # "interrupted" after step 2
+    tr = make_trainer(part, tiny_pipe_dir, method, max_steps=3, resume="auto", **extra)
+    tr.train()
+    a, b = read_metrics(full), read_metrics(part)
+    assert [r["step"] for r in b] == [1, 2, 3]
+    assert b[-1]["loss"] == pytest.approx(a[-1]["loss"], rel=1e-5, abs=1e-7)
+    assert b[-1]["grad_norm"] == pytest.approx(a[-1]["grad_norm"], rel=1e-5)
+    wa = load_file(str(full / "checkpoints" / "step_0000003" / "trainable.safetensors"))
+    wb = load_file(str(part / "checkpoints" / "step_0000003" / "trainable.safetensors"))
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-7) for k in wa)
+
+
+def test_eval_writes_grid_oracle_and_curve(tmp_path, tiny_pipe_dir):
+    tr = make_trainer(tmp_path, tiny_pipe_dir, "draft", max_steps=1, eval_prompts="toy:heldout",
+                      eval_per_category=1, eval_at_start=True)
+    s = tr.train()
+    assert 0.0 <= s["before"]["oracle_accuracy"] <= 1.0 and "eval_reward" in s["after"]
+    assert (tmp_path / "samples" / "step_0000000.png").is_file() and (tmp_path / "reward_curve.png").is_file()
+    ev = [json.loads(x) for x in (tmp_path / "eval.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in ev] == [0, 1]

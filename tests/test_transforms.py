@@ -1,0 +1,166 @@
+"""The batched torch preprocessing equals the official PIL/torchvision pipelines and passes gradients to pixels."""
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms as T
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+from rewardflow.rewards.transforms import (IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
+                                           center_crop, clip_preprocess, normalize, resize_longest_pad,
+                                           resize_shorter, resize_to)
+from rewardflow.toy import world
+
+BICUBIC = T.InterpolationMode.BICUBIC
+# PIL rounds each resized pixel to uint8 after each of its two passes (fixed-point filter) and clips each pass;
+# measured at most ~1.6 uint8 levels apart from the float path, 0.1-0.2 levels on average.
+# Bound: 2 levels / smallest std at every pixel, 0.25 levels on average.
+TOL_MAX = 2.0 / 255 / min(OPENAI_CLIP_STD)
+TOL_MEAN = 0.25 / 255 / min(OPENAI_CLIP_STD)
+
+# (H, W): downscale square, both orientations, odd excess for the crop, upscaling, already at size
+SIZES = [(512, 512), (300, 517), (640, 256), (387, 229), (1024, 1024), (97, 150), (180, 120), (224, 224)]
+
+
+def _toy_image(h, w, seed=0):
+    """A rendered toy-world scene (sharp coloured shapes) resized to h x w with PIL, plus a smooth gradient."""
+    rng = np.random.default_rng(seed)
+    scene = world.render("a red circle and a blue square", size=96, rng=rng)
+    img = Image.fromarray(scene).resize((w, h), Image.BICUBIC)
+    yy, xx = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
+    smooth = np.stack([np.sin(5 * xx + 2 * yy), np.cos(7 * xx * yy), xx - yy], -1) * 40
+    arr = np.clip(np.asarray(img, dtype=np.float64) + smooth + 20, 0, 255).round().astype(np.uint8)
+    return Image.fromarray(arr)
+
+
+def _to_tensor(pil):
+    return torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+
+
+def _hpsv2_reference(pil, size):
+    """HPSv2's eval transform (tgxs002/HPSv2 hpsv2/src/open_clip/transform.py: ResizeMaxSize(size, fill=0) on the
+    PIL image, then ToTensor + Normalize), written independently with torchvision's PIL functions."""
+    w, h = pil.size
+    scale = size / float(max(h, w))
+    new = (round(h * scale), round(w * scale))
+    img = TF.resize(pil, list(new), BICUBIC)
+    ph, pw = size - new[0], size - new[1]
+    img = TF.pad(img, [pw // 2, ph // 2, pw - pw // 2, ph - ph // 2], fill=0)
+    return T.Compose([T.ToTensor(), T.Normalize(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)])(img)
+
+
+def _assert_close(ours, ref):
+    assert ours.shape == ref.shape
+    diff = (ours - ref).abs()
+    assert float(diff.max()) <= TOL_MAX, float(diff.max())
+    assert float(diff.mean()) <= TOL_MEAN, float(diff.mean())
+
+
+@pytest.mark.parametrize("hw", SIZES)
+def test_crop_mode_matches_torchvision_pil_pipeline(hw):
+    pil = _toy_image(*hw)
+    ref = T.Compose([T.Resize(224, interpolation=BICUBIC), T.CenterCrop(224), T.ToTensor(),
+                     T.Normalize(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)])(pil)
+    _assert_close(clip_preprocess(_to_tensor(pil))[0], ref)
+
+
+@pytest.mark.parametrize("hw", SIZES)
+def test_pad_mode_matches_hpsv2_resize_max_size(hw):
+    pil = _toy_image(*hw, seed=1)
+    ours = clip_preprocess(_to_tensor(pil), mode="pad")[0]
+    _assert_close(ours, _hpsv2_reference(pil, 224))
+    if hw[0] != hw[1]:  # the padded border is exactly the normalised black (0 - mean) / std
+        black = normalize(torch.zeros(1, 3, 1, 1), OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)[0, :, 0, 0]
+        assert torch.allclose(ours[:, 0, 0], black, atol=1e-6)  # top-left pixel lies in the pad either way
+
+
+@pytest.mark.parametrize("size,out", [(96, 64), (256, 224), (64, 224)])
+def test_sharp_edges_match_pil(size, out):
+    # a raw rendered scene (flat colours, hard edges): the cubic overshoot that PIL clips after each pass matters
+    pil = Image.fromarray(world.render("a red circle and a blue triangle", size=size,
+                                       rng=np.random.default_rng(5)))
+    ref = T.Compose([T.Resize(out, interpolation=BICUBIC), T.CenterCrop(out), T.ToTensor(),
+                     T.Normalize(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)])(pil)
+    _assert_close(clip_preprocess(_to_tensor(pil), size=out)[0], ref)
+
+
+@pytest.mark.parametrize("hw", [(512, 512), (300, 517), (97, 150)])
+def test_squash_and_imagenet_constants(hw):
+    pil = _toy_image(*hw, seed=2)
+    ref = T.Compose([T.Resize((160, 160), interpolation=BICUBIC), T.ToTensor(),
+                     T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])(pil)
+    ours = clip_preprocess(_to_tensor(pil), size=160, mean=IMAGENET_MEAN, std=IMAGENET_STD, mode="squash")[0]
+    assert ours.shape == ref.shape
+    assert float((ours - ref).abs().max()) <= 2.0 / 255 / min(IMAGENET_STD)
+
+
+def test_bilinear_resize_matches_pil():
+    pil = _toy_image(300, 517, seed=3)
+    ref = TF.to_tensor(TF.resize(pil, [100, 171], T.InterpolationMode.BILINEAR))
+    ours = resize_to(_to_tensor(pil), (100, 171), "bilinear", clamp=True)[0]
+    assert float((ours - ref).abs().max()) <= 2.0 / 255
+
+
+@pytest.mark.parametrize("hw", [(300, 517), (517, 300), (225, 400), (227, 227), (1000, 229), (100, 60)])
+def test_geometry_matches_torchvision(hw):
+    x = torch.rand(1, 3, *hw)
+    assert resize_shorter(x, 224).shape[-2:] == TF.resize(x, 224, antialias=True).shape[-2:]
+    for size in (224, (200, 96)):
+        assert torch.equal(center_crop(x, size), TF.center_crop(x, size))
+    h, w = hw
+    s = 224 / max(h, w)
+    assert resize_longest_pad(x, 224).shape[-2:] == (224, 224)
+    assert resize_to(x, (round(h * s), round(w * s))).shape[-2:] == (round(h * s), round(w * s))
+
+
+def test_center_crop_floor_rounding_matches_hf_convention():
+    x = torch.arange(2 * 3 * 10 * 7, dtype=torch.float32).view(2, 3, 10, 7)
+    # excess 10 - 7 = 3: torchvision offsets round(1.5) = 2, HF processors int(1.5) = 1
+    assert torch.equal(center_crop(x, 7), x[..., 2:9, :])
+    assert torch.equal(center_crop(x, 7, rounding="floor"), x[..., 1:8, :])
+
+
+def test_clamp_before_normalise_like_pil():
+    # a hard black/white edge: bicubic overshoots outside [0, 1]; PIL clips it, so must we
+    x = torch.zeros(1, 3, 64, 64)
+    x[..., 32:] = 1.0
+    raw = resize_to(x, (224, 224))
+    assert float(raw.min()) < 0 and float(raw.max()) > 1
+    out = clip_preprocess(x, mode="squash")
+    lo = normalize(torch.zeros(1, 3, 1, 1), OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+    hi = normalize(torch.ones(1, 3, 1, 1), OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+    assert (out >= lo - 1e-6).all() and (out <= hi + 1e-6).all()
+
+
+@pytest.mark.parametrize("mode", ["crop", "pad", "squash"])
+def test_gradients_reach_pixels(mode):
+    x = (0.1 + 0.8 * torch.rand(2, 3, 96, 80)).requires_grad_(True)
+    w = torch.randn(2, 3, 64, 64)
+    (clip_preprocess(x, size=64, mode=mode) * w).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    # every pixel inside the kept region gets gradient (crop drops the rows outside the central square)
+    kept = x.grad[..., 8:88, :] if mode == "crop" else x.grad
+    assert (kept.abs().sum(1) > 0).float().mean() > 0.99
+    # the map is linear away from the clamp: the gradient is exact along a random direction
+    d = torch.randn_like(x) * 1e-2
+    with torch.no_grad():
+        lin = ((clip_preprocess(x + d, size=64, mode=mode) - clip_preprocess(x, size=64, mode=mode)) * w).sum()
+    assert torch.allclose(lin, (x.grad * d).sum(), rtol=1e-3, atol=1e-4)
+
+
+def test_half_precision_input_and_errors():
+    x = torch.rand(1, 3, 50, 70)
+    out = clip_preprocess(x.half())
+    assert out.dtype == torch.float32 and out.shape == (1, 3, 224, 224)
+    with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
+        clip_preprocess(torch.rand(3, 50, 70))
+    with pytest.raises(TypeError, match="float tensor"):
+        clip_preprocess(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="mode must be"):
+        clip_preprocess(x, mode="letterbox")
+    with pytest.raises(ValueError, match="RGB"):
+        clip_preprocess(torch.rand(1, 4, 8, 8))
+    with pytest.raises(ValueError, match="interpolation"):
+        resize_to(x, (10, 10), "lanczos")
+
