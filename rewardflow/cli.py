@@ -14,13 +14,22 @@ def _setup_env() -> None:
 
 
 def _cmd_demo(a) -> int:
-    from rewardflow.config import load_config
-    from rewardflow.toy.demo import DemoConfig, run_demo
-
-    cfg = load_config(DemoConfig, a.config, a.overrides)
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
 
+    from rewardflow.config import load_config
+
+    if a.video:  # toy text-to-video: base vs best-of-N vs ReNO on the motion/content oracle
+        from rewardflow.toy.video_demo import VideoDemoConfig, run_video_demo
+
+        cfg = load_config(VideoDemoConfig, a.config, a.overrides)
+        dlog.disable_progress_bar()
+        tlog.disable_progress_bar()
+        run_video_demo(a.out, cfg, generator_path=a.generator, reward_path=a.reward)
+        return 0
+    from rewardflow.toy.demo import DemoConfig, run_demo
+
+    cfg = load_config(DemoConfig, a.config, a.overrides)
     dlog.disable_progress_bar()
     tlog.disable_progress_bar()
     run_demo(a.out, cfg, generator_path=a.generator,
@@ -98,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--generator", default=None, help="toy generator directory (default: shipped assets)")
     d.add_argument("--reward", default=None, help="toy_clip directory (default: shipped assets)")
     d.add_argument("--reward-adv", default=None, help="toy_clip_adv directory (default: shipped assets)")
+    d.add_argument("--video", action="store_true",
+                   help="the toy text-to-video demo instead (--generator/--reward then name the toy video "
+                        "generator / video reward directories)")
     d.set_defaults(fn=_cmd_demo)
 
     r = sub.add_parser("rewards", help="list the registered rewards")
@@ -156,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args) or 0)
-    except (FileNotFoundError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError) as e:  # OSError: missing files, a full disk (CheckpointWriteError), ...
         print(f"rewardflow: error: {e}", file=sys.stderr)
         return 2
 

@@ -13,12 +13,30 @@ import yaml
 T = TypeVar("T")
 
 
+def _split_top_level(text: str) -> tuple[str, ...]:
+    """Split on commas outside parentheses: ``"clip,hpsv2(path=a,b)"`` -> ``("clip", "hpsv2(path=a,b)")``."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    return tuple(x.strip() for x in parts if x.strip())
+
+
 def _coerce(value: Any, typ: Any, key: str) -> Any:
     origin = getattr(typ, "__origin__", None)
-    if origin is tuple and isinstance(value, (list, tuple)):
-        return tuple(value)
-    if origin is tuple and isinstance(value, str):  # `key=clip` on the command line: one element
-        return (value,)
+    if origin is tuple and isinstance(value, (list, tuple, str)):
+        # `key=a,b(x=1,y=2)` on the command line, or a YAML list
+        items = _split_top_level(value) if isinstance(value, str) else tuple(value)
+        args = getattr(typ, "__args__", ())
+        if len(args) == 2 and args[1] is Ellipsis and args[0] in (int, float):
+            # numbers: YAML 1.1 reads `1e-5` as a string; every element gets the declared type
+            items = tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(items))
+        return items
     if typ in (int, float) and isinstance(value, str):
         try:
             return typ(value)
@@ -29,7 +47,8 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if typ in (int, float, str, bool) and not isinstance(value, typ):
-        raise ValueError(f"config key {key!r} expects {typ.__name__}, got {type(value).__name__} {value!r}")
+        hint = f" (quote it to keep it text: {key}='{value}')" if typ is str and value is not None else ""
+        raise ValueError(f"config key {key!r} expects {typ.__name__}, got {type(value).__name__} {value!r}{hint}")
     return value
 
 

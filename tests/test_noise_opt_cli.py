@@ -14,7 +14,7 @@ def test_noise_opt_reno_writes_images_curve_and_summary(tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red circle\n\ntwo blue squares\n")
     out = tmp_path / "out"
-    rc = main(["noise-opt", "--prompts", str(prompts), "--iterations", "3", "--batch-size", "2",
+    rc = main(["noise-opt", "--prompts", str(prompts), "--iterations", "3", "--batch-size", "2", "--gradient-checkpointing",
                "--out", str(out)])
     assert rc == 0
     s = json.loads((out / "summary.json").read_text())
@@ -73,3 +73,24 @@ def test_layouts(tmp_path):
         write_layout(imgs, prompts, tmp_path / "x", "vbench")
     with pytest.raises(ValueError, match="cannot contain '/'"):
         write_layout(imgs[:1], ["a/b"], tmp_path / "y", "t2i-compbench")
+
+
+def test_noise_opt_nrg_with_a_latent_reward_model(tmp_path, capsys):
+    from rewardflow.pipelines.registry import load_generator
+    from rewardflow.rewards.latent import LatentRewardModel
+
+    gen = load_generator("toy", guidance_scale=2.0)
+    torch.manual_seed(0)
+    LatentRewardModel(gen, n_blocks=1, hidden=8).save_pretrained(tmp_path / "lrm")
+    base = ["noise-opt", "--prompt", "a red circle", "--method", "nrg", "--latent-reward", str(tmp_path / "lrm")]
+    # scale 0: exactly the plain sample; scale 50: guided away from it (the head is random but non-constant)
+    assert main([*base, "--nrg-scale", "0", "--out", str(tmp_path / "o0")]) == 0
+    assert main([*base, "--nrg-scale", "50", "--out", str(tmp_path / "o1")]) == 0
+    import numpy as np
+
+    px = lambda d, sub: torch.from_numpy(np.asarray(Image.open(next((tmp_path / d / sub / "images").glob("*.png")))))
+    assert torch.equal(px("o0", "final"), px("o0", "initial"))
+    assert not torch.equal(px("o1", "final"), px("o1", "initial"))
+    assert main(["noise-opt", "--prompt", "a red circle", "--latent-reward", str(tmp_path / "lrm"),
+                 "--out", str(tmp_path / "o2")]) == 2
+    assert "--method nrg" in capsys.readouterr().err

@@ -133,6 +133,18 @@ class PreferencePairs:
                                  f"(keys: {sorted(r)})")
         if not self.pairs:
             raise ValueError(f"{path}: no usable preference pairs (all ties or empty)")
+        self._check_files()
+
+    def _check_files(self) -> None:
+        """Every file a pair names exists (checked now, not at the step that first reads it)."""
+        missing = [(i, item) for i, (_, w, l) in enumerate(self.pairs) for item in (w, l)
+                   if isinstance(item, str) and not (self.root / item).is_file()]
+        if missing:
+            i, item = missing[0]
+            raise FileNotFoundError(
+                f"{self.path}: {len(missing)} file(s) named by the preference pairs do not exist, e.g. pair {i}: "
+                f"{item!r} -> {self.root / item}. Paths are relative to the dataset's folder ({self.root}); fix "
+                "or drop those records")
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -173,8 +185,10 @@ class PreferencePairs:
                                  f"({', '.join(IMAGE_SUFFIXES)}) or a .safetensors latent")
             if not f.is_file():
                 raise FileNotFoundError(f"image not found: {f}")
-            im = Image.open(f)
-        elif isinstance(item, dict) and item.get("bytes") is not None:
+            from rewardflow.io.images import load_image
+
+            return load_image(f)  # a corrupt / truncated file raises ImageReadError naming it
+        if isinstance(item, dict) and item.get("bytes") is not None:
             im = Image.open(io.BytesIO(item["bytes"]))
         elif hasattr(item, "convert"):
             im = item
@@ -273,17 +287,27 @@ class _DPOBase(Method):
         return [{"prompts": [s.prompts[i] for i in w.tolist()], "x0_w": s.latents[w], "x0_l": s.latents[l]}]
 
     def _collect_offline(self, n: int) -> list[dict[str, Any]]:
-        """The next ``n`` pairs of a per-epoch permutation (seeded by the epoch, so resuming is exact)."""
+        """The next ``n`` pairs of a per-epoch permutation (seeded by the epoch, so resuming is exact). With several
+        processes, process ``r`` of ``P`` takes positions ``[cursor + r*n, cursor + (r+1)*n)`` of the shared stream
+        and every process advances the cursor by ``n * P``: no pair is used twice within a step."""
         gen, N = self.ctx.generator, len(self.data)
         prompts, xw, xl = [], [], []
-        for _ in range(n):
-            epoch, pos = divmod(self.cursor, N)
+        start = self.cursor + self.ctx.process_index * n
+        for i in range(n):
+            epoch, pos = divmod(start + i, N)
             perm = torch.randperm(N, generator=torch.Generator().manual_seed(10007 * epoch + 17))
             p, w, l = self.data.pairs[int(perm[pos])]
             prompts.append(p)
             xw.append(self.data.load_item(w, gen, self.config.resolution))
             xl.append(self.data.load_item(l, gen, self.config.resolution))
-            self.cursor += 1
+            for item, x in ((w, xw[-1]), (l, xl[-1])):
+                if x.shape != xw[0].shape:  # torch.stack below needs one size
+                    label = item if isinstance(item, str) else type(item).__name__
+                    raise ValueError(f"{self.data.path}: preference item {label!r} (prompt {p!r}) gives latents "
+                                     f"{tuple(x.shape)} but the batch's first winner gives {tuple(xw[0].shape)}: "
+                                     "the pair images differ in size; set resolution=N to resize every pair image "
+                                     "to N x N")
+        self.cursor += n * max(1, self.ctx.num_processes)
         dev, dt = gen.device, gen.dtype
         return [{"prompts": prompts, "x0_w": torch.stack(xw).to(dev, dt), "x0_l": torch.stack(xl).to(dev, dt)}]
 

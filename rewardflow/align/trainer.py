@@ -13,9 +13,11 @@ A method (``rewardflow/align/<method>.py``) says how to collect data and what it
 * a NaN/inf guard: a non-finite loss or gradient norm skips the optimizer step (logged as ``skipped``); weights
   are never written from a non-finite value; non-finite rewards are masked by the methods
   (:func:`rewardflow.rewards.base.finite_mask`);
-* atomic checkpoints (written to a temporary directory, fsynced, renamed) holding the trainable weights, the
-  optimizer, lr schedule, EMA, every RNG state, the step and ``method.state_dict()``; ``resume="auto"`` continues
-  a run exactly as an uninterrupted one would have;
+* atomic checkpoints (written to a temporary directory with a ``manifest.json`` of sizes and sha256 written last,
+  fsynced, renamed) holding the trainable weights, the optimizer, lr schedule, EMA, every RNG state, the step and
+  ``method.state_dict()``; ``resume="auto"`` continues from the newest checkpoint that verifies (a corrupt one is
+  skipped with a warning) exactly as an uninterrupted run would have; a failed write (disk full) keeps the earlier
+  checkpoints and raises :class:`CheckpointWriteError` naming the path (docs/usage/robustness.md);
 * one run directory: ``config.yaml`` (resolved), ``metrics.jsonl``, tensorboard events (``report_to``),
   ``checkpoints/``, ``samples/`` (grids), ``eval.jsonl``, ``reward_curve.png`` and ``final/`` (the LoRA or the
   trainable weights, EMA applied).
@@ -73,6 +75,8 @@ class TrainConfig:
     grad_clip: float = 1.0                # max gradient norm (0 = no clipping; the norm is still checked)
     batch_size: int = 8                   # prompts per process per collect() call
     grad_accum: int = 1                   # collect() calls accumulated into one optimizer step
+    global_batch_size: int = 0            # prompts per optimizer step over all processes (0 = off); when set,
+                                          # batch_size = global_batch_size / (num_processes * grad_accum)
     mixed_precision: str = "no"
     lora_rank: int = 8                    # 0 = full fine-tuning (a frozen copy is the reference)
     lora_alpha: float = 0.0               # 0 = lora_rank
@@ -89,6 +93,8 @@ class TrainConfig:
     report_to: str = "tensorboard"
     run_name: str | None = None           # wandb run name
     device: str = "auto"                  # "auto", "cpu" or "cuda"
+    collective_timeout_s: float = 1800.0  # several processes: a collective waiting longer than this fails the
+                                          # run (a hung or dead rank becomes an error instead of a hang)
 
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -139,6 +145,8 @@ def _validate(c: TrainConfig) -> None:
               (c.max_steps >= 1, f"max_steps must be >= 1, got {c.max_steps}"),
               (c.batch_size >= 1, f"batch_size must be >= 1, got {c.batch_size}"),
               (c.grad_accum >= 1, f"grad_accum must be >= 1, got {c.grad_accum}"),
+              (c.global_batch_size >= 0, f"global_batch_size must be >= 0 (0 = off), got {c.global_batch_size}"),
+              (c.collective_timeout_s > 0, f"collective_timeout_s must be > 0, got {c.collective_timeout_s}"),
               (c.lora_rank >= 0, f"lora_rank must be >= 0 (0 = full fine-tuning), got {c.lora_rank}"),
               (0.0 <= c.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {c.ema_decay}"),
               (c.lr > 0, f"lr must be > 0, got {c.lr}"),
@@ -234,6 +242,111 @@ def _fsync_tree(path: Path) -> None:
             with open(p, "rb+") as fh:
                 os.fsync(fh.fileno())
     _fsync_dir(path)
+
+
+# ---------------------------------------------------------------------------------------------------- checkpoints
+
+MANIFEST = "manifest.json"  # written last inside a checkpoint: every other file with its size and sha256
+CHECKPOINT_FILES = ("trainable.safetensors", "state.pt", "trainer.json")
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, permissions, ...). The partial checkpoint was removed and the
+    earlier checkpoints are intact; ``errno`` is the one of the underlying error (``errno.ENOSPC`` for a full
+    disk)."""
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(ckpt: str | os.PathLike) -> Path:
+    """Write ``manifest.json`` listing every file of the checkpoint directory (relative path, size, sha256)."""
+    ckpt = Path(ckpt)
+    files = {p.relative_to(ckpt).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(ckpt.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    out = ckpt / MANIFEST
+    out.write_text(json.dumps({"format": 1, "files": files}, indent=1))
+    return out
+
+
+def verify_checkpoint(ckpt: str | os.PathLike) -> str | None:
+    """``None`` when the checkpoint is complete and every file matches its manifest (size and sha256); otherwise
+    what is wrong with it (missing manifest, missing / truncated / corrupt file)."""
+    ckpt = Path(ckpt)
+    if not ckpt.is_dir():
+        return "not a directory"
+    m = ckpt / MANIFEST
+    if not m.is_file():
+        return f"{MANIFEST} is missing (an interrupted write, or a checkpoint from an older rewardflow)"
+    try:
+        files = json.loads(m.read_text())["files"]
+        entries = [(str(k), int(v["size"]), str(v["sha256"])) for k, v in files.items()]
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        return f"{MANIFEST} is unreadable ({type(e).__name__}: {e})"
+    listed = {k for k, _, _ in entries}
+    for need in CHECKPOINT_FILES:
+        if need not in listed:
+            return f"{MANIFEST} does not list {need}"
+    for rel, size, sha in entries:
+        f = ckpt / rel
+        if not f.is_file():
+            return f"{rel} is missing"
+        got = f.stat().st_size
+        if got != size:
+            return f"{rel} has {got} bytes but the manifest says {size} (truncated or overwritten)"
+        if _sha256(f) != sha:
+            return f"{rel} does not match its sha256 in the manifest (corrupt)"
+    return None
+
+
+def find_latest_checkpoint(ckpt_dir: str | os.PathLike, warn: bool = True) -> Path | None:
+    """The newest ``step_*`` checkpoint in ``ckpt_dir`` that verifies (:func:`verify_checkpoint`). Newer ones that
+    do not verify are skipped with a warning, never picked."""
+    import warnings
+
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return None
+    for p in sorted((p for p in ckpt_dir.glob("step_*") if p.is_dir()), reverse=True):
+        problem = verify_checkpoint(p)
+        if problem is None:
+            return p
+        if warn:
+            warnings.warn(f"[rewardflow] skipping checkpoint {p}: {problem}; trying an older one (load it anyway "
+                          "with resume=PATH only if you know it is complete)", RuntimeWarning, stacklevel=2)
+    return None
+
+
+def _trim_jsonl(path: Path, last_step: int) -> int:
+    """Keep the records of ``path`` with ``step <= last_step`` (the steps a resume does not redo); a torn last line
+    of a killed run is dropped too. Atomic (temporary file + rename). Returns how many lines were dropped."""
+    if not path.is_file():
+        return 0
+    keep, dropped = [], 0
+    for ln in path.read_text().splitlines():
+        if not ln.strip():
+            continue
+        try:
+            rec = json.loads(ln)
+            ok = isinstance(rec, dict) and int(rec.get("step", 0)) <= last_step
+        except (ValueError, TypeError):
+            ok = False
+        if ok:
+            keep.append(ln)
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(ln + "\n" for ln in keep))
+        os.replace(tmp, path)
+    return dropped
 
 
 def _rng_state(generators: dict[str, torch.Generator | None]) -> dict[str, torch.Tensor]:
@@ -344,6 +457,123 @@ def plot_reward_curve(run_dir: str | os.PathLike) -> Path | None:
     return out
 
 
+# ---------------------------------------------------------------------------------------------------- processes
+
+
+def per_process_batch_size(global_batch_size: int, num_processes: int, grad_accum: int) -> int:
+    """``global_batch_size / (num_processes * grad_accum)``; an error when it does not divide evenly (the effective
+    batch would silently differ from the one asked for)."""
+    n = num_processes * grad_accum
+    if global_batch_size % n:
+        lo, hi = (global_batch_size // n) * n, (global_batch_size // n + 1) * n
+        eg = f"{lo} or {hi}" if lo else str(hi)
+        raise ValueError(f"global_batch_size={global_batch_size} is not divisible by num_processes x grad_accum = "
+                         f"{num_processes} x {grad_accum} = {n}; use a multiple of {n} (e.g. {eg}), change "
+                         "grad_accum, or set global_batch_size=0 and batch_size")
+    return global_batch_size // n
+
+
+def _env_int(name: str, default: int = 1) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+def make_accelerator(c: TrainConfig):
+    """The run's ``Accelerator``: CPU (gloo) whenever CUDA is unavailable or ``device=cpu``, a collective timeout of
+    ``collective_timeout_s``, and two launch traps turned into messages:
+
+    * a launcher started several processes (``WORLD_SIZE`` > 1) but accelerate did not join them into one process
+      group: the processes would train as unsynchronized copies, so this is an error;
+    * a launcher was asked for several processes but started one (``accelerate launch --cpu --num_processes N``
+      starts a single process): a warning, the run continues on one process.
+    """
+    import datetime
+    import warnings
+
+    from accelerate import Accelerator, InitProcessGroupKwargs
+
+    if c.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda but CUDA is not available; use device=auto or device=cpu")
+    cpu = c.device == "cpu" or (c.device == "auto" and not torch.cuda.is_available())
+    world = _env_int("WORLD_SIZE")
+    if world > 1 and cpu:
+        # torchrun / `accelerate launch --multi_gpu` on a machine without CUDA: accelerate only builds the gloo
+        # process group when it is told to use the CPU (without it, N independent single-process runs start)
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+    pg = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=float(c.collective_timeout_s)))
+    acc = Accelerator(mixed_precision=c.mixed_precision, cpu=cpu, kwargs_handlers=[pg])
+    if world > 1 and acc.num_processes != world:
+        raise RuntimeError(
+            f"the launcher started {world} processes (WORLD_SIZE={world}) but accelerate set up "
+            f"{acc.num_processes} (distributed_type={acc.distributed_type}): the processes would train as "
+            "unsynchronized copies. On a machine without CUDA launch with `torchrun --nproc_per_node N -m "
+            "rewardflow train ...` or `accelerate launch --multi_gpu --num_processes N ...` and keep device=auto "
+            "(or device=cpu), so the CPU (gloo) backend is used")
+    if acc.num_processes == 1 and world <= 1 and os.environ.get("MASTER_ADDR") and "RANK" not in os.environ:
+        warnings.warn(
+            "a launcher prepared a multi-process run (MASTER_ADDR is set) but only this one process started. "
+            "`accelerate launch --cpu --num_processes N` starts ONE process; on CPU use `torchrun --nproc_per_node "
+            "N -m rewardflow train ...` or `accelerate launch --multi_gpu --num_processes N -m rewardflow train "
+            "...` (see docs/usage/distributed.md). Continuing with 1 process.", stacklevel=2)
+        print("[rewardflow] WARNING: several processes were requested but only one started; see "
+              "docs/usage/distributed.md", flush=True)
+    dt = str(acc.distributed_type)
+    if "FSDP" in dt or "DEEPSPEED" in dt:
+        raise NotImplementedError(
+            f"distributed_type={dt} is not supported yet: the trainer all-reduces gradients itself and never wraps "
+            "the denoiser (accelerator.prepare), so FSDP / DeepSpeed would not shard anything (DeepSpeed would fail "
+            "in backward). Use data parallelism: configs/accelerate/ddp_8gpu.yaml or torchrun")
+    return acc
+
+
+def _allreduce_mean(tensors: list[torch.Tensor], acc, bucket_numel: int = 1 << 25) -> None:
+    """Average ``tensors`` over processes in place, flattened into buckets of same dtype/device (one collective per
+    bucket instead of one per tensor: LoRA has hundreds of small tensors)."""
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.dtype, t.device), []).append(t)
+    for ts in groups.values():
+        i = 0
+        while i < len(ts):
+            bucket, n = [], 0
+            while i < len(ts) and (not bucket or n + ts[i].numel() <= bucket_numel):
+                bucket.append(ts[i])
+                n += ts[i].numel()
+                i += 1
+            flat = acc.reduce(torch.cat([t.reshape(-1) for t in bucket]), reduction="mean")
+            off = 0
+            for t in bucket:
+                t.copy_(flat[off:off + t.numel()].view_as(t))
+                off += t.numel()
+
+
+def _broadcast_from_main(tensors: list[torch.Tensor], acc, bucket_numel: int = 1 << 25) -> None:
+    """Overwrite ``tensors`` in place with process 0's values (flattened buckets), so that every process starts from
+    the same weights whatever it drew from its own seed."""
+    import torch.distributed as dist
+
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.dtype, t.device), []).append(t)
+    for ts in groups.values():
+        i = 0
+        while i < len(ts):
+            bucket, n = [], 0
+            while i < len(ts) and (not bucket or n + ts[i].numel() <= bucket_numel):
+                bucket.append(ts[i])
+                n += ts[i].numel()
+                i += 1
+            flat = torch.cat([t.detach().reshape(-1) for t in bucket])
+            dist.broadcast(flat, src=0)
+            off = 0
+            with torch.no_grad():
+                for t in bucket:
+                    t.copy_(flat[off:off + t.numel()].view_as(t))
+                    off += t.numel()
+
+
 # ---------------------------------------------------------------------------------------------------- trainer
 
 
@@ -354,16 +584,14 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, method_config: Any, generator=None, reward=None):
-        from accelerate import Accelerator
-
         self.config = c = config
         _validate(c)
         self.method_config = method_config
-        cpu = c.device == "cpu" or (c.device == "auto" and not torch.cuda.is_available())
-        if c.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device=cuda but CUDA is not available; use device=auto or device=cpu")
-        self.accelerator = Accelerator(mixed_precision=c.mixed_precision, cpu=cpu)
+        self.accelerator = make_accelerator(c)
         acc = self.accelerator
+        if c.global_batch_size:
+            self.config = c = dataclasses.replace(
+                c, batch_size=per_process_batch_size(c.global_batch_size, acc.num_processes, c.grad_accum))
         self.run_dir = Path(c.output_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         if acc.is_main_process:
@@ -396,6 +624,8 @@ class Trainer:
             if c.gradient_checkpointing:
                 self.gen.enable_gradient_checkpointing()
             self.gen.denoiser.train()
+            if acc.num_processes > 1:  # LoRA init drew from a per-process seed: start every process from rank 0's
+                _broadcast_from_main([p.data for p in self.gen.denoiser.parameters() if p.requires_grad], acc)
         else:  # the method trains its own module (e.g. a latent reward head); the generator stays frozen
             self.gen.denoiser.requires_grad_(False).eval()
 
@@ -421,6 +651,8 @@ class Trainer:
         self.param_names = [n for n, p in module.named_parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("no trainable parameters (LoRA targets matched nothing?); set lora_targets")
+        if acc.num_processes > 1 and not self.trains_generator:  # the method's own module, randomly initialized
+            _broadcast_from_main([p.data for p in self.params], acc)
         self.params_before = sum(p.numel() for p in self.params)
         self._last_collected: list | None = None
 
@@ -495,7 +727,13 @@ class Trainer:
                 f"({'LoRA r=' + str(self.config.lora_rank) if self.config.lora_rank else 'full fine-tuning'})\n"
                 f"[rewardflow] effective batch: {e['batch_size']} prompts/process x {e['grad_accum']} grad_accum x "
                 f"{e['num_processes']} processes = {e['prompts_per_step']} prompts per optimizer step; "
-                f"x {e['samples_per_prompt']} samples/prompt = {e['samples_per_step']} samples per optimizer step")
+                f"x {e['samples_per_prompt']} samples/prompt = {e['samples_per_step']} samples per optimizer step"
+                + (f"\n[rewardflow] global_batch_size={self.config.global_batch_size}: batch_size = "
+                   f"{self.config.global_batch_size} / ({e['num_processes']} processes x {e['grad_accum']} grad_accum)"
+                   f" = {e['batch_size']}" if self.config.global_batch_size else "")
+                + (f"\n[rewardflow] {e['num_processes']} processes ({self.accelerator.distributed_type}, "
+                   f"{getattr(self.accelerator.state, 'backend', None) or 'no backend'}); each process samples its own "
+                   "prompts, gradients are averaged over processes" if e["num_processes"] > 1 else ""))
 
     # ------------------------------------------------------------------ checkpoints
     def trainable_state(self) -> dict[str, torch.Tensor]:
@@ -511,7 +749,9 @@ class Trainer:
                 p.copy_(state[n].to(p.device, p.dtype))
 
     def save_checkpoint(self) -> Path | None:
-        """Atomically write ``checkpoints/step_{N}``: to a temporary directory, fsync, rename."""
+        """Atomically write ``checkpoints/step_{N}``: every file into a temporary directory, ``manifest.json``
+        (sizes and sha256 of the others) last, fsync, rename. A failed write (disk full, ...) removes the temporary
+        directory, keeps the earlier checkpoints and raises :class:`CheckpointWriteError` naming the path."""
         from safetensors.torch import save_file
 
         acc = self.accelerator
@@ -520,36 +760,73 @@ class Trainer:
             return None
         final = self.ckpt_dir / f"step_{self.step:07d}"
         tmp = self.ckpt_dir / f".tmp_step_{self.step:07d}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        save_file(self.trainable_state(), str(tmp / "trainable.safetensors"))
-        torch.save({"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
-                    "ema": None if self.ema is None else self.ema.state_dict(),
-                    "rng": _rng_state({"prompt": self.prompt_rng, "sample": self.sample_rng}),
-                    "method": self.method.state_dict()}, tmp / "state.pt")
-        (tmp / "trainer.json").write_text(json.dumps({"step": self.step, "samples_seen": self.samples_seen,
-                                                      "method": self.config.method}))
-        _fsync_tree(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(self.ckpt_dir)
-        done = sorted(self.ckpt_dir.glob("step_*"))
-        for old in done[:-max(1, self.config.keep_checkpoints)]:
-            shutil.rmtree(old, ignore_errors=True)
+        old = self.ckpt_dir / f".old_step_{self.step:07d}"
+        for stale in [*self.ckpt_dir.glob(".tmp_step_*"), *self.ckpt_dir.glob(".old_step_*")]:
+            shutil.rmtree(stale, ignore_errors=True)  # leftovers of a killed save: never candidates for resume
+        cur = tmp
+        try:
+            tmp.mkdir(parents=True)
+            cur = tmp / "trainable.safetensors"
+            save_file(self.trainable_state(), str(cur))
+            cur = tmp / "state.pt"
+            torch.save({"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
+                        "ema": None if self.ema is None else self.ema.state_dict(),
+                        "rng": _rng_state({"prompt": self.prompt_rng, "sample": self.sample_rng}),
+                        "method": self.method.state_dict()}, cur)
+            cur = tmp / "trainer.json"
+            cur.write_text(json.dumps({"step": self.step, "samples_seen": self.samples_seen,
+                                       "method": self.config.method}))
+            cur = tmp / MANIFEST
+            write_manifest(tmp)
+            cur = tmp
+            _fsync_tree(tmp)
+            cur = final
+            if final.exists():  # the same step written again (a resumed run redoing it): swap, then delete
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(final, old)
+            os.replace(tmp, final)
+            _fsync_dir(self.ckpt_dir)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if old.exists() and not final.exists():
+                os.replace(old, final)
+            kept = sorted(p.name for p in self.ckpt_dir.glob("step_*"))
+            raise CheckpointWriteError(
+                e.errno, f"could not write the checkpoint of step {self.step}: writing {cur} failed "
+                f"({e.strerror or e}). The partial checkpoint was removed; the earlier checkpoints are intact "
+                f"({', '.join(kept) if kept else 'none yet'} in {self.ckpt_dir}). Free disk space (or fix the "
+                "permissions) and rerun the same command with resume=auto to continue from the latest one.") from e
+        shutil.rmtree(old, ignore_errors=True)
+        # prune: keep the newest `keep_checkpoints` up to this step (newer ones are stale leftovers of a run that was
+        # resumed from an earlier step; they are overwritten as this run reaches them)
+        done = sorted(p for p in self.ckpt_dir.glob("step_*")
+                      if p.name[5:].isdigit() and int(p.name[5:]) <= self.step)
+        for stale in done[:-max(1, self.config.keep_checkpoints)]:
+            shutil.rmtree(stale, ignore_errors=True)
         return final
 
     def latest_checkpoint(self) -> Path | None:
-        done = sorted(p for p in self.ckpt_dir.glob("step_*") if (p / "trainer.json").is_file())
-        return done[-1] if done else None
+        """The newest checkpoint whose manifest verifies; corrupt or incomplete ones are skipped with a warning."""
+        return find_latest_checkpoint(self.ckpt_dir)
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
+        """Restore the trainable weights, optimizer, lr schedule, EMA, every RNG (the prompt RNG is the data
+        position), the step, the sample count and ``method.state_dict()`` (e.g. the RolloutReuse cache)."""
         from safetensors.torch import load_file
 
         path = Path(path)
         if not (path / "trainer.json").is_file():
-            raise FileNotFoundError(f"{path} is not a complete rewardflow checkpoint (trainer.json missing)")
+            raise FileNotFoundError(f"{path} is not a complete rewardflow checkpoint (trainer.json missing); "
+                                    "use resume=auto to pick the newest complete one")
+        problem = verify_checkpoint(path)
+        if problem is not None and (path / MANIFEST).is_file():
+            raise ValueError(f"checkpoint {path} is corrupt: {problem}. Use resume=auto to fall back to the newest "
+                             "intact checkpoint, or resume=PATH with an older one")
+        if problem is not None:
+            import warnings
+
+            warnings.warn(f"[rewardflow] checkpoint {path} has no {MANIFEST}; loading it unverified", RuntimeWarning,
+                          stacklevel=2)
         meta = json.loads((path / "trainer.json").read_text())
         if meta.get("method") != self.config.method:
             raise ValueError(f"checkpoint {path} was written by method {meta.get('method')!r}, "
@@ -563,6 +840,8 @@ class Trainer:
         _set_rng_state(st["rng"], {"prompt": self.prompt_rng, "sample": self.sample_rng})
         self.method.load_state_dict(st["method"])
         self.step, self.samples_seen = int(meta["step"]), int(meta["samples_seen"])
+        # a restored rollout cache (RolloutReuse) is re-served, not re-collected: it must not count as new samples
+        self._last_collected = getattr(getattr(self.method, "reuse", None), "cache", None)
 
     def maybe_resume(self) -> bool:
         r = self.config.resume
@@ -572,6 +851,9 @@ class Trainer:
         if path is None:
             return False
         self.load_checkpoint(path)
+        if self.accelerator.is_main_process:  # the steps after the checkpoint are redone: drop their old records
+            for f in ("metrics.jsonl", "eval.jsonl"):
+                _trim_jsonl(self.run_dir / f, self.step)
         print(f"[rewardflow] resumed from {path} at step {self.step}", flush=True)
         return True
 
@@ -608,13 +890,22 @@ class Trainer:
                     losses.append(float(loss.detach()))
                     for k, v in d.items():
                         diags.setdefault(k, []).append(float(v.item() if torch.is_tensor(v) else v))
-        # all-reduce gradients across processes (the denoiser is deliberately not DDP-wrapped)
+        has_grad = any(p.grad is not None for p in self.params)
+        loss_sum, n_finite = sum(x for x in losses if math.isfinite(x)), sum(math.isfinite(x) for x in losses)
         if acc.num_processes > 1:
+            # one small all-reduce so that every process takes the same decision (step or skip) and logs the loss
+            # averaged over all processes
+            flags = acc.reduce(torch.tensor([float(not finite), float(has_grad), loss_sum, float(n_finite)],
+                                            dtype=torch.float64, device=acc.device), reduction="sum").cpu()
+            finite, has_grad = bool(flags[0] == 0), bool(flags[1] > 0)
+            loss_sum, n_finite = float(flags[2]), int(flags[3])
+            # average gradients over processes (the denoiser is deliberately not DDP-wrapped): each process divided
+            # its loss by its number of micro-batches, so the mean over processes is the gradient of the mean loss
             for p in self.params:
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
-                p.grad = acc.reduce(p.grad, reduction="mean")
-        grads = [p.grad for p in self.params if p.grad is not None]
+            _allreduce_mean([p.grad for p in self.params], acc)
+        grads = [p.grad for p in self.params if p.grad is not None] if has_grad else []
         if grads:
             if acc.scaler is not None:
                 acc.unscale_gradients()
@@ -633,8 +924,7 @@ class Trainer:
             if self.ema is not None:
                 self.ema.step(self.params)
         self.optimizer.zero_grad(set_to_none=True)
-        rec = {"step": self.step + 1, "loss": float(sum(x for x in losses if math.isfinite(x)) /
-                                                  max(1, sum(math.isfinite(x) for x in losses))),
+        rec = {"step": self.step + 1, "loss": float(loss_sum / max(1, n_finite)),
                "grad_norm": gnorm, "lr": self.lr_scheduler.get_last_lr()[0], "skipped": int(skipped),
                "samples": self.samples_seen}
         if skipped:
@@ -708,15 +998,28 @@ class Trainer:
 
         c, acc = self.config, self.accelerator
         resumed = self.maybe_resume()
+        if resumed and acc.process_index > 0:
+            # a checkpoint holds process 0's RNG states: without this, every process would continue with process
+            # 0's prompts and noise (the same samples N times). Processes > 0 continue from a fresh per-process seed
+            # (deterministic, but not the exact stream of an uninterrupted run; process 0 stays exact)
+            s = c.seed * 1000 + acc.process_index + 1_000_003 * self.step
+            torch.manual_seed(s)
+            self.prompt_rng.manual_seed(s)
+            self.sample_rng.manual_seed(s + 500)
         if acc.is_main_process:
             import yaml
 
             resolved = {**dataclasses.asdict(c), **dataclasses.asdict(self.method_config)}
             resolved = {k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()}
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+            e = self.effective_batch()
+            head = (f"# launched with num_processes={e['num_processes']} ({acc.distributed_type}): "
+                    f"{e['batch_size']} prompts/process x {e['grad_accum']} grad_accum x {e['num_processes']} "
+                    f"processes = {e['prompts_per_step']} prompts per optimizer step\n")
+            (self.run_dir / "config.yaml").write_text(head + yaml.safe_dump(resolved, sort_keys=False))
         self.reporter = _Reporter(self.run_dir, c.report_to, {**dataclasses.asdict(c)}, c.run_name,
                                   acc.is_main_process)
-        print(self.describe(), flush=True)
+        if acc.is_main_process:
+            print(self.describe(), flush=True)
         # open for the whole run
         eval_file = open(self.run_dir / "eval.jsonl", "a") if acc.is_main_process else None  # noqa: SIM115
         history: list[dict] = []
@@ -764,6 +1067,7 @@ class Trainer:
         summary = {"run_dir": str(self.run_dir), "steps": self.step, "samples": self.samples_seen,
                    "skipped_steps": skipped, "seconds": round(time.time() - t0, 1), "final": str(final_dir),
                    "reward_curve": None if curve is None else str(curve),
+                   "num_processes": acc.num_processes, "effective_batch": self.effective_batch(),
                    "before": first, "after": last}
         if acc.is_main_process:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -30,8 +30,16 @@ def register(sub) -> None:
     p.add_argument("--reg-weight", type=float, default=0.01)
     p.add_argument("--autocast", choices=("none", "fp16", "bf16"), default="none")
     p.add_argument("--reward-checkpointing", action="store_true", help="checkpoint reward backbones (memory)")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="checkpoint the generator's denoiser blocks (memory; ReNO and Flow-NRG backpropagate "
+                        "through it)")
     p.add_argument("--n", type=int, default=4, help="best-of-N candidates")
-    p.add_argument("--nrg-scale", type=float, default=30.0, help="Flow-NRG guidance scale")
+    p.add_argument("--nrg-scale", type=float, default=None,
+                   help="Flow-NRG guidance scale (default: 30 with a pixel reward; the trained value stored in "
+                        "latent_reward.json with --latent-reward)")
+    p.add_argument("--latent-reward", default=None, metavar="DIR",
+                   help="Flow-NRG on a latent reward model (a `rewardflow train configs/toy/latent_reward.yaml` "
+                        "OUTPUT_DIR/final): guidance without VAE decode; --reward then only scores the results")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
     p.add_argument("--batch-size", type=int, default=1, help="prompts optimized together")
     p.add_argument("--seed", type=int, default=0)
@@ -100,6 +108,8 @@ def run(args) -> int:
     from rewardflow.rewards.combine import build_reward
 
     prompts, meta = read_prompts(args)
+    if args.latent_reward and args.method != "nrg":
+        raise ValueError("--latent-reward guides Flow-NRG; add --method nrg")
     toy = args.model == "toy"
     spec = args.reward or (TOY_REWARDS if toy else RENO_PAPER_REWARDS)
     steps = args.steps or (1 if args.method == "reno" and not toy else 4)
@@ -116,6 +126,8 @@ def run(args) -> int:
     if not toy:
         kw.update(dtype=dtype, offload=args.offload)
     gen = load_generator(args.model, adapter=args.adapter, **kw)
+    if args.gradient_checkpointing:
+        gen.enable_gradient_checkpointing()
     reward = build_reward(spec).to(device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -159,7 +171,17 @@ def run(args) -> int:
     else:
         from rewardflow.align.nrg import NRG, NRGConfig
 
-        nrg = NRG(gen, reward, NRGConfig(scale=args.nrg_scale, steps=steps, seed=args.seed))
+        if args.latent_reward:
+            from rewardflow.rewards.latent import LatentRewardModel
+
+            guide = LatentRewardModel.from_pretrained(gen, args.latent_reward).to(device)
+            lrm_meta = json.loads((Path(args.latent_reward) / "latent_reward.json").read_text())
+            scale = args.nrg_scale if args.nrg_scale is not None else float(lrm_meta.get("nrg_scale", 1.0))
+            nrg = NRG(gen, guide, NRGConfig(scale=scale, weights={guide.heads[0]: 1.0}, steps=steps,
+                                            seed=args.seed), source="latent")
+        else:
+            scale = args.nrg_scale if args.nrg_scale is not None else 30.0
+            nrg = NRG(gen, reward, NRGConfig(scale=scale, steps=steps, seed=args.seed))
         for i in tqdm(range(0, len(prompts), bs), desc="Flow-NRG"):
             chunk = prompts[i:i + bs]
             noise = torch.randn((len(chunk), *gen.latent_shape), generator=noise_gen).to(gen.device, gen.dtype)

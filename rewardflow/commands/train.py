@@ -24,6 +24,7 @@ def register(subparsers) -> None:
 def _run(a) -> int:
     import dataclasses
     import json
+    import os
 
     from rewardflow.align.method import list_methods
 
@@ -38,7 +39,10 @@ def _run(a) -> int:
     if a.print_config:
         print(json.dumps({**dataclasses.asdict(tcfg), **dataclasses.asdict(mcfg)}, indent=1, default=list))
         return 0
+    preflight(tcfg)  # cheap input checks before a (possibly large) model loads
     summary = Trainer(tcfg, mcfg).train()
+    if int(os.environ.get("RANK", "0") or 0) != 0:  # several processes: the run's summary is printed once
+        return 0
     print(json.dumps({k: v for k, v in summary.items() if k not in ("before", "after")}, indent=1))
     for when in ("before", "after"):
         ev = summary.get(when) or {}
@@ -47,3 +51,22 @@ def _run(a) -> int:
                                           if isinstance(v, float) and k in ("eval_reward", "oracle_accuracy",
                                                                                 "eval_pair_accuracy")))
     return 0
+
+
+def preflight(tcfg) -> None:
+    """Fail in seconds, not after the model loaded: prompt files exist and hold prompts, reward names are known."""
+    from rewardflow.align.trainer import PromptSource
+    from rewardflow.rewards.base import check_reward_name
+    from rewardflow.rewards.combine import parse_reward_spec
+
+    for key in ("prompts", "eval_prompts"):
+        spec = getattr(tcfg, key)
+        if not spec:
+            continue
+        try:
+            PromptSource(spec)
+        except ValueError as e:
+            raise ValueError(f"{key}: {e}; write one prompt per line, or use {key}=toy:train") from None
+    for spec in ([tcfg.reward] if tcfg.reward else []) + list(tcfg.heldout_rewards):
+        for name, _ in parse_reward_spec(spec):
+            check_reward_name(name)

@@ -71,6 +71,8 @@ def load_generator(path: str | os.PathLike | None = None, adapter: str | None = 
     if adapter is None:
         if path in (None, "toy"):
             adapter = "toy"
+        elif path in _ADAPTERS and not os.path.exists(path):  # "toy_video": an embedded model, by adapter name
+            adapter = path
         else:
             cls_name = _pipeline_class_name(path)
             hits = [a for a in _ADAPTERS.values() if cls_name in a["pipeline_classes"]]
@@ -81,6 +83,6 @@ def load_generator(path: str | os.PathLike | None = None, adapter: str | None = 
             adapter = hits[0]["name"]
     if adapter not in _ADAPTERS:
         raise KeyError(f"unknown generator adapter {adapter!r}; known: {', '.join(sorted(_ADAPTERS))}")
-    if path == "toy":
+    if path == "toy" or (path == adapter and not os.path.exists(path)):
         path = None
     return _ADAPTERS[adapter]["cls"].from_pretrained(path, **kwargs)

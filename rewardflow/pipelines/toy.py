@@ -41,6 +41,9 @@ class ToyGenerator(Generator):
         if not os.path.isdir(path):
             raise FileNotFoundError(f"toy generator directory not found: {path} "
                                     "(train one with `rewardflow toy train-generator --out DIR`)")
+        from rewardflow.pipelines.base import check_pipeline_dir
+
+        check_pipeline_dir(path)  # a missing component / weight file is reported by name
         pipe = ToyFlowPipeline.from_pretrained(str(path), dtype=torch.float32)
         return cls(pipe, **kwargs)
 

@@ -18,7 +18,7 @@ from rewardflow.pipelines.toy import ToyGenerator
 
 
 @register_generator("toy_video", pipeline_classes=("ToyVideoFlowPipeline",),
-                    description="the embedded toy text-to-video model (shipped weights, 8 frames of 32x32)")
+                    description="the embedded toy text-to-video model (shipped weights, 4 frames of 32x32)")
 class ToyVideoGenerator(ToyGenerator):
     modality = "video"
 

@@ -46,7 +46,8 @@ class Reward(nn.Module):
         want = 4 if self.modality == "image" else 5
         layout = "[B, 3, H, W]" if want == 4 else "[B, T, 3, H, W]"
         if media.ndim != want or media.shape[-3] != 3:
-            raise ValueError(f"{self.name} is an {self.modality} reward: media must be {layout}, got "
+            article = "an" if self.modality == "image" else "a"
+            raise ValueError(f"{self.name} is {article} {self.modality} reward: media must be {layout}, got "
                              f"{tuple(media.shape)}")
         if isinstance(prompts, str):
             prompts = [prompts]
@@ -129,20 +130,29 @@ def register_reward_wrapper(name: str):
 def load_reward(name: str, **kwargs) -> Reward:
     """Build a registered reward by name; an unknown name raises ``KeyError`` listing the known ones.
     ``"wrapper(inner)"`` builds a registered wrapper around the reward named ``inner``."""
-    _import_builtin()
+    check_reward_name(name)
     if name.endswith(")") and "(" in name and name not in _REGISTRY:
         outer, inner = name[:-1].split("(", 1)
+        return _WRAPPERS[outer.strip()](inner.strip(), **kwargs)
+    return _REGISTRY[name](**kwargs)
+
+
+def check_reward_name(name: str) -> None:
+    """Raise :func:`load_reward`'s ``KeyError`` (closest match, known names) for an unknown reward or wrapper name
+    without building anything: commands call it before loading a model."""
+    _import_builtin()
+    if name.endswith(")") and "(" in name and name not in _REGISTRY:
+        outer = name[:-1].split("(", 1)[0]
         if outer.strip() not in _WRAPPERS:
             raise KeyError(f"unknown reward wrapper {outer.strip()!r} in {name!r}; known wrappers: "
                            f"{', '.join(sorted(_WRAPPERS)) or 'none'}")
-        return _WRAPPERS[outer.strip()](inner.strip(), **kwargs)
+        return
     if name not in _REGISTRY:
         import difflib
 
         close = difflib.get_close_matches(name, _REGISTRY, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise KeyError(f"unknown reward {name!r}.{hint} Known rewards: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](**kwargs)
 
 
 def _import_builtin() -> None:

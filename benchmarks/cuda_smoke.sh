@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# GPU smoke test, prepared on a machine WITHOUT a GPU (never run there; `bash -n` checked by tests/test_distributed.py).
+# On a CUDA machine, from the repository root with the venv active:
+#   bash benchmarks/cuda_smoke.sh [OUT_DIR]
+# One PASS / FAIL / SKIP line per check:
+#   1. train: every method on the toy world for 2 steps in bf16 (mixed_precision=bf16), 1 process and 2 processes
+#      (torchrun; 2 processes need 2 GPUs, else SKIP); PASS = exit 0 and summary.json with the right num_processes
+#      and no skipped (non-finite) step;
+#   2. attention: a tiny random Stable Diffusion pipeline (rewardflow.pipelines._tiny_sd) loaded on CUDA in bf16
+#      with attention=sdpa and attention=xformers (SKIP when xformers is not installed), 2 sampling steps, finite
+#      images. The trainer itself loads models with the default attention ("auto": xformers when installed on CUDA).
+# Exit status: the number of FAIL lines (0 = all passed).
+set -u
+OUT=${1:-/tmp/rewardflow_cuda_smoke}
+mkdir -p "$OUT"
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+PY=${PYTHON:-python}
+METHODS=${METHODS:-"flow_dpo diffusion_dpo rwr draft grpo ddpo prdp dragon instructvideo latent_reward"}
+COMMON=(max_steps=2 batch_size=2 mixed_precision=bf16 device=cuda eval_at_start=false "eval_prompts=''"
+        report_to=none save_every=0)
+declare -A EXTRA=(
+  [flow_dpo]="num_samples_per_prompt=2 sample_steps=2"
+  [diffusion_dpo]="num_samples_per_prompt=2 sample_steps=2"
+  [rwr]="num_samples_per_prompt=2 sample_steps=2"
+  [draft]="sample_steps=2"
+  [grpo]="group_size=2 rollout_steps=2 sample_steps=2"
+  [ddpo]="samples_per_prompt=2 stat_min_count=2 sample_steps=2"
+  [prdp]="group_size=2 sample_steps=2"
+  [dragon]="group_size=2 sample_steps=2"
+  [instructvideo]="sample_steps=4"
+  [latent_reward]="eval_every=0 sample_steps=2"
+)
+
+if ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  echo "FAIL cuda: torch.cuda.is_available() is False"
+  exit 1
+fi
+NGPU=$($PY -c "import torch; print(torch.cuda.device_count())")
+$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0), \
+'bf16', torch.cuda.is_bf16_supported())"
+fails=0
+report() {  # status name detail
+  echo "$1 $2 $3"
+  if [ "$1" = FAIL ]; then fails=$((fails + 1)); fi
+}
+
+# ---------------------------------------------------------------- 1. training, bf16, 1 and 2 processes
+port=29700
+for m in $METHODS; do
+  for np in 1 2; do
+    name="train[$m,bf16,procs=$np]"
+    if [ "$np" -gt "$NGPU" ]; then
+      report SKIP "$name" "(needs $np GPUs, found $NGPU)"
+      continue
+    fi
+    port=$((port + 1))
+    run="$OUT/train_${m}_np$np"
+    rm -rf "$run"
+    t0=$(date +%s)
+    # shellcheck disable=SC2086  # EXTRA holds several key=value words
+    torchrun --nproc_per_node "$np" --master_port "$port" -m rewardflow train "configs/toy/$m.yaml" \
+      "${COMMON[@]}" ${EXTRA[$m]:-} "output_dir=$run" > "$run.log" 2>&1
+    rc=$?
+    check=$($PY - "$run" "$np" <<'EOF' 2>&1
+import json, sys
+from pathlib import Path
+run, np_ = Path(sys.argv[1]), int(sys.argv[2])
+s = json.loads((run / "summary.json").read_text())
+assert s["num_processes"] == np_, f"num_processes {s['num_processes']} != {np_}"
+assert s["skipped_steps"] == 0, f"{s['skipped_steps']} skipped (non-finite) steps"
+print("ok")
+EOF
+)
+    if [ $rc -eq 0 ] && [ "$check" = ok ]; then
+      report PASS "$name" "$(( $(date +%s) - t0 ))s"
+    else
+      report FAIL "$name" "rc=$rc ${check//$'\n'/ } log=$run.log"
+    fi
+  done
+done
+
+# ---------------------------------------------------------------- 2. attention backends (tiny SD, bf16)
+for attn in sdpa xformers; do
+  name="attention[$attn,bf16]"
+  if [ "$attn" = xformers ] && ! $PY -c "import xformers" 2>/dev/null; then
+    report SKIP "$name" "(xformers not installed)"
+    continue
+  fi
+  msg=$($PY - "$OUT/tiny_sd" "$attn" <<'EOF' 2>&1
+import sys
+import torch
+from rewardflow.pipelines._tiny_sd import build_tiny_sd
+from rewardflow.pipelines.registry import load_generator
+out, attn = sys.argv[1], sys.argv[2]
+build_tiny_sd(out)
+gen = load_generator(out, dtype="bf16", device="cuda", attention=attn)
+assert gen.pipe.rewardflow_attention == attn, gen.pipe.rewardflow_attention
+noise = gen.initial_noise(2, torch.Generator().manual_seed(0))
+img = gen.generate(["a red cat", "two blue dogs"], 2, noise=noise)
+assert img.is_cuda and torch.isfinite(img.float()).all()
+print("ok")
+EOF
+)
+  if [ "${msg##*$'\n'}" = ok ]; then report PASS "$name" ""; else report FAIL "$name" "${msg//$'\n'/ | }"; fi
+done
+
+echo "failures: $fails"
+exit "$fails"
