@@ -1,11 +1,12 @@
 """Toy world: held-out oracle accuracy vs wall time of the inference-time methods at equal compute.
 
-    python benchmarks/toy_inference.py [--per-category 12] [--threads 2]
+    python benchmarks/toy_inference.py [--per-category 12] [--threads 2] [--latent-reward runs/lrm/final]
 
-Rows: the base sample; Flow-NRG (pixel reward on the predicted x0; and the latent reward model when
-``assets/toy/latent_reward`` exists); ReNO from the base noise; the demo's best-of-4 + ReNO; and, for every guided
-method, best-of-N with N chosen so that best-of-N takes the same wall time (the equal-compute control). All methods
-optimize the same reward (toy_clip + toy_clip_adv, the demo's ensemble); the oracle is never optimized.
+Rows: the base sample; Flow-NRG (pixel reward on the predicted x0; and the latent reward model given by
+``--latent-reward DIR`` or shipped in ``assets/toy/latent_reward``); ReNO from the base noise; the demo's
+best-of-4 + ReNO; and, for every guided method, best-of-N with N chosen so that best-of-N takes the same wall time
+(the equal-compute control). All methods optimize the same reward (toy_clip + toy_clip_adv, the demo's ensemble);
+the oracle is never optimized.
 Writes ``benchmarks/results/toy_inference.json`` and ``.md``.
 """
 
@@ -28,6 +29,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--nrg-scale", type=float, default=30.0)
     ap.add_argument("--reno-iterations", type=int, default=12)
+    ap.add_argument("--latent-reward", default=None, help="a trained latent reward dir (rewardflow train "
+                    "configs/toy/latent_reward.yaml -> OUTPUT_DIR/final); default: assets/toy/latent_reward if shipped")
     ap.add_argument("--out", default=str(RESULTS / "toy_inference"))
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -39,7 +42,7 @@ def main() -> None:
     from rewardflow.pipelines.toy import ToyGenerator
     from rewardflow.rewards.base import load_reward
     from rewardflow.rewards.combine import WeightedReward
-    from rewardflow.toy.assets import asset_path
+    from rewardflow.toy.assets import assets_root
     from rewardflow.toy.demo import DemoConfig
 
     demo = DemoConfig()
@@ -84,7 +87,10 @@ def main() -> None:
     record(f"Flow-NRG pixel (scale {a.nrg_scale:g})", img, t, {"scale": a.nrg_scale})
     bon_control(t, "Flow-NRG pixel")
 
-    lrm_dir = asset_path("latent_reward")
+    lrm_dir = a.latent_reward or assets_root() / "toy" / "latent_reward"
+    if a.latent_reward and not Path(lrm_dir, "latent_reward.json").is_file():
+        raise SystemExit(f"--latent-reward {lrm_dir}: no latent_reward.json there (train one with rewardflow train "
+                         "configs/toy/latent_reward.yaml output_dir=DIR and pass DIR/final)")
     if Path(lrm_dir).is_dir():
         from rewardflow.rewards.latent import LatentRewardModel
 

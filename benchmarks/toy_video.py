@@ -15,7 +15,9 @@ TAR over the image reward, which sees content only).
 
 Memory: a freshly initialised toy video pipeline per frame count (same architecture, ``F * 12`` latent channels),
 one InstructVideo ``loss`` + ``backward`` with ``segmental(toy_clip)`` (4 segments); the peak of live CPU tensors
-(torch profiler memory events, ``generator_memory._live_peak_cpu``).
+(torch profiler memory events, ``generator_memory._live_peak_cpu``). The toy pipeline decodes by a reshape, so
+frame-subset decoding cannot save anything there; the same measurement on a tiny random Wan 2.1 pipeline (real causal
+VAE, ``--wan-frames``, ``--wan-size``) shows what it saves when a VAE decodes. ``--memory-only`` reruns just these.
 """
 
 from __future__ import annotations
@@ -71,40 +73,67 @@ def _run_method(name, config, overrides, model, captions, a) -> dict:
     return rec
 
 
-def _memory(frames_list, batch: int) -> list[dict]:
+def _measure(gen, frames: int, source: str, batch: int, sample_steps: int, **extra) -> list[dict]:
+    """Peak live memory of one InstructVideo loss + backward with ``segmental(toy_clip)``, frame subset on / off."""
     from generator_memory import _live_peak_cpu
 
     from rewardflow.align.instructvideo import InstructVideo, InstructVideoConfig
     from rewardflow.align.method import MethodContext
-    from rewardflow.pipelines.toy_video import ToyVideoGenerator
     from rewardflow.rewards.base import load_reward
-    from rewardflow.toy.video_pipeline import ToyVideoFlowPipeline
 
     reward = load_reward("segmental(toy_clip)", selection="first")
     prompts = (["a red circle moving left", "a blue square moving up", "a green triangle moving down",
                 "a yellow circle moving right"] * batch)[:batch]
     out = []
+    for subset in (True, False):
+        ctx = MethodContext(generator=gen, reward=reward, rng=torch.Generator().manual_seed(0),
+                            sample_steps=sample_steps, batch_size=len(prompts))
+        m = InstructVideo(InstructVideoConfig(source=source, frame_subset=subset), ctx)
+        batch_ = m.collect(prompts, 0)[0]
+
+        def step():
+            loss, _ = m.loss(batch_, 0)
+            loss.backward()
+            gen.denoiser.zero_grad(set_to_none=True)
+
+        step()  # warm-up
+        t = time.time()
+        peak = _live_peak_cpu(step)
+        rec = {"frames": frames, "frame_subset": subset, "batch": len(prompts), **extra,
+               "live_peak_mb": round(peak / 2**20, 2), "seconds": round(time.time() - t, 2)}
+        print("memory", json.dumps(rec), flush=True)
+        out.append(rec)
+    return out
+
+
+def _memory(frames_list, batch: int) -> list[dict]:
+    """Toy video pipeline: frames are stacked into channels, so decoding is a reshape (no VAE)."""
+    from rewardflow.pipelines.toy_video import ToyVideoGenerator
+    from rewardflow.toy.video_pipeline import ToyVideoFlowPipeline
+
+    out = []
     for frames in frames_list:
         gen = ToyVideoGenerator(ToyVideoFlowPipeline.from_config_dict(frames=frames, seed=0))
         gen.denoiser.requires_grad_(True)
-        for subset in (True, False):
-            ctx = MethodContext(generator=gen, reward=reward, rng=torch.Generator().manual_seed(0), sample_steps=8,
-                                batch_size=len(prompts))
-            m = InstructVideo(InstructVideoConfig(source="toy", frame_subset=subset), ctx)
-            batch_ = m.collect(prompts, 0)[0]
+        out += _measure(gen, frames, "toy", batch, sample_steps=8)
+    return out
 
-            def step():
-                loss, _ = m.loss(batch_, 0)
-                loss.backward()
-                gen.denoiser.zero_grad(set_to_none=True)
 
-            step()  # warm-up
-            t = time.time()
-            peak = _live_peak_cpu(step)
-            rec = {"frames": frames, "frame_subset": subset, "batch": len(prompts),
-                   "live_peak_mb": round(peak / 2**20, 2), "seconds": round(time.time() - t, 2)}
-            print("memory", json.dumps(rec), flush=True)
-            out.append(rec)
+def _memory_wan(frames_list, size: int, batch: int) -> list[dict]:
+    """A tiny random Wan 2.1 pipeline (real ``WanTransformer3DModel`` + causal ``AutoencoderKLWan``, x4 temporal,
+    ``rewardflow.pipelines._tiny_video.build_tiny_wan``): here the VAE decode is real, so decoding only the latent
+    prefix that holds the reward's frames cuts the activations kept for backward."""
+    from rewardflow.pipelines._tiny_video import TEXT_LEN, build_tiny_wan
+    from rewardflow.pipelines.wan import WanGenerator
+
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        build_tiny_wan(tmp)
+        for frames in frames_list:
+            gen = WanGenerator.from_pretrained(tmp, num_frames=frames, height=size, width=size,
+                                               max_sequence_length=TEXT_LEN, guidance_scale=1.0)
+            gen.denoiser.requires_grad_(True)
+            out += _measure(gen, frames, "sample", batch, sample_steps=4, model="tiny-wan", size=size)
     return out
 
 
@@ -119,6 +148,10 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=None, help="one lr for every method (default: each config's)")
     ap.add_argument("--skip-dpo", action="store_true")
     ap.add_argument("--frames", default="4,8,16", help="frame counts of the memory measurement")
+    ap.add_argument("--wan-frames", default="9,17,33", help="frame counts of the tiny-Wan memory measurement "
+                                                             "('' to skip)")
+    ap.add_argument("--wan-size", type=int, default=128, help="tiny-Wan frame height = width (pixels)")
+    ap.add_argument("--memory-only", action="store_true", help="only the memory measurements (merged into --out)")
     ap.add_argument("--out", default="benchmarks/results/toy_video.json")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -127,6 +160,14 @@ def main() -> None:
     from rewardflow.toy.assets import asset_path
     from rewardflow.toy.video_gen_train import train_captions
 
+    if a.memory_only:
+        res = json.loads(Path(a.out).read_text()) if Path(a.out).is_file() else {}
+        res["memory"] = _memory([int(f) for f in a.frames.split(",")], batch=4)
+        if a.wan_frames:
+            res["memory_wan"] = _memory_wan([int(f) for f in a.wan_frames.split(",")], a.wan_size, batch=2)
+        Path(a.out).write_text(json.dumps(res, indent=1))
+        print(f"wrote {a.out}")
+        return
     model = str(a.model or asset_path("video_generator"))
     heldout, train = train_captions("heldout"), train_captions("train")
     base = load_generator(model, adapter="toy_video")
@@ -153,6 +194,8 @@ def main() -> None:
                 model, heldout, a)
     res["after"] = runs
     res["memory"] = _memory([int(f) for f in a.frames.split(",")], batch=4)
+    if a.wan_frames:
+        res["memory_wan"] = _memory_wan([int(f) for f in a.wan_frames.split(",")], a.wan_size, batch=2)
     res["seconds"] = round(time.time() - t0, 1)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=1))

@@ -52,8 +52,8 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
     return value
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
-    """``cls`` from YAML ``path`` plus ``key=value`` overrides (values parsed as YAML scalars)."""
+def read_config_dict(path: str | Path | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The mapping in YAML ``path`` (if any) updated by ``key=value`` overrides (values parsed as YAML scalars)."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -68,6 +68,12 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
             raise ValueError(f"override {ov!r} must look like key=value")
         k, v = ov.split("=", 1)
         data[k.strip()] = yaml.safe_load(v)
+    return data
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """``cls`` from YAML ``path`` plus ``key=value`` overrides (values parsed as YAML scalars)."""
+    data = read_config_dict(path, overrides)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = get_type_hints(cls)
     unknown = [k for k in data if k not in fields]

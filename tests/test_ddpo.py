@@ -148,3 +148,13 @@ def test_ddpo_raises_the_toy_clip_reward_in_the_toy_world(tmp_path):
                       "stat_min_count=8")
     assert s["skipped_steps"] == 0
     assert s["after"]["eval_reward"] > s["before"]["eval_reward"], (s["before"], s["after"])
+
+
+@pytest.mark.slow
+def test_ddpo_raises_the_toy_clip_reward_of_the_epsilon_toy_generator(tmp_path):
+    from _rl_helpers import toy_world_run
+
+    # the shipped epsilon model (DDIM eta = 1 rollouts), the config's own model
+    s = toy_world_run("configs/toy/ddpo.yaml", tmp_path, "samples_per_prompt=4", "stat_min_count=8")
+    assert s["skipped_steps"] == 0
+    assert s["after"]["eval_reward"] > s["before"]["eval_reward"], (s["before"], s["after"])

@@ -158,23 +158,9 @@ def _validate(c: TrainConfig) -> None:
 
 def load_train_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> tuple[TrainConfig, Any]:
     """YAML file + ``key=value`` overrides -> (TrainConfig, method config). Nothing heavy is imported."""
-    import yaml
+    from rewardflow.config import read_config_dict
 
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"config file not found: {p}")
-        loaded = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{p}: a config must be a mapping of keys to values")
-        data.update(loaded)
-    for ov in overrides:
-        if "=" not in ov:
-            raise ValueError(f"override {ov!r} must look like key=value")
-        k, v = ov.split("=", 1)
-        data[k.strip()] = yaml.safe_load(v)
-    return split_config(data)
+    return split_config(read_config_dict(path, overrides))
 
 
 # ---------------------------------------------------------------------------------------------------- prompts
@@ -528,9 +514,8 @@ def make_accelerator(c: TrainConfig):
     return acc
 
 
-def _allreduce_mean(tensors: list[torch.Tensor], acc, bucket_numel: int = 1 << 25) -> None:
-    """Average ``tensors`` over processes in place, flattened into buckets of same dtype/device (one collective per
-    bucket instead of one per tensor: LoRA has hundreds of small tensors)."""
+def _buckets(tensors: list[torch.Tensor], bucket_numel: int):
+    """Consecutive runs of same-dtype/device tensors of at most ``bucket_numel`` elements (at least one tensor)."""
     groups: dict[tuple, list[torch.Tensor]] = {}
     for t in tensors:
         groups.setdefault((t.dtype, t.device), []).append(t)
@@ -542,11 +527,23 @@ def _allreduce_mean(tensors: list[torch.Tensor], acc, bucket_numel: int = 1 << 2
                 bucket.append(ts[i])
                 n += ts[i].numel()
                 i += 1
-            flat = acc.reduce(torch.cat([t.reshape(-1) for t in bucket]), reduction="mean")
-            off = 0
-            for t in bucket:
-                t.copy_(flat[off:off + t.numel()].view_as(t))
-                off += t.numel()
+            yield bucket
+
+
+@torch.no_grad()
+def _unflatten_into(flat: torch.Tensor, bucket: list[torch.Tensor]) -> None:
+    off = 0
+    for t in bucket:
+        t.copy_(flat[off:off + t.numel()].view_as(t))
+        off += t.numel()
+
+
+def _allreduce_mean(tensors: list[torch.Tensor], acc, bucket_numel: int = 1 << 25) -> None:
+    """Average ``tensors`` over processes in place, flattened into buckets of same dtype/device (one collective per
+    bucket instead of one per tensor: LoRA has hundreds of small tensors)."""
+    for bucket in _buckets(tensors, bucket_numel):
+        flat = acc.reduce(torch.cat([t.reshape(-1) for t in bucket]), reduction="mean")
+        _unflatten_into(flat, bucket)
 
 
 def _broadcast_from_main(tensors: list[torch.Tensor], acc, bucket_numel: int = 1 << 25) -> None:
@@ -554,24 +551,10 @@ def _broadcast_from_main(tensors: list[torch.Tensor], acc, bucket_numel: int = 1
     the same weights whatever it drew from its own seed."""
     import torch.distributed as dist
 
-    groups: dict[tuple, list[torch.Tensor]] = {}
-    for t in tensors:
-        groups.setdefault((t.dtype, t.device), []).append(t)
-    for ts in groups.values():
-        i = 0
-        while i < len(ts):
-            bucket, n = [], 0
-            while i < len(ts) and (not bucket or n + ts[i].numel() <= bucket_numel):
-                bucket.append(ts[i])
-                n += ts[i].numel()
-                i += 1
-            flat = torch.cat([t.detach().reshape(-1) for t in bucket])
-            dist.broadcast(flat, src=0)
-            off = 0
-            with torch.no_grad():
-                for t in bucket:
-                    t.copy_(flat[off:off + t.numel()].view_as(t))
-                    off += t.numel()
+    for bucket in _buckets(tensors, bucket_numel):
+        flat = torch.cat([t.detach().reshape(-1) for t in bucket])
+        dist.broadcast(flat, src=0)
+        _unflatten_into(flat, bucket)
 
 
 # ---------------------------------------------------------------------------------------------------- trainer

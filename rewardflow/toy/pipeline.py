@@ -63,15 +63,18 @@ PARAMETRIZATIONS = ("flow", "epsilon")
 
 def build_scheduler(parametrization: str = "flow"):
     """``flow``: ``FlowMatchEulerDiscreteScheduler`` (shift 1), the shipped ``assets/toy/generator``.
-    ``epsilon``: ``DDIMScheduler`` over the Stable Diffusion ``scaled_linear`` betas (0.00085-0.012, so alpha_bar at
-    t = 999 is 0.0047 and the first few-step DDIM update stays well conditioned), ``trailing`` spacing (a 4-step grid
-    starts at t = 999, as in "Common Diffusion Noise Schedules and Sample Steps are Flawed", §3.3), and
+    ``epsilon``: ``DDIMScheduler`` over the DDPM ``linear`` betas 1e-4..0.02 (Ho et al. 2020 §4), so alpha_bar at
+    t = 999 is 4e-5: the 0.6% of signal left in x_999 is below what a 32 px image's mean can reveal. (The SD
+    ``scaled_linear`` betas leave sqrt(alpha_bar) = 0.069 at t = 999; the mostly black toy images then shift the
+    noise mean by a visible -0.06, the model learns to read the brightness off it, and sampling from pure,
+    zero-mean noise gave grey images and 0% oracle accuracy: "Common Diffusion Noise Schedules and Sample Steps are
+    Flawed", Lin et al. 2024, §3.1.) ``trailing`` spacing (a 4-step grid starts at t = 999, ibid. §3.3) and
     ``set_alpha_to_one`` so the last step returns the x0 prediction: ``assets/toy/generator_eps``."""
     if parametrization == "flow":
         return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
     if parametrization == "epsilon":
-        return DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                             beta_schedule="scaled_linear", prediction_type="epsilon", clip_sample=False,
+        return DDIMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02,
+                             beta_schedule="linear", prediction_type="epsilon", clip_sample=False,
                              set_alpha_to_one=True, timestep_spacing="trailing", steps_offset=0)
     raise ValueError(f"unknown toy parametrization {parametrization!r}; expected one of {PARAMETRIZATIONS}")
 
@@ -96,9 +99,16 @@ class ToyFlowPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->unet"
 
     def __init__(self, unet: UNet2DConditionModel, text_encoder: CLIPTextModel, tokenizer: PreTrainedTokenizerFast,
-                 scheduler: FlowMatchEulerDiscreteScheduler | DDIMScheduler):
+                 scheduler: FlowMatchEulerDiscreteScheduler | DDIMScheduler, eps_skip: bool = False):
         super().__init__()
         self.register_modules(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
+        # eps_skip (epsilon models; saved in model_index.json): the denoiser's output is still the noise prediction,
+        # computed as eps = sqrt(alpha_bar) F + sqrt(1 - alpha_bar) x_t from the network output F (the skip
+        # preconditioning of Karras et al. 2022, "Elucidating the Design Space", §5 / Table 1, here with the
+        # coefficients of the v-parametrization, Salimans & Ho 2022 §4). Without it the tiny UNet has to copy x_t
+        # to its output to predict eps at high noise; it does so with an error of ~0.1 per pixel, which the DDIM
+        # x0 estimate amplifies by sqrt(1 - alpha_bar) / sqrt(alpha_bar) (~150 at t = 999): grey samples, 0% oracle.
+        self.register_to_config(eps_skip=bool(eps_skip))
 
     @classmethod
     def from_config_dict(cls, width: int = 64, channels=(32, 64, 96), image_size: int = 32, seed: int = 0,
@@ -107,7 +117,8 @@ class ToyFlowPipeline(DiffusionPipeline):
         scheduler = build_scheduler(parametrization)
         torch.manual_seed(seed)
         tok = build_tokenizer()
-        return cls(build_unet(width, channels, image_size), build_text_encoder(len(tok), width), tok, scheduler)
+        return cls(build_unet(width, channels, image_size), build_text_encoder(len(tok), width), tok, scheduler,
+                   eps_skip=parametrization == "epsilon")
 
     # -- geometry ---------------------------------------------------------------------------------------
     @property
@@ -142,9 +153,15 @@ class ToyFlowPipeline(DiffusionPipeline):
     def denoise(self, x: torch.Tensor, timestep: torch.Tensor, embeds: dict[str, torch.Tensor],
                 unet: UNet2DConditionModel | None = None) -> torch.Tensor:
         """One network call; ``unet`` overrides the pipeline's own (a reference copy, for example)."""
-        return (unet or self.unet)(x, timestep, encoder_hidden_states=embeds["encoder_hidden_states"],
-                         class_labels=embeds["pooled"].to(x.dtype),
-                         encoder_attention_mask=embeds["encoder_attention_mask"]).sample
+        out = (unet or self.unet)(x, timestep, encoder_hidden_states=embeds["encoder_hidden_states"],
+                                  class_labels=embeds["pooled"].to(x.dtype),
+                                  encoder_attention_mask=embeds["encoder_attention_mask"]).sample
+        if not self.config.get("eps_skip", False):
+            return out
+        ab_all = self.scheduler.alphas_cumprod
+        t = torch.as_tensor(timestep, device=ab_all.device).round().long().clamp(0, len(ab_all) - 1)
+        ab = ab_all[t].to(x.device, torch.float32).reshape(-1, *([1] * (x.ndim - 1)))
+        return (ab.sqrt() * out.float() + (1 - ab).sqrt() * x.float()).to(out.dtype)
 
     # -- the plain diffusers-style loop -------------------------------------------------------------------
     @torch.no_grad()

@@ -99,7 +99,8 @@ def train_generator(out: str | Path, steps: int = 700, batch: int = 128, lr: flo
     ``parametrization``: ``flow`` (rectified flow, the shipped ``generator``) or ``epsilon`` (DDPM noise
     prediction with a DDIM sampler, ``generator_eps``; uniform integer t, target eps, DDPM eq. 14).
     ``init_from``: continue from a saved pipeline (a second stage with a lower lr) instead of from scratch; with a
-    parametrization different from the saved one, its weights are the initialisation and its scheduler is replaced.
+    parametrization (or noise schedule) different from the saved one, its weights are the initialisation and its
+    scheduler is replaced by the current ``build_scheduler(parametrization)``.
     ``save_every``: also save the current EMA weights every N steps (a usable model if the run is cut short)."""
     from rewardflow.toy.pipeline import ToyFlowPipeline, build_scheduler
 
@@ -109,8 +110,8 @@ def train_generator(out: str | Path, steps: int = 700, batch: int = 128, lr: flo
     if init_from is not None:
         torch.manual_seed(seed)
         pipe = ToyFlowPipeline.from_pretrained(str(init_from), dtype=torch.float32)
-        if parametrization != ("flow" if "FlowMatch" in type(pipe.scheduler).__name__ else "epsilon"):
-            pipe.scheduler = build_scheduler(parametrization)
+        pipe.scheduler = build_scheduler(parametrization)  # the schedule trained is always the current one
+        pipe.register_to_config(eps_skip=parametrization == "epsilon")
     else:
         pipe = ToyFlowPipeline.from_config_dict(seed=seed, parametrization=parametrization)
     ab = None if parametrization == "flow" else pipe.scheduler.alphas_cumprod.float()
