@@ -64,12 +64,12 @@ PARAMETRIZATIONS = ("flow", "epsilon")
 def build_scheduler(parametrization: str = "flow"):
     """``flow``: ``FlowMatchEulerDiscreteScheduler`` (shift 1), the shipped ``assets/toy/generator``.
     ``epsilon``: ``DDIMScheduler`` over the DDPM ``linear`` betas 1e-4..0.02 (Ho et al. 2020 §4), so alpha_bar at
-    t = 999 is 4e-5: the 0.6% of signal left in x_999 is below what a 32 px image's mean can reveal. (The SD
-    ``scaled_linear`` betas leave sqrt(alpha_bar) = 0.069 at t = 999; the mostly black toy images then shift the
-    noise mean by a visible -0.06, the model learns to read the brightness off it, and sampling from pure,
-    zero-mean noise gave grey images and 0% oracle accuracy: "Common Diffusion Noise Schedules and Sample Steps are
-    Flawed", Lin et al. 2024, §3.1.) ``trailing`` spacing (a 4-step grid starts at t = 999, ibid. §3.3) and
-    ``set_alpha_to_one`` so the last step returns the x0 prediction: ``assets/toy/generator_eps``."""
+    t = 999 is 4e-5 and x_999 keeps only 0.6% of the signal. (The SD ``scaled_linear`` betas keep 6.9%: on the mostly
+    black toy images that shifts the noise mean by -0.06, a brightness cue that pure zero-mean noise lacks at
+    sampling time; "Common Diffusion Noise Schedules and Sample Steps are Flawed", Lin et al. 2024, §3.1. Changing
+    the betas alone did not fix the grey samples of the first epsilon model; ``eps_skip`` below did.)
+    ``trailing`` spacing (a 4-step grid starts at t = 999, ibid. §3.3) and ``set_alpha_to_one`` so the last step
+    returns the x0 prediction: ``assets/toy/generator_eps``."""
     if parametrization == "flow":
         return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
     if parametrization == "epsilon":
