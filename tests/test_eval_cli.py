@@ -184,3 +184,41 @@ def test_eval_command_geneval_metadata(tiny_pipe_dir, tmp_path):
     assert json.loads((out / "geneval" / "00001" / "metadata.jsonl").read_text())["tag"] == "two_object"
     res = json.loads((out / "eval.json").read_text())
     assert res["rewards"]["toy_clip"]["n"] == 2 and "diversity" not in res and "toy_oracle" not in res
+
+
+def test_eval_command_on_the_toy_video_generator_writes_mp4s_and_the_vbench_layout(tmp_path):
+    from rewardflow.io.video import load_video
+    from rewardflow.rewards.base import load_reward
+
+    prompts = ["a red circle moving left", "a blue square moving up"]
+    (tmp_path / "p.txt").write_text("\n".join(prompts) + "\n")
+    out = tmp_path / "ev"
+    assert main(["eval", "--model", "toy_video", "--adapter", "toy_video", "--prompts", str(tmp_path / "p.txt"),
+                 "--n-per-prompt", "2", "--steps", "2", "--reward", "toy_video", "--bootstrap", "0",
+                 "--layout", "vbench", "--out", str(out)]) == 0
+    man = json.loads((out / "images" / "manifest.json").read_text())
+    assert man["media"] == "video" and man["frames"] == 4 and [r["file"] for r in man["images"]][:2] == [
+        "00000_00.mp4", "00000_01.mp4"]
+    # VBench names: $prompt-$index.mp4
+    names = sorted(p.name for p in (out / "vbench").iterdir())
+    assert names == sorted(f"{p}-{k}.mp4" for p in prompts for k in (0, 1))
+    # the reported mean is the reward of the decoded files
+    videos = __import__("torch").stack([load_video(out / "images" / r["file"]) for r in man["images"]])
+    assert videos.shape == (4, 4, 3, 32, 32)
+    expect = float(load_reward("toy_video")(videos, [r["prompt"] for r in man["images"]]).mean())
+    res = json.loads((out / "eval.json").read_text())
+    assert res["rewards"]["toy_video"]["mean"] == pytest.approx(expect, abs=1e-5)
+    assert "diversity" not in res and "toy_oracle" not in res
+
+
+def test_layouts_refuse_the_wrong_media(tmp_path):
+    import torch
+
+    from rewardflow.eval.layouts import write_layout
+
+    with pytest.raises(ValueError, match="vbench.*videos"):
+        write_layout(torch.rand(1, 3, 8, 8), ["a"], tmp_path, "vbench")
+    with pytest.raises(ValueError, match="geneval.*images.*vbench"):
+        write_layout(torch.rand(1, 2, 3, 8, 8), ["a"], tmp_path, "geneval")
+    with pytest.raises(ValueError, match="must not contain '/'"):
+        write_layout(torch.rand(1, 2, 3, 8, 8), ["a/b"], tmp_path, "vbench")

@@ -70,7 +70,7 @@ def test_layouts(tmp_path):
     back = torch.from_numpy(__import__("numpy").array(Image.open(files[2]))).permute(2, 0, 1).float() / 255
     assert torch.allclose(back, imgs[2], atol=1 / 255 + 1e-6)
     with pytest.raises(ValueError, match="unknown layout"):
-        write_layout(imgs, prompts, tmp_path / "x", "vbench")
+        write_layout(imgs, prompts, tmp_path / "x", "coco")
     with pytest.raises(ValueError, match="cannot contain '/'"):
         write_layout(imgs[:1], ["a/b"], tmp_path / "y", "t2i-compbench")
 

@@ -73,3 +73,16 @@ def test_sample_bad_inputs_exit_2_with_message(tmp_path, capsys, argv, msg):
         base += ["--prompt", "a red circle"]
     assert main(base + argv) == 2
     assert msg in capsys.readouterr().err
+
+
+def test_sample_writes_mp4s_for_a_video_model(tmp_path, capsys):
+    from rewardflow.io.video import load_video
+
+    out = tmp_path / "s"
+    assert main(["sample", "--model", "toy_video", "--prompt", "a red circle moving left", "--n-per-prompt", "2",
+                 "--steps", "2", "--out", str(out)]) == 0
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["media"] == "video" and man["frames"] == 4 and man["fps"] == 8.0
+    assert [r["file"] for r in man["images"]] == ["00000_00.mp4", "00000_01.mp4"]
+    assert load_video(out / "00000_01.mp4").shape == (4, 3, 32, 32)
+    assert "2 videos (mp4)" in capsys.readouterr().out

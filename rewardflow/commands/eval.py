@@ -1,9 +1,10 @@
 """``rewardflow eval``: sample a fixed prompt set with a generator (optionally + LoRA) and report reward means with
 bootstrap confidence intervals, diversity (Vendi score) and, in the toy world, toy-oracle accuracy; optionally
-write the images in a GenEval / T2I-CompBench layout for external evaluators.
+write the images in a GenEval / T2I-CompBench layout (videos: VBench) for external evaluators.
 
 Sampling goes through :func:`rewardflow.eval.sampling.sample_to_files` (the same code path as ``rewardflow
-sample``; image j of the run uses noise seed ``SEED + j``), so ``OUT/images/`` holds the PNGs and manifest.json.
+sample``; image j of the run uses noise seed ``SEED + j``), so ``OUT/images/`` holds the PNGs (MP4s for a video
+model, scored as decoded from the files) and manifest.json.
 Results: ``OUT/eval.json`` with ``{"rewards": {name: {"mean", "ci_low", "ci_high", "std", "n"}}, "diversity":
 {...}, "toy_oracle": {...}}``.
 """
@@ -41,7 +42,8 @@ def register(subparsers) -> None:
                    help="image encoder for the Vendi score (toy_clip, toy_clip_adv; default toy_clip for the toy "
                         "model, none otherwise)")
     p.add_argument("--layout", default=None, choices=[x for x in LAYOUTS if x != "plain"],
-                   help="also write the images in this external-evaluator layout under OUT/LAYOUT/")
+                   help="also write the samples in this external-evaluator layout under OUT/LAYOUT/ (vbench: video "
+                        "models)")
     p.add_argument("--device", default=None)
     p.add_argument("--out", required=True, metavar="DIR")
     p.set_defaults(fn=run)
@@ -105,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from rewardflow.commands.eval_rewards import _json_safe, split_reward_specs
+    from rewardflow.commands.sample import TOY_MODELS
     from rewardflow.eval.sampling import sample_to_files
     from rewardflow.io.images import load_image
     from rewardflow.pipelines.registry import load_generator
@@ -112,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
 
     prompts, toy_prompts = resolve_prompts(args.prompts, args.per_category)
     specs = split_reward_specs(args.reward)
-    toy = args.model == "toy" or args.adapter == "toy"
+    toy = args.model in TOY_MODELS or args.adapter in TOY_MODELS
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gen = load_generator(args.model, adapter=args.adapter, device=device)
     if args.lora:
@@ -122,7 +125,13 @@ def run(args: argparse.Namespace) -> int:
                           guidance_scale=args.guidance, seed=args.seed, n_per_prompt=args.n_per_prompt,
                           batch_size=args.batch_size, info={"model": args.model, "lora": args.lora})
     rows = man["images"]
-    images = torch.stack([load_image(out / "images" / r["file"]) for r in rows])
+    video = man.get("media") == "video"
+    if video:  # score what external evaluators will read: the decoded MP4s
+        from rewardflow.io.video import load_video
+
+        images = torch.stack([load_video(out / "images" / r["file"]) for r in rows])
+    else:
+        images = torch.stack([load_image(out / "images" / r["file"]) for r in rows])
     all_prompts = [r["prompt"] for r in rows]
 
     result: dict = {"model": args.model, "lora": args.lora, "prompts": args.prompts, "n_images": len(rows),
@@ -134,11 +143,14 @@ def run(args: argparse.Namespace) -> int:
                            .float().cpu() for i in range(0, len(rows), args.batch_size)])
         result["rewards"][spec] = mean_ci(s.tolist(), args.bootstrap, args.seed)
     enc_name = args.diversity_encoder or ("toy_clip" if toy else None)
+    if enc_name and video:
+        print("[rewardflow] eval: diversity (Vendi) is computed on images only; skipped for video samples")
+        enc_name = None
     if enc_name:
         from rewardflow.rewards.distributional import load_encoder
 
         result["diversity"] = {"encoder": enc_name, **diversity(images, all_prompts, load_encoder(enc_name))}
-    if toy_prompts or toy:
+    if (toy_prompts or toy) and not video:
         from rewardflow.eval.toy import oracle_report
 
         try:
@@ -151,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
 
         write_layout(images, all_prompts, out / args.layout, args.layout,
                      sample_index=[r["sample_index"] for r in rows],
+                     extra=[{"fps": man.get("fps", 8.0)}] * len(rows),
                      metadata=_geneval_metadata(args.prompts, rows) if args.layout == "geneval" else None)
         result["layout"] = str(out / args.layout)
 

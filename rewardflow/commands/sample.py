@@ -33,6 +33,9 @@ def register(subparsers) -> None:
     p.set_defaults(fn=run_sample)
 
 
+TOY_MODELS = ("toy", "toy_video")
+
+
 def run_sample(args) -> int:
     import torch
 
@@ -40,7 +43,7 @@ def run_sample(args) -> int:
     from rewardflow.pipelines.registry import load_generator
 
     prompts = [args.prompt] if args.prompt is not None else read_prompt_file(args.prompts)
-    toy = args.model == "toy" or args.adapter == "toy"
+    toy = args.model in TOY_MODELS or args.adapter in TOY_MODELS  # shipped toy models: no dtype/offload/size
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     kw: dict = {"device": device}
     if not toy:
@@ -59,5 +62,6 @@ def run_sample(args) -> int:
     info = {"model": args.model, "adapter": adapter, "lora": args.lora}
     man = sample_to_files(gen, prompts, args.out, steps=steps, guidance_scale=args.guidance, seed=args.seed,
                           n_per_prompt=args.n_per_prompt, batch_size=args.batch_size, info=info)
-    print(f"wrote {len(man['images'])} images and manifest.json to {args.out}")
+    kind = "videos (mp4)" if man.get("media") == "video" else "images"
+    print(f"wrote {len(man['images'])} {kind} and manifest.json to {args.out}")
     return 0

@@ -7,6 +7,9 @@
   ``OUT/{prompt_index:05d}/samples/{sample:04d}.png``.
 * ``t2i-compbench``: T2I-CompBench (``Karine-Huang/T2I-CompBench`` evaluation scripts read
   ``OUT/samples/{prompt}_{index:06d}.png``, the prompt recovered from the file name).
+* ``vbench`` (videos ``[N, T, 3, H, W]``): VBench (``Vchitect/VBench``, ``prompts/README.md``: 5 samples per prompt,
+  ``$prompt-$index.mp4`` with index 0-4, one folder per dimension; the evaluator matches files to its prompt
+  lists by name): ``OUT/{prompt}-{index}.mp4``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from typing import Sequence
 
 import torch
 
-LAYOUTS = ("plain", "geneval", "t2i-compbench")
+LAYOUTS = ("plain", "geneval", "t2i-compbench", "vbench")
+VIDEO_LAYOUTS = ("vbench",)
 
 
 def save_png(img: torch.Tensor, path: str | Path) -> None:
@@ -33,9 +37,15 @@ def write_layout(images: torch.Tensor, prompts: Sequence[str], out: str | Path, 
                  sample_index: Sequence[int] | None = None, metadata: Sequence[dict] | None = None,
                  extra: Sequence[dict] | None = None) -> list[str]:
     """Write ``images[i]`` for ``prompts[i]``; ``sample_index[i]`` numbers several samples of one prompt
-    (default 0). Returns the written file paths."""
+    (default 0). Returns the written file paths. ``vbench`` takes videos ``[N, T, 3, H, W]`` (``fps`` from
+    ``extra[i]["fps"]``, default 8), the other layouts images ``[N, 3, H, W]``."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    is_video = images.ndim == 5
+    if is_video != (layout in VIDEO_LAYOUTS):
+        kind = "videos [N, T, 3, H, W]" if layout in VIDEO_LAYOUTS else "images [N, 3, H, W]"
+        other = ", ".join(VIDEO_LAYOUTS) if is_video else ", ".join(x for x in LAYOUTS if x not in VIDEO_LAYOUTS)
+        raise ValueError(f"layout {layout!r} takes {kind}, got shape {tuple(images.shape)}; use one of: {other}")
     prompts = list(prompts)
     if len(prompts) != images.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {len(prompts)} prompts")
@@ -61,6 +71,17 @@ def write_layout(images: torch.Tensor, prompts: Sequence[str], out: str | Path, 
             (d / "metadata.jsonl").write_text(json.dumps(meta) + "\n")
             f = d / "samples" / f"{sample_index[i]:04d}.png"
             save_png(images[i], f)
+            files.append(str(f))
+    elif layout == "vbench":
+        from rewardflow.io.video import save_video
+
+        for i, p in enumerate(prompts):
+            name = f"{p}-{sample_index[i]}.mp4"
+            if "/" in p or "\0" in p or len(name.encode()) > 255:
+                raise ValueError(f"VBench file names hold the prompt, which must not contain '/' and must fit a "
+                                 f"255-byte file name: {p!r}")
+            f = out / name
+            save_video(images[i], f, fps=float((extra or [{}] * len(prompts))[i].get("fps", 8.0)))
             files.append(str(f))
     else:
         for i, p in enumerate(prompts):

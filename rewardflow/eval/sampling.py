@@ -1,4 +1,5 @@
-"""Prompts -> generated PNG files + a JSON manifest, with one code path for ``rewardflow sample`` and evaluation.
+"""Prompts -> generated PNG (image models) or MP4 (video models) files + a JSON manifest, with one code path for
+``rewardflow sample`` and evaluation.
 
 Reproducibility: image ``j`` (counting prompts in order, ``n_per_prompt`` samples each) starts from the initial
 noise drawn by ``torch.Generator().manual_seed(seed + j)``, so an image does not depend on the batch size or on
@@ -6,9 +7,10 @@ the other prompts in the file. Sampling is the adapter's ODE sampler (:meth:`Gen
 
 Layout of ``out``::
 
-    out/00000_00.png ... out/{prompt_index:05d}_{sample_index:02d}.png
+    out/00000_00.png ... out/{prompt_index:05d}_{sample_index:02d}.png   (.mp4 for a video model, ``fps`` frames/s)
     out/manifest.json   {"model", "adapter", "lora", "steps", "guidance_scale", "seed", "n_per_prompt",
-                         "height", "width", "images": [{"file", "prompt", "prompt_index", "sample_index", "seed"}]}
+                         "height", "width", ["media": "video", "frames", "fps"],
+                         "images": [{"file", "prompt", "prompt_index", "sample_index", "seed"}]}
 """
 
 from __future__ import annotations
@@ -50,9 +52,11 @@ def initial_noise(gen, seeds: Sequence[int]) -> torch.Tensor:
 
 
 def sample_to_files(gen, prompts: Sequence[str], out: str | Path, *, steps: int, guidance_scale: float | None = None,
-                    seed: int = 0, n_per_prompt: int = 1, batch_size: int = 4, info: dict | None = None) -> dict:
-    """Generate ``n_per_prompt`` images per prompt with ``gen`` and write PNGs + ``manifest.json`` into ``out``.
-    ``info`` is merged into the manifest (model path, adapter, LoRA, ...). Returns the manifest."""
+                    seed: int = 0, n_per_prompt: int = 1, batch_size: int = 4, info: dict | None = None,
+                    fps: float = 8.0) -> dict:
+    """Generate ``n_per_prompt`` images (or videos) per prompt with ``gen`` and write PNGs (MP4s at ``fps``) +
+    ``manifest.json`` into ``out``. ``info`` is merged into the manifest (model path, adapter, LoRA, ...). Returns the
+    manifest."""
     from rewardflow.io.images import save_image
 
     prompts = list(prompts)
@@ -69,12 +73,21 @@ def sample_to_files(gen, prompts: Sequence[str], out: str | Path, *, steps: int,
         chunk = jobs[b:b + batch_size]
         noise = initial_noise(gen, [j[3] for j in chunk])
         images = gen.generate([j[2] for j in chunk], steps, noise=noise, guidance_scale=g)
+        video = images.ndim == 5  # [B, T, 3, H, W]
         for (i, k, p, s), img in zip(chunk, images):
-            name = f"{i:05d}_{k:02d}.png"
-            save_image(img, out / name)
+            name = f"{i:05d}_{k:02d}.{'mp4' if video else 'png'}"
+            if video:
+                from rewardflow.io.video import save_video
+
+                save_video(img, out / name, fps=fps)
+            else:
+                save_image(img, out / name)
             rows.append({"file": name, "prompt": p, "prompt_index": i, "sample_index": k, "seed": s})
     manifest = dict(info or {})
     manifest.update(steps=steps, guidance_scale=g, seed=seed, n_per_prompt=n_per_prompt,
-                    height=int(images.shape[-2]), width=int(images.shape[-1]), images=rows)
+                    height=int(images.shape[-2]), width=int(images.shape[-1]))
+    if images.ndim == 5:
+        manifest.update(media="video", frames=int(images.shape[1]), fps=fps)
+    manifest["images"] = rows
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return manifest
