@@ -6,21 +6,11 @@
 set -u
 OUT=${1:-/tmp/rewardflow_cpu_mp_smoke}
 shift || true
-METHODS=${*:-"flow_dpo diffusion_dpo rwr draft grpo ddpo prdp dragon instructvideo latent_reward"}
+# shellcheck source=benchmarks/_smoke_methods.sh
+source "$(dirname "$0")/_smoke_methods.sh"
+METHODS=${*:-$SMOKE_METHODS}
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 COMMON=(max_steps=2 batch_size=2 eval_at_start=false "eval_prompts=''" report_to=none save_every=0)
-declare -A EXTRA=(
-  [flow_dpo]="num_samples_per_prompt=2 sample_steps=2"
-  [diffusion_dpo]="num_samples_per_prompt=2 sample_steps=2"
-  [rwr]="num_samples_per_prompt=2 sample_steps=2"
-  [draft]="sample_steps=2"
-  [grpo]="group_size=2 rollout_steps=2 sample_steps=2"
-  [ddpo]="samples_per_prompt=2 stat_min_count=2 sample_steps=2"
-  [prdp]="group_size=2 sample_steps=2"
-  [dragon]="group_size=2 sample_steps=2"
-  [instructvideo]="sample_steps=4"
-  [latent_reward]="eval_every=0 sample_steps=2"
-)
 mkdir -p "$OUT"
 fails=0
 port=29600

@@ -15,21 +15,11 @@ OUT=${1:-/tmp/rewardflow_cuda_smoke}
 mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 PY=${PYTHON:-python}
-METHODS=${METHODS:-"flow_dpo diffusion_dpo rwr draft grpo ddpo prdp dragon instructvideo latent_reward"}
+# shellcheck source=benchmarks/_smoke_methods.sh
+source "$(dirname "$0")/_smoke_methods.sh"
+METHODS=${METHODS:-$SMOKE_METHODS}
 COMMON=(max_steps=2 batch_size=2 mixed_precision=bf16 device=cuda eval_at_start=false "eval_prompts=''"
         report_to=none save_every=0)
-declare -A EXTRA=(
-  [flow_dpo]="num_samples_per_prompt=2 sample_steps=2"
-  [diffusion_dpo]="num_samples_per_prompt=2 sample_steps=2"
-  [rwr]="num_samples_per_prompt=2 sample_steps=2"
-  [draft]="sample_steps=2"
-  [grpo]="group_size=2 rollout_steps=2 sample_steps=2"
-  [ddpo]="samples_per_prompt=2 stat_min_count=2 sample_steps=2"
-  [prdp]="group_size=2 sample_steps=2"
-  [dragon]="group_size=2 sample_steps=2"
-  [instructvideo]="sample_steps=4"
-  [latent_reward]="eval_every=0 sample_steps=2"
-)
 
 if ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   echo "FAIL cuda: torch.cuda.is_available() is False"

@@ -31,6 +31,9 @@ def main() -> None:
     ap.add_argument("--reno-iterations", type=int, default=12)
     ap.add_argument("--latent-reward", default=None, help="a trained latent reward dir (rewardflow train "
                     "configs/toy/latent_reward.yaml -> OUTPUT_DIR/final); default: assets/toy/latent_reward if shipped")
+    ap.add_argument("--latent-scales", default=None, metavar="S1,S2,...",
+                    help="NRG scales for the latent reward rows (default: the nrg_scale in latent_reward.json)")
+    ap.add_argument("--no-reno", action="store_true", help="skip the ReNO rows (the slow ones)")
     ap.add_argument("--out", default=str(RESULTS / "toy_inference"))
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -96,13 +99,19 @@ def main() -> None:
 
         lrm = LatentRewardModel.from_pretrained(gen, lrm_dir)
         meta = json.loads((Path(lrm_dir) / "latent_reward.json").read_text())
-        scale = float(meta.get("nrg_scale", 1.0))
-        t0 = time.time()
-        img = NRG(gen, lrm, NRGConfig(scale=scale, weights={lrm.heads[0]: 1.0}, steps=a.steps),
-                  source="latent").generate(prompts, base_noise)
-        t = time.time() - t0
-        record(f"Flow-NRG latent RM (scale {scale:g})", img, t, {"scale": scale})
+        scales = ([float(x) for x in a.latent_scales.split(",")] if a.latent_scales
+                  else [float(meta.get("nrg_scale", 1.0))])
+        for scale in scales:
+            t0 = time.time()
+            img = NRG(gen, lrm, NRGConfig(scale=scale, weights={lrm.heads[0]: 1.0}, steps=a.steps),
+                      source="latent").generate(prompts, base_noise)
+            t = time.time() - t0
+            record(f"Flow-NRG latent RM (scale {scale:g})", img, t, {"scale": scale})
         bon_control(t, "Flow-NRG latent")
+
+    if a.no_reno:
+        write_results(rows, a, n, demo)
+        return
 
     cfg = ReNOConfig(iterations=a.reno_iterations, lr=demo.lr, optimizer=demo.optimizer, grad_clip=demo.grad_clip,
                      reg_weight=demo.reg_weight, steps=a.steps)
@@ -118,6 +127,11 @@ def main() -> None:
     record(f"best-of-{demo.n_candidates} + ReNO (the demo)", res.images, t)
     bon_control(t, "best-of-4 + ReNO")
 
+    write_results(rows, a, n, demo)
+
+
+def write_results(rows: list, a, n: int, demo) -> None:
+    """Write the rows as ``OUT.json`` and a Markdown table ``OUT.md`` and print the table."""
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"prompts": n, "split": "heldout", "steps": a.steps, "guidance_scale": demo.guidance_scale,

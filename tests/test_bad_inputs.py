@@ -23,30 +23,12 @@ import torch
 
 from rewardflow.align.trainer import CheckpointWriteError, verify_checkpoint
 from rewardflow.cli import main
-from tests.trainer_utils import make_trainer, read_metrics
-
-TRAIN_YAML = """\
-method: rwr
-model: {model}
-reward: toy_clip
-prompts: toy:train
-eval_prompts: ""
-eval_at_start: false
-report_to: none
-output_dir: {out}
-max_steps: 2
-batch_size: 2
-sample_steps: 2
-lora_rank: 4
-num_samples_per_prompt: 2
-"""
+from tests.trainer_utils import make_trainer, read_metrics, write_train_yaml
 
 
 @pytest.fixture
 def train_cfg(tmp_path, tiny_pipe_dir):
-    cfg = tmp_path / "train.yaml"
-    cfg.write_text(TRAIN_YAML.format(model=tiny_pipe_dir, out=tmp_path / "run"))
-    return cfg
+    return write_train_yaml(tmp_path / "train.yaml", "rwr", tiny_pipe_dir, tmp_path / "run", num_samples_per_prompt=2)
 
 
 @pytest.fixture

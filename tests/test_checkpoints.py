@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from rewardflow.align.trainer import MANIFEST, find_latest_checkpoint, verify_checkpoint
-from tests.trainer_utils import make_trainer, read_metrics
+from tests.trainer_utils import make_trainer, read_metrics, write_train_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,27 +105,8 @@ def test_rollout_cache_survives_resume(tmp_path, tiny_pipe_dir):
 
 # ------------------------------------------------------------------------------------------ kill -9 (slow)
 
-FAULT_CONFIG = """\
-method: grpo
-model: {model}
-reward: toy_clip
-prompts: toy:train
-eval_prompts: ""
-eval_at_start: false
-report_to: none
-output_dir: {out}
-max_steps: {steps}
-batch_size: 2
-sample_steps: 2
-lora_rank: 4
-lr: 1.0e-3
-lr_warmup_steps: 3
-ema_decay: 0.9
-save_every: 1
-keep_checkpoints: 2
-group_size: 4
-updates_per_rollout: 2
-"""
+FAULT_OVERRIDES = dict(lr=1.0e-3, lr_warmup_steps=3, ema_decay=0.9, save_every=1, keep_checkpoints=2, group_size=4,
+                       updates_per_rollout=2)
 
 
 def _launch(cfg: Path, log: Path) -> subprocess.Popen:
@@ -153,7 +134,8 @@ def test_sigkill_at_random_points_then_resume_matches_an_uninterrupted_run(tmp_p
     runs = {}
     for name in ("ref", "faulty"):
         runs[name] = tmp_path / name
-        (tmp_path / f"{name}.yaml").write_text(FAULT_CONFIG.format(model=tiny_pipe_dir, out=runs[name], steps=steps))
+        write_train_yaml(tmp_path / f"{name}.yaml", "grpo", tiny_pipe_dir, runs[name], max_steps=steps,
+                         **FAULT_OVERRIDES)
     ref = _launch(tmp_path / "ref.yaml", tmp_path / "ref.log")
     assert ref.wait(timeout=600) == 0, (tmp_path / "ref.log").read_text()[-3000:]
 

@@ -163,6 +163,13 @@ def test_benchmark_shell_scripts_parse():
     for script in ("benchmarks/cuda_smoke.sh", "benchmarks/cpu_multiprocess_smoke.sh"):
         res = subprocess.run(["bash", "-n", str(ROOT / script)], check=False, capture_output=True, text=True)
         assert res.returncode == 0, f"{script}: {res.stderr}"
+    # the shared method table: every method has a toy config and its own 2-step overrides
+    res = subprocess.run(["bash", "-c", 'source benchmarks/_smoke_methods.sh; for m in $SMOKE_METHODS; do '
+                          'echo "$m ${EXTRA[$m]:-MISSING}"; done'], cwd=ROOT, check=True, capture_output=True,
+                         text=True)
+    rows = [ln.split(" ", 1) for ln in res.stdout.strip().splitlines()]
+    assert len(rows) == 10 and all("MISSING" not in extra for _, extra in rows)
+    assert all((ROOT / "configs" / "toy" / f"{m}.yaml").is_file() for m, _ in rows)
 
 
 @pytest.mark.slow

@@ -34,6 +34,19 @@ class NaNReward(Reward):
         return torch.where(mask, torch.full_like(s, float("nan")), s)
 
 
+def write_train_yaml(path, method: str, model, out, **overrides):
+    """A tiny ``rewardflow train`` config file (toy_clip reward, 2 sampler steps, LoRA r4, no eval, no logging)
+    for tests that go through the CLI or a subprocess; ``overrides`` add or replace keys."""
+    import yaml
+
+    data = {"method": method, "model": str(model), "reward": "toy_clip", "prompts": "toy:train", "eval_prompts": "",
+            "eval_at_start": False, "report_to": "none", "output_dir": str(out), "max_steps": 2, "batch_size": 2,
+            "sample_steps": 2, "lora_rank": 4}
+    data.update(overrides)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
 def make_trainer(tmp_path, pipe_dir, method: str, reward=None, generator=None, **overrides):
     from rewardflow.align.trainer import Trainer, split_config
     from rewardflow.pipelines.toy import ToyGenerator
