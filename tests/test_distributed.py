@@ -223,3 +223,34 @@ def test_offline_dpo_pairs_are_split_over_processes(tmp_path, flow_gen):
         assert b0["prompts"] + b1["prompts"] == a["prompts"]
         assert torch.equal(torch.cat([b0["x0_w"], b1["x0_w"]]), a["x0_w"])
     assert single.cursor == r0.cursor == r1.cursor == 12  # every process holds the global cursor (resume-exact)
+
+
+def test_two_process_resume_continues_every_process_exactly(tmp_path, tiny_pipe_dir):
+    """Each process saves its own RNG states and method state (here GRPO's rollout cache, updates_per_rollout=2):
+    2 processes resumed from step 1 log the same step-2 and step-3 losses (means over both processes) and end on
+    the same weights as the uninterrupted 2-process run."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from tests.trainer_utils import write_train_yaml
+
+    kw = {"max_steps": 3, "save_every": 1, "keep_checkpoints": 3, "group_size": 2, "rollout_steps": 2,
+          "updates_per_rollout": 2, "lr": 1e-2, "resume": "never"}
+    full, part = tmp_path / "full", tmp_path / "part"
+    for out, extra in ((full, {}), (part, {"resume": str(full / "checkpoints" / "step_0000001")})):
+        cfg = write_train_yaml(tmp_path / f"{out.name}.yaml", "grpo", tiny_pipe_dir, out, **{**kw, **extra})
+        res = _torchrun(["-m", "rewardflow", "train", str(cfg)])
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "resumed from" in res.stdout and "reseed" not in res.stdout
+    rows = {d: {r["step"]: r for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())}
+            for d in (full, part)}
+    assert sorted(rows[part]) == [2, 3]
+    for step in (2, 3):
+        assert rows[part][step]["loss"] == pytest.approx(rows[full][step]["loss"], rel=1e-6, abs=1e-9), step
+    a = load_file(str(full / "checkpoints" / "step_0000003" / "trainable.safetensors"))
+    b = load_file(str(part / "checkpoints" / "step_0000003" / "trainable.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-7) for k in a)
+    st = torch.load(full / "checkpoints" / "step_0000001" / "state.pt", weights_only=True)
+    assert len(st["per_process"]) == 2
+    assert not torch.equal(st["per_process"][0]["rng"]["gen_sample"], st["per_process"][1]["rng"]["gen_sample"])

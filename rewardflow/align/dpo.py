@@ -336,6 +336,8 @@ class _DPOBase(Method):
         return total, diags
 
     # -- resume
+    shared_state_keys = ("ref",)  # the refreshed reference is the same on every process: saved once
+
     def state_dict(self) -> dict[str, Any]:
         st: dict[str, Any] = {"cursor": self.cursor, "refreshed_at": self._refreshed_at}
         if self._ref is not None:

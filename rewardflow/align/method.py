@@ -90,6 +90,10 @@ class Method:
         number of micro-batches for accumulation) and scalar diagnostics to log."""
         raise NotImplementedError
 
+    # keys of state_dict() that are identical on every process (saved once, from process 0); the others are saved
+    # per process (each process's rollout cache, stat tracker, ...)
+    shared_state_keys: tuple[str, ...] = ()
+
     # method state that must survive a resume (stat trackers, reference refresh counters, ...)
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -739,6 +739,19 @@ class Trainer:
 
         acc = self.accelerator
         acc.wait_for_everyone()
+        # every process's RNG (its prompts and noise) and method state (e.g. its rollout cache), so that each
+        # process continues exactly
+        method_state = self.method.state_dict()
+        shared = set(self.method.shared_state_keys)
+        mine = {"rng": _rng_state({"prompt": self.prompt_rng, "sample": self.sample_rng}),
+                "method": {k: v for k, v in method_state.items() if k not in shared}}
+        if acc.num_processes > 1:
+            import torch.distributed as dist
+
+            per_process: list = [None] * acc.num_processes
+            dist.all_gather_object(per_process, mine)
+        else:
+            per_process = [mine]
         if not acc.is_main_process:
             return None
         final = self.ckpt_dir / f"step_{self.step:07d}"
@@ -754,8 +767,8 @@ class Trainer:
             cur = tmp / "state.pt"
             torch.save({"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
                         "ema": None if self.ema is None else self.ema.state_dict(),
-                        "rng": _rng_state({"prompt": self.prompt_rng, "sample": self.sample_rng}),
-                        "method": self.method.state_dict()}, cur)
+                        "rng": mine["rng"], "method": method_state,  # process 0's (older readers, shared keys)
+                        "per_process": per_process}, cur)
             cur = tmp / "trainer.json"
             cur.write_text(json.dumps({"step": self.step, "samples_seen": self.samples_seen,
                                        "method": self.config.method}))
@@ -820,11 +833,36 @@ class Trainer:
         self.lr_scheduler.load_state_dict(st["lr_scheduler"])
         if self.ema is not None and st["ema"] is not None:
             self.ema.load_state_dict(st["ema"])
-        _set_rng_state(st["rng"], {"prompt": self.prompt_rng, "sample": self.sample_rng})
-        self.method.load_state_dict(st["method"])
         self.step, self.samples_seen = int(meta["step"]), int(meta["samples_seen"])
+        self._restore_process_state(st)
         # a restored rollout cache (RolloutReuse) is re-served, not re-collected: it must not count as new samples
         self._last_collected = getattr(getattr(self.method, "reuse", None), "cache", None)
+
+    def _restore_process_state(self, st: dict) -> None:
+        """Each process takes its own saved RNG states and method state (exact continuation). A checkpoint written
+        with another number of processes (or by an older rewardflow, process 0's states only) cannot be continued
+        exactly: every process takes process 0's method state, process 0 its RNG states, and the others reseed
+        deterministically from (seed, rank, step), so that no two processes draw the same prompts and noise."""
+        acc, gens = self.accelerator, {"prompt": self.prompt_rng, "sample": self.sample_rng}
+        per = st.get("per_process")
+        if per is not None and len(per) == acc.num_processes:
+            _set_rng_state(per[acc.process_index]["rng"], gens)
+            shared = {k: v for k, v in st["method"].items() if k in set(self.method.shared_state_keys)}
+            self.method.load_state_dict({**per[acc.process_index]["method"], **shared})
+            return
+        self.method.load_state_dict(st["method"])
+        if acc.process_index == 0:
+            _set_rng_state(st["rng"], gens)
+        else:
+            s = self.config.seed * 1000 + acc.process_index + 1_000_003 * self.step
+            torch.manual_seed(s)
+            self.prompt_rng.manual_seed(s)
+            self.sample_rng.manual_seed(s + 500)
+        if acc.is_main_process:
+            n = len(per) if per is not None else "an unknown number of"
+            print(f"[rewardflow] the checkpoint was written by {n} processes, this run has {acc.num_processes}: "
+                  "process 0 continues its saved random streams, the others reseed (the continuation is "
+                  "deterministic but not the uninterrupted run's)", flush=True)
 
     def maybe_resume(self) -> bool:
         r = self.config.resume
@@ -981,14 +1019,6 @@ class Trainer:
 
         c, acc = self.config, self.accelerator
         resumed = self.maybe_resume()
-        if resumed and acc.process_index > 0:
-            # a checkpoint holds process 0's RNG states: without this, every process would continue with process
-            # 0's prompts and noise (the same samples N times). Processes > 0 continue from a fresh per-process seed
-            # (deterministic, but not the exact stream of an uninterrupted run; process 0 stays exact)
-            s = c.seed * 1000 + acc.process_index + 1_000_003 * self.step
-            torch.manual_seed(s)
-            self.prompt_rng.manual_seed(s)
-            self.sample_rng.manual_seed(s + 500)
         if acc.is_main_process:
             import yaml
 

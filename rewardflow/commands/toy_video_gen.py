@@ -9,7 +9,8 @@ def _train(a) -> int:
     from rewardflow.toy.video_gen_train import train_video_generator
 
     meta = train_video_generator(a.out, steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed, frames=a.frames,
-                                 caption_noise=a.caption_noise, threads=a.threads, save_every=a.save_every)
+                                 caption_noise=a.caption_noise, threads=a.threads, save_every=a.save_every,
+                                 init_from=a.init_from, warmup=a.warmup)
     print(f"saved the toy video generator to {a.out} ({meta['seconds']} s)")
     return 0
 
@@ -38,6 +39,9 @@ def register(subparsers) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=None)
     t.add_argument("--save-every", type=int, default=0)
+    t.add_argument("--warmup", type=int, default=50, help="linear warm-up steps before the cosine decay")
+    t.add_argument("--init-from", default=None,
+                   help="continue from a saved toy video pipeline (e.g. assets/toy/video_generator)")
     t.set_defaults(fn=_train)
     e = sub.add_parser("eval", help="oracle content / motion accuracy on train and held-out captions")
     e.add_argument("--model", default=None, help="pipeline directory (default: shipped assets/toy/video_generator)")

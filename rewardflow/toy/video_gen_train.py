@@ -38,15 +38,24 @@ def _noisy_caption(caption: str, rng: np.random.Generator) -> str:
 def train_video_generator(out: str | Path, steps: int = 900, batch: int = 24, lr: float = 2e-3, seed: int = 0,
                           frames: int = 4, caption_noise: float = 0.2, cfg_dropout: float = 0.1,
                           ema_decay: float = 0.995, warmup: int = 50, log_every: int = 25,
-                          threads: int | None = None, save_every: int = 0) -> dict:
+                          threads: int | None = None, save_every: int = 0,
+                          init_from: str | Path | None = None) -> dict:
     """Train the toy text-to-video model and save the EMA weights (fp16) as a ``ToyVideoFlowPipeline`` directory.
-    ``save_every``: also save the EMA weights every N steps (a usable model if the run is cut short)."""
+    ``save_every``: also save the EMA weights every N steps (a usable model if the run is cut short).
+    ``init_from``: continue from a saved toy video pipeline (its EMA weights; a fresh optimizer, warm-up and
+    cosine schedule) instead of starting from random weights; its frame count must equal ``frames``."""
     from rewardflow.toy.video_pipeline import ToyVideoFlowPipeline
 
     if threads:
         torch.set_num_threads(threads)
     rng = np.random.default_rng(seed)
-    pipe = ToyVideoFlowPipeline.from_config_dict(frames=frames, seed=seed)
+    if init_from is not None:
+        pipe = ToyVideoFlowPipeline.from_pretrained(str(init_from), dtype=torch.float32)
+        if pipe.num_frames != frames:
+            raise ValueError(f"--init-from {init_from} generates {pipe.num_frames} frames but frames={frames}; "
+                             f"pass frames={pipe.num_frames} (the frame count is part of the UNet's channels)")
+    else:
+        pipe = ToyVideoFlowPipeline.from_config_dict(frames=frames, seed=seed)
     modules = torch.nn.ModuleDict({"unet": pipe.unet, "text_encoder": pipe.text_encoder}).train()
     opt = torch.optim.AdamW(modules.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     ema = {k: v.detach().clone() for k, v in modules.state_dict().items()}
@@ -56,6 +65,7 @@ def train_video_generator(out: str | Path, steps: int = 900, batch: int = 24, lr
 
     def _meta(done: int) -> dict:
         return {"steps": done, "planned_steps": steps, "batch": batch, "lr": lr, "seed": seed, "frames": frames,
+                "init_from": None if init_from is None else str(init_from),
                 "caption_noise": caption_noise, "cfg_dropout": cfg_dropout, "ema_decay": ema_decay,
                 "warmup": warmup, "seconds": round(time.time() - t_start, 1), "log": log}
 
