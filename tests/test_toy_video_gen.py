@@ -129,3 +129,32 @@ def test_shipped_generator_loads_by_name():
     assert gen.modality == "video" and gen.num_frames == 4
     v = gen.generate(["a red circle moving left"], steps=2, noise=torch.zeros(1, *gen.latent_shape))
     assert v.shape == (1, 4, 3, 32, 32) and 0 <= float(v.min()) and float(v.max()) <= 1
+
+
+def test_train_command_continues_from_a_saved_pipeline(tmp_path, tiny_video_dir, capsys):
+    """--init-from starts from the saved weights (the tiny architecture is kept, not the default one) and a frame
+    count that does not match the saved UNet is refused before training."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from rewardflow.cli import main
+
+    out = tmp_path / "cont"
+    assert main(["toy-video-gen", "train-generator", "--init-from", str(tiny_video_dir), "--out", str(out),
+                 "--steps", "1", "--batch", "2", "--frames", str(FRAMES), "--warmup", "1"]) == 0
+    meta = json.loads((out / "training.json").read_text())
+    assert meta["init_from"] == str(tiny_video_dir) and meta["warmup"] == 1
+    cfg = json.loads((out / "unet" / "config.json").read_text())
+    assert list(cfg["block_out_channels"]) == [16, 32, 32]
+    before = load_file(str(tiny_video_dir / "unet" / "diffusion_pytorch_model.safetensors"))
+    after = load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
+    # one EMA update from the saved weights: close to them, not a fresh random init
+    k = "conv_in.weight"
+    assert not torch.equal(before[k].float(), after[k].float())
+    assert (before[k].float() - after[k].float()).abs().max() < 0.05 * before[k].float().abs().max()
+    capsys.readouterr()
+    assert main(["toy-video-gen", "train-generator", "--init-from", str(tiny_video_dir), "--out", str(tmp_path / "x"),
+                 "--steps", "1", "--batch", "2", "--frames", "2"]) == 2
+    assert "generates 4 frames but frames=2; pass frames=4" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
