@@ -54,6 +54,7 @@ class FakeServer:
                                             "json": body})
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                done = False
                 try:
                     if server.delay:
                         time.sleep(server.delay)
@@ -62,6 +63,11 @@ class FakeServer:
                         server.stop.wait(10)
                         return
                     data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                    # leave "in flight" before the reply goes out: once the client has it, it may send its next
+                    # request before this thread runs again (a race that counted 3 in flight under load)
+                    with server.lock:
+                        server.in_flight -= 1
+                    done = True
                     self.send_response(status)
                     for k, v in headers.items():
                         self.send_header(k, v)
@@ -71,8 +77,9 @@ class FakeServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
                 finally:
-                    with server.lock:
-                        server.in_flight -= 1
+                    if not done:
+                        with server.lock:
+                            server.in_flight -= 1
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
