@@ -254,3 +254,23 @@ def test_two_process_resume_continues_every_process_exactly(tmp_path, tiny_pipe_
     st = torch.load(full / "checkpoints" / "step_0000001" / "state.pt", weights_only=True)
     assert len(st["per_process"]) == 2
     assert not torch.equal(st["per_process"][0]["rng"]["gen_sample"], st["per_process"][1]["rng"]["gen_sample"])
+
+
+def test_early_stop_is_taken_by_every_process(tmp_path, tiny_pipe_dir):
+    """Process 0 evaluates and decides; the decision is broadcast, so process 1 stops at the same step instead of
+    waiting in the next gradient all-reduce (which would fail after collective_timeout_s). ``best_metric=step``
+    with ``best_mode=min`` makes the stop deterministic: every evaluation after step 0 is worse."""
+    import json
+
+    from tests.trainer_utils import write_train_yaml
+
+    cfg = write_train_yaml(tmp_path / "c.yaml", "draft", tiny_pipe_dir, tmp_path / "run", max_steps=6,
+                           eval_prompts="toy:heldout", eval_per_category=1, eval_at_start=True, eval_every=2,
+                           best_metric="step", best_mode="min", early_stop_patience=1, collective_timeout_s=60,
+                           resume="never")
+    res = _torchrun(["-m", "rewardflow", "train", str(cfg)])
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["early_stopped"] and s["steps"] == 2 and s["num_processes"] == 2
+    assert s["best"]["step"] == 0 and (tmp_path / "run" / "best" / "best.json").is_file()
+    assert "early stop at step 2" in res.stdout

@@ -135,3 +135,73 @@ def test_eval_writes_grid_oracle_and_curve(tmp_path, tiny_pipe_dir):
     assert (tmp_path / "samples" / "step_0000000.png").is_file() and (tmp_path / "reward_curve.png").is_file()
     ev = [json.loads(x) for x in (tmp_path / "eval.jsonl").read_text().splitlines()]
     assert [e["step"] for e in ev] == [0, 1]
+
+
+def _scripted_eval(tr, values: dict, calls: list):
+    """Replace the trainer's evaluation by a scripted metric ``m`` per step; record the weights it saw."""
+    def evaluate(tag=None):
+        calls.append((tr.step, {k: v.detach().clone() for k, v in tr.trainable_state().items()}))
+        return {"step": tr.step, "samples": tr.samples_seen, "m": values[tr.step]}
+    tr.evaluate = evaluate
+
+
+def test_best_metric_saves_the_best_weights_and_early_stops(tmp_path, tiny_pipe_dir):
+    tr = make_trainer(tmp_path, tiny_pipe_dir, "draft", max_steps=10, lora_rank=0, eval_every=1,
+                      eval_at_start=True, best_metric="m", early_stop_patience=2)
+    calls = []
+    _scripted_eval(tr, {0: 0.1, 1: 0.5, 2: 0.3, 3: 0.2, 4: 9.0}, calls)
+    s = tr.train()
+    # 0.5 at step 1 is never beaten: steps 2 and 3 are the two evaluations without improvement -> stop after step 3
+    assert s["early_stopped"] and s["steps"] == 3 and [c[0] for c in calls] == [0, 1, 2, 3]  # no extra final eval
+    assert s["best"]["step"] == 1 and s["best"]["value"] == 0.5 and s["after"]["m"] == 0.2
+    saved = load_file(str(tmp_path / "best" / "trainable.safetensors"))
+    at_step1 = calls[1][1]
+    assert saved.keys() == at_step1.keys()
+    assert all(torch.equal(saved[k], at_step1[k]) for k in saved)
+    assert not all(torch.equal(saved[k], calls[3][1][k]) for k in saved)  # the weights did move after step 1
+    info = json.loads((tmp_path / "best" / "best.json").read_text())
+    assert info["step"] == 1 and info["eval"]["m"] == 0.5
+    assert not list(tmp_path.glob(".best.*")) and (tmp_path / "final" / "trainable.safetensors").is_file()
+
+
+def test_best_metric_min_mode_and_a_resumed_run_keeps_counting(tmp_path, tiny_pipe_dir):
+    vals = {0: 3.0, 1: 1.0, 2: 2.0, 3: 5.0, 4: 0.0}
+    first = make_trainer(tmp_path, tiny_pipe_dir, "draft", max_steps=2, eval_every=1, eval_at_start=True,
+                         best_metric="m", best_mode="min", early_stop_patience=2, save_every=1)
+    _scripted_eval(first, vals, [])
+    first.train()  # evaluations at steps 0, 1, 2 (best 1.0 at step 1; one evaluation without improvement)
+    resumed = make_trainer(tmp_path, tiny_pipe_dir, "draft", max_steps=10, eval_every=1, eval_at_start=True,
+                           best_metric="m", best_mode="min", early_stop_patience=2, resume="auto")
+    calls = []
+    _scripted_eval(resumed, vals, calls)
+    s = resumed.train()
+    # the replayed eval.jsonl carries the count over: step 3 is the second evaluation without improvement
+    assert [c[0] for c in calls] == [3] and s["early_stopped"] and s["steps"] == 3
+    assert s["best"]["step"] == 1 and s["best"]["value"] == 1.0
+
+
+def test_best_tracker_replay_and_bad_keys(tmp_path):
+    from rewardflow.align.trainer import BestTracker
+
+    f = tmp_path / "eval.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in [{"step": 0, "m": 0.2}, {"step": 5, "m": float("nan")},
+                                                         {"step": 10, "m": 0.4}, {"step": 15, "m": 0.4},
+                                                         {"step": 20, "other": 1.0}]))
+    t = BestTracker("m", "max", patience=3)
+    t.replay(f)
+    assert (t.value, t.step, t.bad, t.should_stop) == (0.4, 10, 1, False)  # ties do not improve; NaN never best
+    with pytest.raises(KeyError, match="best_metric='x' is not an evaluation key.*eval_reward, oracle_accuracy"):
+        BestTracker("x").update({"step": 1, "samples": 8, "eval_reward": 0.5, "oracle_accuracy": 0.1})
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"early_stop_patience": 2, "eval_every": 5}, "early_stop_patience needs best_metric"),
+    ({"early_stop_patience": 2, "best_metric": "eval_reward"}, "early_stop_patience needs eval_every > 0"),
+    ({"best_metric": "heldout_toy_clip"}, r"names a held-out reward that is not in heldout_rewards \[\]"),
+    ({"best_metric": "eval_reward", "best_mode": "maximum"}, "best_mode must be max or min"),
+])
+def test_best_metric_config_errors(overrides, message):
+    from rewardflow.align.trainer import split_config
+
+    with pytest.raises(ValueError, match=message):
+        split_config({"method": "draft", **overrides})

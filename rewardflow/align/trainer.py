@@ -89,6 +89,10 @@ class TrainConfig:
     keep_checkpoints: int = 2
     eval_every: int = 0                   # evaluate every N steps (0 = before and after training only)
     eval_at_start: bool = True
+    best_metric: str = ""                 # an eval key to select on ("eval_reward", "heldout_NAME", "oracle_accuracy",
+                                          # ...): every eval that improves it writes best/ (as final/) + best.json
+    best_mode: str = "max"                # "max" or "min"
+    early_stop_patience: int = 0          # stop after N evals without improving best_metric (0 = never)
     log_every: int = 1
     report_to: str = "tensorboard"
     run_name: str | None = None           # wandb run name
@@ -150,7 +154,16 @@ def _validate(c: TrainConfig) -> None:
               (c.lora_rank >= 0, f"lora_rank must be >= 0 (0 = full fine-tuning), got {c.lora_rank}"),
               (0.0 <= c.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {c.ema_decay}"),
               (c.lr > 0, f"lr must be > 0, got {c.lr}"),
-              (c.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {c.device!r}")]
+              (c.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {c.device!r}"),
+              (c.best_mode in ("max", "min"), f"best_mode must be max or min, got {c.best_mode!r}"),
+              (c.early_stop_patience >= 0, f"early_stop_patience must be >= 0, got {c.early_stop_patience}"),
+              (not c.early_stop_patience or c.best_metric,
+               "early_stop_patience needs best_metric (the eval key to watch, e.g. best_metric=heldout_toy_clip)"),
+              (not c.early_stop_patience or c.eval_every > 0,
+               "early_stop_patience needs eval_every > 0 (it counts evaluations without improvement)"),
+              (not c.best_metric.startswith("heldout_") or c.best_metric[8:] in c.heldout_rewards,
+               f"best_metric={c.best_metric!r} names a held-out reward that is not in heldout_rewards "
+               f"{list(c.heldout_rewards)}; add it there (it is scored at eval, never optimized)")]
     for ok, msg in checks:
         if not ok:
             raise ValueError(msg)
@@ -333,6 +346,50 @@ def _trim_jsonl(path: Path, last_step: int) -> int:
         tmp.write_text("".join(ln + "\n" for ln in keep))
         os.replace(tmp, path)
     return dropped
+
+
+class BestTracker:
+    """Model selection and early stopping on one evaluation key (``best_metric``): ``update(ev)`` returns whether
+    this evaluation is a new best (strictly better; the first finite value counts). ``bad`` counts the evaluations
+    since the best; ``should_stop`` once it reaches ``patience`` (0 = never). A resumed run rebuilds the tracker from
+    the kept ``eval.jsonl`` records (:meth:`replay`), so the continuation selects and stops as the uninterrupted one."""
+
+    def __init__(self, metric: str, mode: str = "max", patience: int = 0):
+        self.metric, self.mode, self.patience = metric, mode, patience
+        self.value: float | None = None
+        self.step: int | None = None
+        self.bad = 0
+
+    def update(self, ev: dict) -> bool:
+        if self.metric not in ev:
+            raise KeyError(f"best_metric={self.metric!r} is not an evaluation key; this run's evaluation reports: "
+                           f"{', '.join(k for k in ev if k not in ('step', 'samples'))}")
+        v = ev[self.metric]
+        if not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+            self.bad += 1  # a non-finite evaluation never becomes the best
+            return False
+        v = float(v)
+        better = self.value is None or (v > self.value if self.mode == "max" else v < self.value)
+        if better:
+            self.value, self.step, self.bad = v, int(ev["step"]), 0
+        else:
+            self.bad += 1
+        return better
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience > 0 and self.bad >= self.patience
+
+    def replay(self, eval_file: Path) -> None:
+        if eval_file.is_file():
+            for ln in eval_file.read_text().splitlines():
+                if ln.strip():
+                    rec = json.loads(ln)
+                    if self.metric in rec:
+                        self.update(rec)
+
+    def summary(self) -> dict[str, Any]:
+        return {"metric": self.metric, "mode": self.mode, "value": self.value, "step": self.step}
 
 
 def _rng_state(generators: dict[str, torch.Generator | None]) -> dict[str, torch.Tensor]:
@@ -1036,6 +1093,9 @@ class Trainer:
         # open for the whole run
         eval_file = open(self.run_dir / "eval.jsonl", "a") if acc.is_main_process else None  # noqa: SIM115
         history: list[dict] = []
+        best = BestTracker(c.best_metric, c.best_mode, c.early_stop_patience) if c.best_metric else None
+        if best is not None and resumed and acc.is_main_process:
+            best.replay(self.run_dir / "eval.jsonl")
 
         def do_eval(tag=None):
             ev = self.evaluate(tag)
@@ -1046,13 +1106,15 @@ class Trainer:
                 history.append(ev)
                 print("[rewardflow] eval " + json.dumps({k: round(v, 4) if isinstance(v, float) else v
                                                          for k, v in ev.items()}), flush=True)
+            if ev and best is not None and best.update(ev):
+                self.save_final("best", info={**best.summary(), "eval": ev})
             return ev
 
         first = do_eval() if (c.eval_at_start and not resumed) else {}
         t0 = time.time()
         bar = tqdm(total=c.max_steps, initial=self.step, desc=c.method, disable=not acc.is_main_process,
                    dynamic_ncols=True)
-        skipped = 0
+        skipped, stopped_early = 0, False
         while self.step < c.max_steps:
             rec = self.train_step()
             self.step += 1
@@ -1069,9 +1131,17 @@ class Trainer:
                 self.save_checkpoint()
             if c.eval_every and self.step % c.eval_every == 0 and self.step < c.max_steps:
                 do_eval()
+                if best is not None and self._main_flag(best.should_stop):
+                    stopped_early = True
+                    if acc.is_main_process:
+                        print(f"[rewardflow] early stop at step {self.step}: {c.best_metric} did not improve for "
+                              f"{best.bad} evaluations (best {best.value:.4g} at step {best.step}; weights in "
+                              f"{self.run_dir / 'best'})", flush=True)
+                    break
         bar.close()
         self.save_checkpoint()
-        last = do_eval()
+        # an early stop has just evaluated these weights
+        last = history[-1] if stopped_early and history else do_eval()
         final_dir = self.save_final()
         if eval_file is not None:
             eval_file.close()
@@ -1081,28 +1151,51 @@ class Trainer:
                    "skipped_steps": skipped, "seconds": round(time.time() - t0, 1), "final": str(final_dir),
                    "reward_curve": None if curve is None else str(curve),
                    "num_processes": acc.num_processes, "effective_batch": self.effective_batch(),
-                   "before": first, "after": last}
+                   "before": first, "after": last, "early_stopped": stopped_early}
+        if best is not None and acc.is_main_process:
+            summary["best"] = {**best.summary(), "dir": str(self.run_dir / "best"),
+                               "eval": next((h for h in history if h.get("step") == best.step), None)}
         if acc.is_main_process:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         return summary
 
-    def save_final(self) -> Path | None:
-        """``final/``: the LoRA (``gen.save_lora``, peft format) or the trainable weights as safetensors; EMA
-        weights when EMA is on."""
+    def save_final(self, name: str = "final", info: dict | None = None) -> Path | None:
+        """``final/`` (or ``name/``): the LoRA (``gen.save_lora``, peft format) or the trainable weights as
+        safetensors; EMA weights when EMA is on; ``info`` as ``NAME.json`` beside them. Written to a temporary
+        directory and renamed, so a crash never leaves a half-written one."""
         if not self.accelerator.is_main_process:
             return None
         from safetensors.torch import save_file
 
-        out = self.run_dir / "final"
-        out.mkdir(parents=True, exist_ok=True)
+        out, tmp, old = (self.run_dir / name, self.run_dir / f".{name}.tmp", self.run_dir / f".{name}.old")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
         with self._ema_weights():
             if not self.trains_generator:
-                self.method.save_pretrained(out)
+                self.method.save_pretrained(tmp)
             elif self.config.lora_rank > 0 and hasattr(self.gen, "save_lora"):
-                self.gen.save_lora(str(out))
+                self.gen.save_lora(str(tmp))
             else:
-                save_file(self.trainable_state(), str(out / "trainable.safetensors"))
+                save_file(self.trainable_state(), str(tmp / "trainable.safetensors"))
+        if info is not None:
+            (tmp / f"{name}.json").write_text(json.dumps(info, indent=1))
+        _fsync_tree(tmp)
+        shutil.rmtree(old, ignore_errors=True)
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
         return out
+
+    def _main_flag(self, flag: bool) -> bool:
+        """Process 0's ``flag`` on every process (a decision taken on process 0's evaluation)."""
+        if self.accelerator.num_processes == 1:
+            return bool(flag)
+        import torch.distributed as dist
+
+        box = [bool(flag)]
+        dist.broadcast_object_list(box, src=0)
+        return bool(box[0])
 
 
 def train(config: TrainConfig, method_config: Any, generator=None, reward=None) -> dict[str, Any]:
