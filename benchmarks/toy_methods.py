@@ -4,6 +4,8 @@ report held-out oracle accuracy and reward before / after, samples used, wall ti
     python benchmarks/toy_methods.py                                  # every method with a configs/toy/<name>.yaml
     python benchmarks/toy_methods.py --methods flow_dpo,rwr --samples 1920
     python benchmarks/toy_methods.py --methods draft --max-steps 40 --set lr=2e-4
+    python benchmarks/toy_methods.py --methods draft --set eval_every=20 --set 'heldout_rewards=[toy_clip]' \
+        --set best_metric=heldout_toy_clip                  # + the oracle at the eval the held-out reward selects
 
 Each method runs in its own subprocess (so ``peak_rss_mb`` is that method's own peak) from ``configs/toy/<name>.yaml``
 with ``max_steps`` = ceil(samples / samples-per-step), unless ``--max-steps`` is given. The evaluation is the trainer's
@@ -50,7 +52,7 @@ def _worker(a) -> int:
     trainer = Trainer(tcfg, mcfg)
     per_step = trainer.effective_batch()["samples_per_step"]
     steps = a.max_steps or max(1, math.ceil(a.samples / per_step))
-    trainer.config.max_steps = steps
+    trainer.set_max_steps(steps)
     t0 = time.time()
     s = trainer.train()
     wall = time.time() - t0
@@ -68,17 +70,29 @@ def _worker(a) -> int:
                                                                / 1024, 1),
            "threads": a.threads, "overrides": list(a.set or []), "eval_prompts": 5 * a.eval_per_category,
            "lr": tcfg.lr, "sample_steps": tcfg.sample_steps}
+    sel = (s.get("best") or {}).get("eval")
+    if sel:  # --set best_metric=KEY: the evaluation the metric selected (model selection without the oracle)
+        rec["selected"] = {"metric": s["best"]["metric"], "step": sel["step"], "samples": sel["samples"],
+                           "oracle_accuracy": sel.get("oracle_accuracy"), "reward": sel.get("eval_reward"),
+                           "early_stopped": s.get("early_stopped", False)}
     print("RESULT " + json.dumps(rec), flush=True)
     return 0
 
 
+def _selected(e: dict) -> str:
+    sel = e.get("selected")
+    if not sel or sel.get("oracle_accuracy") is None:
+        return "–"
+    return f"{100 * sel['oracle_accuracy']:.1f}% (step {sel['step']}, by {sel['metric']})"
+
+
 def _table(entries: dict) -> str:
     header = ("| method | model | reward | oracle acc. before | after | Δ (points) | reward before | after | samples "
-              "| wall (s) | peak RSS (MB) |")
-    rows = [header, "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| wall (s) | peak RSS (MB) | selected: oracle (step) |")
+    rows = [header, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m, e in sorted(entries.items()):
         if "error" in e:
-            rows.append(f"| {m} | – | – | – | – | – | – | – | – | – | failed: {e['error'][:60]} |")
+            rows.append(f"| {m} | – | – | – | – | – | – | – | – | – | failed: {e['error'][:60]} | – |")
             continue
         ob, oa = e["oracle_accuracy_before"], e["oracle_accuracy_after"]
         d = "–" if ob is None or oa is None else f"{100 * (oa - ob):+.1f}"
@@ -86,7 +100,7 @@ def _table(entries: dict) -> str:
         model = "eps" if "eps" in str(e["model"]) else "flow"
         rows.append(f"| {m} | {model} | {e['reward']} | {fmt(ob)}% | {fmt(oa)}% | {d} | {fmt(e['reward_before'], 1, 3)} "
                     f"| {fmt(e['reward_after'], 1, 3)} | {e['samples']} | {e['wall_seconds']:.0f} | "
-                    f"{e['peak_rss_mb']:.0f} |")
+                    f"{e['peak_rss_mb']:.0f} | {_selected(e)} |")
     return "\n".join(rows)
 
 

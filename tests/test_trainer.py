@@ -205,3 +205,20 @@ def test_best_metric_config_errors(overrides, message):
 
     with pytest.raises(ValueError, match=message):
         split_config({"method": "draft", **overrides})
+
+
+def test_lr_scheduler_cosine_with_warmup_and_set_max_steps(tmp_path, tiny_pipe_dir):
+    import math
+
+    tr = make_trainer(tmp_path, tiny_pipe_dir, "draft", max_steps=100, lr=1e-3, lr_warmup_steps=2,
+                      lr_scheduler="cosine")
+    tr.set_max_steps(6)  # the schedule follows the new length
+    s = tr.train()
+    lrs = [r["lr"] for r in read_metrics(tmp_path)]
+    # diffusers' cosine: s/w during warm-up, then 0.5 * (1 + cos(pi * (s - w) / (T - w))); logged after each step
+    want = [1e-3 * (k / 2 if k < 2 else 0.5 * (1 + math.cos(math.pi * (k - 2) / 4))) for k in range(1, 7)]
+    assert s["steps"] == 6 and lrs == pytest.approx(want, abs=1e-12) and lrs[-1] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="lr_scheduler must be one of"):
+        split_config({"method": "draft", "lr_scheduler": "cosine_annealing"})
+    with pytest.raises(RuntimeError, match="before the first step"):
+        tr.set_max_steps(10)

@@ -46,6 +46,7 @@ from rewardflow.align.method import MethodContext, get_method
 REPORT_TO = ("tensorboard", "wandb", "none")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adam", "sgd")
+LR_SCHEDULERS = ("constant", "cosine", "linear", "polynomial", "cosine_with_restarts")
 
 
 @dataclass
@@ -66,7 +67,9 @@ class TrainConfig:
     resume: str = "auto"                  # "auto" (latest checkpoint in output_dir, if any), "never", or a path
     seed: int = 0
     lr: float = 1e-4
-    lr_warmup_steps: int = 0              # linear warm-up, then constant
+    lr_warmup_steps: int = 0              # linear warm-up (from 0) ...
+    lr_scheduler: str = "constant"        # ... then diffusers' get_scheduler: constant, cosine, linear, polynomial,
+                                          # cosine_with_restarts (decaying to 0 at max_steps)
     optimizer: str = "adamw"
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -155,6 +158,9 @@ def _validate(c: TrainConfig) -> None:
               (0.0 <= c.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {c.ema_decay}"),
               (c.lr > 0, f"lr must be > 0, got {c.lr}"),
               (c.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {c.device!r}"),
+              (c.lr_scheduler in LR_SCHEDULERS, f"lr_scheduler must be one of {LR_SCHEDULERS}, got "
+                                                 f"{c.lr_scheduler!r}"),
+              (c.lr_warmup_steps >= 0, f"lr_warmup_steps must be >= 0, got {c.lr_warmup_steps}"),
               (c.best_mode in ("max", "min"), f"best_mode must be max or min, got {c.best_mode!r}"),
               (c.early_stop_patience >= 0, f"early_stop_patience must be >= 0, got {c.early_stop_patience}"),
               (not c.early_stop_patience or c.best_metric,
@@ -703,9 +709,7 @@ class Trainer:
                                      weight_decay=c.weight_decay)
         else:
             self.optimizer = torch.optim.SGD(self.params, lr=c.lr, weight_decay=c.weight_decay)
-        warm = max(0, c.lr_warmup_steps)
-        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        self.lr_scheduler = self._make_lr_scheduler()
         self.optimizer = acc.prepare_optimizer(self.optimizer)
         self.ema = None
         if c.ema_decay > 0:
@@ -1158,6 +1162,24 @@ class Trainer:
         if acc.is_main_process:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         return summary
+
+    def _make_lr_scheduler(self):
+        from diffusers.optimization import get_scheduler
+
+        c = self.config
+        name = "constant_with_warmup" if c.lr_scheduler == "constant" and c.lr_warmup_steps > 0 else c.lr_scheduler
+        opt = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate's wrapper keeps the torch optimizer
+        return get_scheduler(name, opt, num_warmup_steps=c.lr_warmup_steps, num_training_steps=c.max_steps)
+
+    def set_max_steps(self, max_steps: int) -> None:
+        """Change ``max_steps`` before training starts (the lr schedule's length follows)."""
+        if self.step:
+            raise RuntimeError("set_max_steps is only possible before the first step")
+        self.config.max_steps = int(max_steps)
+        _validate(self.config)
+        for g in getattr(self.optimizer, "optimizer", self.optimizer).param_groups:
+            g["lr"] = g.get("initial_lr", g["lr"])
+        self.lr_scheduler = self._make_lr_scheduler()
 
     def save_final(self, name: str = "final", info: dict | None = None) -> Path | None:
         """``final/`` (or ``name/``): the LoRA (``gen.save_lora``, peft format) or the trainable weights as
