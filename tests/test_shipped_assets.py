@@ -62,8 +62,8 @@ def test_demo_small_run_writes_summary_and_grid(tmp_path):
 
 @pytest.mark.slow
 def test_full_demo_meets_targets(tmp_path):
-    """The README's demo: +20 points of held-out oracle accuracy. Its time (about 71 s on 2 idle cores) is a measured
-    figure, not asserted: timings on a shared CPU vary 2-3x (138 s once while another job held a core)."""
+    """The README's demo: +20 points of held-out oracle accuracy. Its time is a measured figure (README), not
+    asserted: timings on a shared CPU vary 2-3x (138 s once while another job held a core)."""
     from rewardflow.toy.demo import run_demo
 
     torch.set_num_threads(2)

@@ -222,3 +222,13 @@ def test_lr_scheduler_cosine_with_warmup_and_set_max_steps(tmp_path, tiny_pipe_d
         split_config({"method": "draft", "lr_scheduler": "cosine_annealing"})
     with pytest.raises(RuntimeError, match="before the first step"):
         tr.set_max_steps(10)
+
+
+def test_early_stop_when_every_evaluation_is_nan(tmp_path, tiny_pipe_dir):
+    """A metric that is never finite never becomes the best and still stops the run (no crash on the message)."""
+    tr = make_trainer(tmp_path, tiny_pipe_dir, "draft", max_steps=10, eval_every=1, eval_at_start=True,
+                      best_metric="m", early_stop_patience=2)
+    _scripted_eval(tr, {k: float("nan") for k in range(11)}, [])
+    s = tr.train()
+    assert s["early_stopped"] and s["steps"] == 1 and s["best"]["value"] is None
+    assert not (tmp_path / "best").exists()

@@ -1138,9 +1138,10 @@ class Trainer:
                 if best is not None and self._main_flag(best.should_stop):
                     stopped_early = True
                     if acc.is_main_process:
+                        where = ("no finite value yet" if best.value is None else
+                                 f"best {best.value:.4g} at step {best.step}; weights in {self.run_dir / 'best'}")
                         print(f"[rewardflow] early stop at step {self.step}: {c.best_metric} did not improve for "
-                              f"{best.bad} evaluations (best {best.value:.4g} at step {best.step}; weights in "
-                              f"{self.run_dir / 'best'})", flush=True)
+                              f"{best.bad} evaluations ({where})", flush=True)
                     break
         bar.close()
         self.save_checkpoint()
