@@ -5,6 +5,7 @@ Disk-full on checkpoint is in tests/test_bad_inputs.py."""
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -190,3 +191,29 @@ def test_sigkill_at_random_points_then_resume_matches_an_uninterrupted_run(tmp_p
     fa = load_file(str(runs["ref"] / "final" / "pytorch_lora_weights.safetensors"))
     fb = load_file(str(run / "final" / "pytorch_lora_weights.safetensors"))
     assert all(torch.allclose(fa[k], fb[k], rtol=0, atol=1e-6) for k in fa)  # EMA weights too
+
+
+def test_resume_does_not_repeat_tensorboard_events_or_monitor_records(tmp_path, tiny_pipe_dir):
+    """A run that died after logging step 3 but before checkpointing it redoes step 3 on resume: tensorboard shows
+    one value per step (``purge_step``), hacking.jsonl loses the redone step's records, and the reward-hacking
+    monitor continues with the peaks of steps 0-2 (replayed from eval.jsonl) instead of starting empty."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    kw = {"max_steps": 3, "save_every": 1, "eval_every": 1, "eval_at_start": True, "eval_prompts": "toy:heldout",
+          "eval_per_category": 1, "heldout_rewards": ["toy_clip"], "report_to": "tensorboard"}
+    full = make_trainer(tmp_path / "full", tiny_pipe_dir, "draft", **kw)
+    full.train()
+    make_trainer(tmp_path / "part", tiny_pipe_dir, "draft", **kw).train()
+    part = tmp_path / "part"
+    shutil.rmtree(part / "checkpoints" / "step_0000003")
+    shutil.rmtree(part / "final")
+    (part / "hacking.jsonl").write_text(json.dumps({"step": 3, "held_out": "heldout_toy_clip"}) + "\n")
+    resumed = make_trainer(part, tiny_pipe_dir, "draft", resume="auto", **kw)
+    resumed.train()
+    assert (part / "hacking.jsonl").read_text() == ""  # the redone step's record is gone
+    steps = [s for s, _ in resumed.monitor.tracks["heldout_toy_clip"].history]
+    assert steps == [s for s, _ in full.monitor.tracks["heldout_toy_clip"].history] == [0, 1, 2, 3]
+    ea = EventAccumulator(str(part / "tensorboard"))
+    ea.Reload()
+    assert [e.step for e in ea.Scalars("loss")] == [1, 2, 3]
+    assert [e.step for e in ea.Scalars("oracle_accuracy")] == [0, 1, 2, 3]

@@ -420,7 +420,8 @@ def _set_rng_state(st: dict[str, torch.Tensor], generators: dict[str, torch.Gene
 class _Reporter:
     """metrics.jsonl (always) + tensorboard / wandb."""
 
-    def __init__(self, run_dir: Path, report_to: str, config: dict, run_name: str | None, main: bool):
+    def __init__(self, run_dir: Path, report_to: str, config: dict, run_name: str | None, main: bool,
+                 resume_step: int | None = None):
         self.main = main
         self.tb = self.wb = None
         if not main:
@@ -432,7 +433,9 @@ class _Reporter:
             except ImportError as e:
                 raise ImportError("report_to=tensorboard needs the `tensorboard` package (pip install "
                                   "tensorboard), or set report_to=none") from e
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            # a resumed run redoes the steps after its checkpoint: purge their old events so curves do not double
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"),
+                                    purge_step=resume_step + 1 if resume_step is not None else None)
         elif report_to == "wandb":
             try:
                 import wandb
@@ -934,7 +937,7 @@ class Trainer:
             return False
         self.load_checkpoint(path)
         if self.accelerator.is_main_process:  # the steps after the checkpoint are redone: drop their old records
-            for f in ("metrics.jsonl", "eval.jsonl"):
+            for f in ("metrics.jsonl", "eval.jsonl", "hacking.jsonl"):
                 _trim_jsonl(self.run_dir / f, self.step)
         print(f"[rewardflow] resumed from {path} at step {self.step}", flush=True)
         return True
@@ -1091,7 +1094,7 @@ class Trainer:
                     f"processes = {e['prompts_per_step']} prompts per optimizer step\n")
             (self.run_dir / "config.yaml").write_text(head + yaml.safe_dump(resolved, sort_keys=False))
         self.reporter = _Reporter(self.run_dir, c.report_to, {**dataclasses.asdict(c)}, c.run_name,
-                                  acc.is_main_process)
+                                  acc.is_main_process, resume_step=self.step if resumed else None)
         if acc.is_main_process:
             print(self.describe(), flush=True)
         # open for the whole run
@@ -1100,6 +1103,8 @@ class Trainer:
         best = BestTracker(c.best_metric, c.best_mode, c.early_stop_patience) if c.best_metric else None
         if best is not None and resumed and acc.is_main_process:
             best.replay(self.run_dir / "eval.jsonl")
+        if self.monitor is not None and resumed:  # peaks and flags as the uninterrupted run had them, no re-logging
+            self.monitor.replay(self.run_dir / "eval.jsonl")
 
         def do_eval(tag=None):
             ev = self.evaluate(tag)

@@ -119,6 +119,23 @@ class RewardHackingMonitor:
                         f.write(json.dumps(rec) + "\n")
         return out
 
+    def replay(self, eval_file: str | Path) -> None:
+        """Rebuild the state from the records of an ``eval.jsonl`` (a resumed run): peaks, streaks and flags as the
+        uninterrupted run had them, without printing or logging the warnings again."""
+        path = Path(eval_file)
+        if not path.is_file():
+            return
+        log_file, verbose = self.log_file, self.verbose
+        self.log_file, self.verbose = None, False
+        try:
+            for ln in path.read_text().splitlines():
+                if ln.strip():
+                    rec = json.loads(ln)
+                    if isinstance(rec, dict) and "step" in rec:
+                        self.update(int(rec["step"]), rec)
+        finally:
+            self.log_file, self.verbose = log_file, verbose
+
     def _update_peaks(self, step: int) -> None:
         for name in self.held_out:
             tr = self.tracks[name]
