@@ -274,3 +274,22 @@ def test_early_stop_is_taken_by_every_process(tmp_path, tiny_pipe_dir):
     assert s["early_stopped"] and s["steps"] == 2 and s["num_processes"] == 2
     assert s["best"]["step"] == 0 and (tmp_path / "run" / "best" / "best.json").is_file()
     assert "early stop at step 2" in res.stdout
+
+
+def test_a_failed_checkpoint_write_stops_every_process(tmp_path, tiny_pipe_dir):
+    """Process 0 writes the checkpoints. When its disk is full at step 2, it broadcasts the failure, so process 1
+    exits with the same message at once instead of waiting in the next all-reduce until collective_timeout_s
+    (600 s here, longer than the test's own timeout: a hang fails the test)."""
+    import time
+
+    from tests.trainer_utils import write_train_yaml
+
+    cfg = write_train_yaml(tmp_path / "c.yaml", "draft", tiny_pipe_dir, tmp_path / "run", max_steps=4,
+                           save_every=1, collective_timeout_s=600, resume="never")
+    t0 = time.time()
+    res = _torchrun(["tests/_disk_full_rank0.py", str(cfg)], timeout=300)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and time.time() - t0 < 300
+    assert "No space left on device" in out and "process 0 failed to write the checkpoint" in out, out[-3000:]
+    ck = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in ck.iterdir()) == ["step_0000001"]  # no partial step 2

@@ -798,9 +798,8 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         """Atomically write ``checkpoints/step_{N}``: every file into a temporary directory, ``manifest.json``
         (sizes and sha256 of the others) last, fsync, rename. A failed write (disk full, ...) removes the temporary
-        directory, keeps the earlier checkpoints and raises :class:`CheckpointWriteError` naming the path."""
-        from safetensors.torch import save_file
-
+        directory, keeps the earlier checkpoints and raises :class:`CheckpointWriteError` naming the path, on every
+        process (process 0 writes; its outcome is broadcast)."""
         acc = self.accelerator
         acc.wait_for_everyone()
         # every process's RNG (its prompts and noise) and method state (e.g. its rollout cache), so that each
@@ -816,8 +815,26 @@ class Trainer:
             dist.all_gather_object(per_process, mine)
         else:
             per_process = [mine]
-        if not acc.is_main_process:
-            return None
+        err, final = None, None
+        if acc.is_main_process:
+            try:
+                final = self._write_checkpoint(mine, method_state, per_process)
+            except Exception as e:  # noqa: BLE001 - re-raised below, after the other processes have been told
+                err = e
+        # process 0's outcome on every process: a failed write stops them all with the same message instead of
+        # leaving the others waiting in the next collective until collective_timeout_s
+        failed = self._main_value(None if err is None else (getattr(err, "errno", None),
+                                                            getattr(err, "strerror", None) or str(err)))
+        if err is not None:
+            raise err
+        if failed is not None:
+            raise CheckpointWriteError(failed[0], f"process 0 failed to write the checkpoint: {failed[1]}")
+        return final
+
+    def _write_checkpoint(self, mine: dict, method_state: dict, per_process: list) -> Path:
+        """Process 0's part of :meth:`save_checkpoint`: the atomic write and the pruning."""
+        from safetensors.torch import save_file
+
         final = self.ckpt_dir / f"step_{self.step:07d}"
         tmp = self.ckpt_dir / f".tmp_step_{self.step:07d}"
         old = self.ckpt_dir / f".old_step_{self.step:07d}"
@@ -1217,13 +1234,17 @@ class Trainer:
 
     def _main_flag(self, flag: bool) -> bool:
         """Process 0's ``flag`` on every process (a decision taken on process 0's evaluation)."""
+        return bool(self._main_value(bool(flag)))
+
+    def _main_value(self, value: Any) -> Any:
+        """Process 0's ``value`` (a small picklable object) on every process."""
         if self.accelerator.num_processes == 1:
-            return bool(flag)
+            return value
         import torch.distributed as dist
 
-        box = [bool(flag)]
+        box = [value]
         dist.broadcast_object_list(box, src=0)
-        return bool(box[0])
+        return box[0]
 
 
 def train(config: TrainConfig, method_config: Any, generator=None, reward=None) -> dict[str, Any]:
