@@ -828,7 +828,8 @@ class Trainer:
         if err is not None:
             raise err
         if failed is not None:
-            raise CheckpointWriteError(failed[0], f"process 0 failed to write the checkpoint: {failed[1]}")
+            msg = f"process 0 failed to write the checkpoint: {failed[1]}"
+            raise CheckpointWriteError(failed[0], msg) if failed[0] is not None else CheckpointWriteError(msg)
         return final
 
     def _write_checkpoint(self, mine: dict, method_state: dict, per_process: list) -> Path:
