@@ -56,6 +56,6 @@ def toy_world_run(config: str, tmp_path, *overrides: str) -> dict:
     trainer's summary with held-out ``eval_reward`` / ``oracle_accuracy`` before and after."""
     from rewardflow.align.trainer import Trainer, load_train_config
 
-    over = [f"output_dir={tmp_path}", "max_steps=6", "batch_size=4", "sample_steps=4", "eval_per_category=4",
-            "report_to=none", "save_every=0", "lr=1e-3", *overrides]
+    over = [f"output_dir={tmp_path}", "reward=toy_clip", "eval_every=0", "max_steps=6", "batch_size=4",
+            "sample_steps=4", "eval_per_category=4", "report_to=none", "save_every=0", "lr=1e-3", *overrides]
     return Trainer(*load_train_config(config, over)).train()
