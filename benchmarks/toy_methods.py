@@ -8,7 +8,8 @@ report held-out oracle accuracy and reward before / after, samples used, wall ti
         --set best_metric=heldout_toy_clip                  # + the oracle at the eval the held-out reward selects
 
 Each method runs in its own subprocess (so ``peak_rss_mb`` is that method's own peak) from ``configs/toy/<name>.yaml``
-with ``max_steps`` = ceil(samples / samples-per-step), unless ``--max-steps`` is given. The evaluation is the trainer's
+with ``max_steps`` = ceil(samples / new samples per step), unless ``--max-steps`` is given (with
+``updates_per_rollout=K`` each rollout serves K steps, so a step draws 1/K of its samples). The evaluation is the trainer's
 own: ``eval_per_category`` held-out prompts per caption category (default 50, i.e. 250 prompts, TOYWORLD.md §4), fixed
 noise, the config's ``sample_steps`` and ``guidance_scale``; ``reward_*`` is the method's training reward on them.
 Writes ``benchmarks/results/toy_methods.json`` (merged with earlier entries) and ``toy_methods.md``.
@@ -50,8 +51,9 @@ def _worker(a) -> int:
             "eval_every=0", "save_every=0", "report_to=none", "resume=never"]
     tcfg, mcfg = load_train_config(cfg, base + list(a.set or []))
     trainer = Trainer(tcfg, mcfg)
-    per_step = trainer.effective_batch()["samples_per_step"]
-    steps = a.max_steps or max(1, math.ceil(a.samples / per_step))
+    eb = trainer.effective_batch()
+    per_step = eb["samples_per_step"]  # new samples per step are fewer when each rollout serves several steps
+    steps = a.max_steps or max(1, math.ceil(a.samples / eb["new_samples_per_step"]))
     trainer.set_max_steps(steps)
     t0 = time.time()
     s = trainer.train()

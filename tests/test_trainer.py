@@ -58,6 +58,18 @@ def test_effective_batch_arithmetic(tmp_path, tiny_pipe_dir):
     assert "x 4 samples/prompt = 24 samples" in tr.describe()
 
 
+def test_effective_batch_counts_rollout_reuse(tmp_path, tiny_pipe_dir):
+    # updates_per_rollout=2: every step trains on a 2 x 3 group, but only every other step draws new samples
+    tr = make_trainer(tmp_path, tiny_pipe_dir, "grpo", batch_size=2, group_size=3, rollout_steps=2,
+                      updates_per_rollout=2, max_steps=4)
+    e = tr.effective_batch()
+    assert (e["samples_per_step"], e["updates_per_rollout"], e["new_samples_per_step"]) == (6, 2, 3)
+    assert "6 / 2 = 3 new samples per step" in tr.describe()
+    assert tr.train()["samples"] == 4 * 3
+    assert make_trainer(tmp_path / "b", tiny_pipe_dir, "rwr").effective_batch()["updates_per_rollout"] == 1
+
+
+
 def _params(tr):
     return [p.detach().clone() for p in tr.params]
 

@@ -765,8 +765,11 @@ class Trainer:
         c, acc = self.config, self.accelerator
         per_prompt = int(getattr(self.method, "samples_per_prompt", 1) or 1)
         prompts = c.batch_size * c.grad_accum * acc.num_processes
+        # a method that reuses each rollout for K optimizer steps (updates_per_rollout) draws 1/K new samples per step
+        reuse = int(getattr(getattr(self.method, "reuse", None), "updates", 1) or 1)
         return {"batch_size": c.batch_size, "grad_accum": c.grad_accum, "num_processes": acc.num_processes,
-                "samples_per_prompt": per_prompt, "prompts_per_step": prompts, "samples_per_step": prompts * per_prompt}
+                "samples_per_prompt": per_prompt, "prompts_per_step": prompts, "samples_per_step": prompts * per_prompt,
+                "updates_per_rollout": reuse, "new_samples_per_step": prompts * per_prompt / reuse}
 
     def describe(self) -> str:
         e = self.effective_batch()
@@ -775,6 +778,9 @@ class Trainer:
                 f"[rewardflow] effective batch: {e['batch_size']} prompts/process x {e['grad_accum']} grad_accum x "
                 f"{e['num_processes']} processes = {e['prompts_per_step']} prompts per optimizer step; "
                 f"x {e['samples_per_prompt']} samples/prompt = {e['samples_per_step']} samples per optimizer step"
+                + (f"; each rollout serves {e['updates_per_rollout']} optimizer steps (updates_per_rollout): "
+                   f"{e['samples_per_step']} / {e['updates_per_rollout']} = {e['new_samples_per_step']:g} new samples "
+                   "per step" if e["updates_per_rollout"] > 1 else "")
                 + (f"\n[rewardflow] global_batch_size={self.config.global_batch_size}: batch_size = "
                    f"{self.config.global_batch_size} / ({e['num_processes']} processes x {e['grad_accum']} grad_accum)"
                    f" = {e['batch_size']}" if self.config.global_batch_size else "")
