@@ -69,7 +69,6 @@ def test_effective_batch_counts_rollout_reuse(tmp_path, tiny_pipe_dir):
     assert make_trainer(tmp_path / "b", tiny_pipe_dir, "rwr").effective_batch()["updates_per_rollout"] == 1
 
 
-
 def _params(tr):
     return [p.detach().clone() for p in tr.params]
 
