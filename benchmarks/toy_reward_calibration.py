@@ -33,6 +33,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(RESULTS / "toy_reward_calibration.json"))
     a = ap.parse_args(argv)
+    for k in ("max_n", "per_category", "steps"):
+        if getattr(a, k) < 1:
+            ap.error(f"--{k.replace('_', '-')} must be >= 1, got {getattr(a, k)}")
     torch.set_num_threads(a.threads)
     from rewardflow.align.best_of_n import best_of_n
     from rewardflow.eval.toy import eval_prompts, oracle_report

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from rewardflow.eval.toy import eval_prompts, oracle_report
@@ -52,3 +53,6 @@ def test_reward_calibration_benchmark_nests_candidates_and_starts_at_the_trainer
     assert abs(float(reward(imgs, prompts).mean()) - rows[0]["reward"]) < 1e-5
     assert rows[0]["oracle_accuracy"] == oracle_report(imgs, prompts)["accuracy"]
     assert "| 4 |" in out.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit):  # argparse error naming the flag, before any model loads
+        mod.main(["--max-n", "0", "--out", str(tmp_path / "x.json")])
+    assert not (tmp_path / "x.json").exists()
