@@ -6,7 +6,7 @@
 #   1. train: every method on the toy world for 2 steps in bf16 (mixed_precision=bf16), 1 process and 2 processes
 #      (torchrun; 2 processes need 2 GPUs, else SKIP); PASS = exit 0 and summary.json with the right num_processes
 #      and no skipped (non-finite) step;
-#   2. attention: a tiny random Stable Diffusion pipeline (rewardflow.pipelines._tiny_sd) loaded on CUDA in bf16
+#   2. attention: a tiny random Stable Diffusion pipeline (rewardflow.testing.tiny_sd) loaded on CUDA in bf16
 #      with attention=sdpa and attention=xformers (SKIP when xformers is not installed), 2 sampling steps, finite
 #      images. The trainer itself loads models with the default attention ("auto": xformers when installed on CUDA).
 # Exit status: the number of FAIL lines (0 = all passed).
@@ -79,7 +79,7 @@ for attn in sdpa xformers; do
   msg=$($PY - "$OUT/tiny_sd" "$attn" <<'EOF' 2>&1
 import sys
 import torch
-from rewardflow.pipelines._tiny_sd import build_tiny_sd
+from rewardflow.testing.tiny_sd import build_tiny_sd
 from rewardflow.pipelines.registry import load_generator
 out, attn = sys.argv[1], sys.argv[2]
 build_tiny_sd(out)

@@ -121,7 +121,7 @@ def main() -> None:
         _child(a._child[0], a._child[1], a._child[2] == "1", a)
         return
 
-    from rewardflow.pipelines._tiny_flow import build_tiny_sd3
+    from rewardflow.testing.tiny_flow import build_tiny_sd3
 
     metric = ("live = torch.cuda.max_memory_allocated growth" if a.device == "cuda" else
               "live = peak of profiler-tracked CPU tensor allocations; RSS = ru_maxrss")

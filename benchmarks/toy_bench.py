@@ -32,7 +32,7 @@ def _memory_child(k: str, ckpt: bool, batch: int, steps: int, threads: int) -> N
     import torch
 
     torch.set_num_threads(threads)
-    from rewardflow.pipelines.toy import ToyGenerator
+    from rewardflow.toy.generator import ToyGenerator
     from rewardflow.rewards.base import load_reward
 
     gen = ToyGenerator.from_pretrained()
@@ -68,8 +68,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(a.threads)
-    from rewardflow.eval.toy import eval_prompts
-    from rewardflow.pipelines.toy import ToyGenerator
+    from rewardflow.toy.evaluation import eval_prompts
+    from rewardflow.toy.generator import ToyGenerator
 
     results: dict = {"threads": a.threads, "batch": a.batch, "steps": a.steps, "memory_metric": "peak RSS growth (CPU)"}
     gen = ToyGenerator.from_pretrained()

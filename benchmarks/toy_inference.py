@@ -38,15 +38,15 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
 
-    from rewardflow.align.best_of_n import best_of_n
-    from rewardflow.align.nrg import NRG, NRGConfig
-    from rewardflow.align.reno import ReNO, ReNOConfig
-    from rewardflow.eval.toy import eval_prompts, oracle_report
-    from rewardflow.pipelines.toy import ToyGenerator
+    from rewardflow.align.inference.best_of_n import best_of_n
+    from rewardflow.align.inference.nrg import NRG, NRGConfig
+    from rewardflow.align.inference.reno import ReNO, ReNOConfig
+    from rewardflow.toy.evaluation import eval_prompts, oracle_report
+    from rewardflow.toy.generator import ToyGenerator
     from rewardflow.rewards.base import load_reward
     from rewardflow.rewards.combine import WeightedReward
     from rewardflow.toy.assets import assets_root
-    from rewardflow.toy.demo import DemoConfig
+    from rewardflow.commands.demos.image import DemoConfig
 
     demo = DemoConfig()
     gen = ToyGenerator.from_pretrained(guidance_scale=demo.guidance_scale)

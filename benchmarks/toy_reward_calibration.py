@@ -37,8 +37,8 @@ def main(argv=None) -> int:
         if getattr(a, k) < 1:
             ap.error(f"--{k.replace('_', '-')} must be >= 1, got {getattr(a, k)}")
     torch.set_num_threads(a.threads)
-    from rewardflow.align.best_of_n import best_of_n
-    from rewardflow.eval.toy import eval_prompts, oracle_report
+    from rewardflow.align.inference.best_of_n import best_of_n
+    from rewardflow.toy.evaluation import eval_prompts, oracle_report
     from rewardflow.pipelines.registry import load_generator
     from rewardflow.rewards.combine import build_reward
 

@@ -77,7 +77,7 @@ def _measure(gen, frames: int, source: str, batch: int, sample_steps: int, **ext
     """Peak live memory of one InstructVideo loss + backward with ``segmental(toy_clip)``, frame subset on / off."""
     from generator_memory import _live_peak_cpu
 
-    from rewardflow.align.instructvideo import InstructVideo, InstructVideoConfig
+    from rewardflow.align.methods.instructvideo import InstructVideo, InstructVideoConfig
     from rewardflow.align.method import MethodContext
     from rewardflow.rewards.base import load_reward
 
@@ -108,7 +108,7 @@ def _measure(gen, frames: int, source: str, batch: int, sample_steps: int, **ext
 
 def _memory(frames_list, batch: int) -> list[dict]:
     """Toy video pipeline: frames are stacked into channels, so decoding is a reshape (no VAE)."""
-    from rewardflow.pipelines.toy_video import ToyVideoGenerator
+    from rewardflow.toy.video_generator import ToyVideoGenerator
     from rewardflow.toy.video_pipeline import ToyVideoFlowPipeline
 
     out = []
@@ -121,9 +121,9 @@ def _memory(frames_list, batch: int) -> list[dict]:
 
 def _memory_wan(frames_list, size: int, batch: int) -> list[dict]:
     """A tiny random Wan 2.1 pipeline (real ``WanTransformer3DModel`` + causal ``AutoencoderKLWan``, x4 temporal,
-    ``rewardflow.pipelines._tiny_video.build_tiny_wan``): here the VAE decode is real, so decoding only the latent
+    ``rewardflow.testing.tiny_video.build_tiny_wan``): here the VAE decode is real, so decoding only the latent
     prefix that holds the reward's frames cuts the activations kept for backward."""
-    from rewardflow.pipelines._tiny_video import TEXT_LEN, build_tiny_wan
+    from rewardflow.testing.tiny_video import TEXT_LEN, build_tiny_wan
     from rewardflow.pipelines.wan import WanGenerator
 
     out = []

@@ -38,7 +38,8 @@ COMMON = {"optimizer": "sgd", "lr": 1.0, "grad_clip": 0.0, "weight_decay": 0.0, 
 @contextlib.contextmanager
 def sharded_data(tr, rank: int, world: int):
     """Patch the trainer / method modules so that this process gets its shard of one fixed global batch."""
-    from rewardflow.align import _policy, _samples, dpo
+    from rewardflow.align.common import policy as _policy, samples as _samples
+    from rewardflow.align.methods import dpo
 
     n_all = len(PROMPTS)
     b = n_all // world

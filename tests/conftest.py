@@ -43,7 +43,7 @@ def tiny_reward_dir(tmp_path_factory):
 
 @pytest.fixture
 def flow_gen(tiny_pipe_dir):
-    from rewardflow.pipelines.toy import ToyGenerator
+    from rewardflow.toy.generator import ToyGenerator
 
     return ToyGenerator.from_pretrained(tiny_pipe_dir)
 
@@ -52,7 +52,7 @@ def make_diffusion_gen(tiny_pipe_dir, prediction_type="epsilon", guidance_scale=
     """The same tiny network driven as a DDIM (epsilon / v_prediction) model."""
     from diffusers import DDIMScheduler
 
-    from rewardflow.pipelines.toy import ToyGenerator
+    from rewardflow.toy.generator import ToyGenerator
     from rewardflow.toy.pipeline import ToyFlowPipeline
 
     pipe = ToyFlowPipeline.from_pretrained(str(tiny_pipe_dir))

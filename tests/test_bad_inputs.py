@@ -45,7 +45,7 @@ def no_model_load(monkeypatch):
 
 
 @pytest.mark.parametrize("override,msg", [
-    ("prompts=EMPTY", ["has no prompts", "write one prompt per line"]),
+    ("prompts=EMPTY", ["no prompts in", "one prompt per line"]),
     ("prompts=MISSING", ["prompt file not found", "one prompt per line"]),
     ("reward=toy_clipp", ["unknown reward 'toy_clipp'", "Did you mean 'toy_clip'"]),
     ("heldout_rewards=[toy_oracle, nope]", ["unknown reward 'nope'", "Known rewards"]),
@@ -152,7 +152,7 @@ def _png(path, size, color=(255, 0, 0)):
 
 
 def test_pair_dataset_with_missing_files_fails_at_construction(tmp_path):
-    from rewardflow.align.dpo import PreferencePairs
+    from rewardflow.align.methods.dpo import PreferencePairs
 
     _png(tmp_path / "w.png", 32)
     rows = [{"prompt": "a", "chosen": "w.png", "rejected": "gone.png"},
@@ -166,10 +166,10 @@ def test_pair_dataset_with_missing_files_fails_at_construction(tmp_path):
 
 
 def test_pair_dataset_mismatched_or_corrupt_images(tmp_path, tiny_pipe_dir):
-    from rewardflow.align.dpo import DPOConfig, FlowDPO
+    from rewardflow.align.methods.dpo import DPOConfig, FlowDPO
     from rewardflow.align.method import MethodContext
     from rewardflow.io.images import ImageReadError
-    from rewardflow.pipelines.toy import ToyGenerator
+    from rewardflow.toy.generator import ToyGenerator
 
     gen = ToyGenerator.from_pretrained(tiny_pipe_dir)
     _png(tmp_path / "w.png", 32)

@@ -28,7 +28,7 @@ def test_unknown_command_and_missing_weights(capsys, tmp_path):
 
 def test_config_unknown_key_names_valid_keys(tmp_path):
     from rewardflow.config import load_config
-    from rewardflow.toy.demo import DemoConfig
+    from rewardflow.commands.demos.image import DemoConfig
 
     with pytest.raises(ValueError, match=r"unknown config key 'iteratons'.*Did you mean 'iterations'.*Valid keys"):
         load_config(DemoConfig, None, ["iteratons=3"])

@@ -5,7 +5,7 @@ import torch
 from _rl_helpers import PROMPTS, BrightnessReward, make_method, mean_reward, train
 from conftest import make_diffusion_gen
 
-from rewardflow.align import _policy as P
+from rewardflow.align.common import policy as P
 
 
 def test_stat_tracker_hand_made_scores():

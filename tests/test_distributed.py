@@ -201,7 +201,7 @@ def test_offline_dpo_pairs_are_split_over_processes(tmp_path, flow_gen):
 
     from safetensors.torch import save_file
 
-    from rewardflow.align.dpo import DPOConfig, FlowDPO
+    from rewardflow.align.methods.dpo import DPOConfig, FlowDPO
     from rewardflow.align.method import MethodContext
 
     rows = []

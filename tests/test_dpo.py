@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import rewardflow.align.dpo as dpo_mod
-from rewardflow.align._samples import best_worst_pairs
-from rewardflow.align.dpo import (
+import rewardflow.align.methods.dpo as dpo_mod
+from rewardflow.align.common.samples import best_worst_pairs
+from rewardflow.align.methods.dpo import (
     DiffusionDPO,
     DPOConfig,
     FlowDPO,
@@ -18,7 +18,7 @@ from rewardflow.align.dpo import (
     dpo_loss,
 )
 from rewardflow.align.method import MethodContext
-from rewardflow.pipelines.toy import ToyGenerator
+from rewardflow.toy.generator import ToyGenerator
 from tests.conftest import make_diffusion_gen
 from tests.trainer_utils import Brightness, make_trainer, mean_reward
 

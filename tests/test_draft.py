@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from rewardflow.align.draft import DRaFT, DRaFTConfig
+from rewardflow.align.methods.draft import DRaFT, DRaFTConfig
 from rewardflow.align.method import MethodContext
-from rewardflow.pipelines.toy import ToyGenerator
+from rewardflow.toy.generator import ToyGenerator
 from rewardflow.rewards.base import load_reward
 from tests.conftest import make_diffusion_gen
 from tests.trainer_utils import Brightness, make_trainer, mean_reward

@@ -5,7 +5,7 @@ import pytest
 import torch
 from _rl_helpers import PROMPTS, BrightnessReward, make_method, mean_reward, train
 
-from rewardflow.align.dragon import kto_loss, split_sets
+from rewardflow.align.methods.dragon import kto_loss, split_sets
 from rewardflow.rewards.distributional import (
     FrechetReward,
     ImageEncoder,

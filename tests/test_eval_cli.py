@@ -138,7 +138,7 @@ def test_eval_command_on_tiny_toy_generator(tiny_pipe_dir, tmp_path):
     r = res["rewards"]["toy_oracle"]
     assert r["ci_low"] <= r["mean"] <= r["ci_high"] and r["n"] == 10
     # the oracle reward's mean equals the toy-oracle partial score of the same images
-    assert r["mean"] == pytest.approx(res["toy_oracle"]["partial"], abs=1e-6)
+    assert r["mean"] == pytest.approx(res["hooks"]["oracle_partial"], abs=1e-6)
     assert 1.0 <= res["diversity"]["vendi_all"] <= 10.0 and 1.0 <= res["diversity"]["vendi_per_prompt_mean"] <= 2.0
     assert len(list((out / "geneval").glob("*/samples/*.png"))) == 10
 
@@ -183,7 +183,7 @@ def test_eval_command_geneval_metadata(tiny_pipe_dir, tmp_path):
     assert json.loads((out / "geneval" / "00000" / "metadata.jsonl").read_text()) == meta[0]
     assert json.loads((out / "geneval" / "00001" / "metadata.jsonl").read_text())["tag"] == "two_object"
     res = json.loads((out / "eval.json").read_text())
-    assert res["rewards"]["toy_clip"]["n"] == 2 and "diversity" not in res and "toy_oracle" not in res
+    assert res["rewards"]["toy_clip"]["n"] == 2 and "hooks" not in res  # a prompt file names no evaluation hooks
 
 
 def test_eval_command_on_the_toy_video_generator_writes_mp4s_and_the_vbench_layout(tmp_path):
@@ -208,7 +208,7 @@ def test_eval_command_on_the_toy_video_generator_writes_mp4s_and_the_vbench_layo
     expect = float(load_reward("toy_video")(videos, [r["prompt"] for r in man["images"]]).mean())
     res = json.loads((out / "eval.json").read_text())
     assert res["rewards"]["toy_video"]["mean"] == pytest.approx(expect, abs=1e-5)
-    assert "diversity" not in res and "toy_oracle" not in res
+    assert "diversity" not in res and "hooks" not in res
 
 
 def test_layouts_refuse_the_wrong_media(tmp_path):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from rewardflow.eval.toy import eval_prompts, oracle_report
+from rewardflow.toy.evaluation import eval_prompts, oracle_report
 from rewardflow.toy import world
 
 

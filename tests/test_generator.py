@@ -241,7 +241,7 @@ def test_bad_inputs(flow_gen):
 
 
 def test_pipeline_save_load_round_trip(tiny_pipe_dir, tmp_path):
-    from rewardflow.pipelines.toy import ToyGenerator
+    from rewardflow.toy.generator import ToyGenerator
     from rewardflow.toy.pipeline import ToyFlowPipeline
 
     pipe = ToyFlowPipeline.from_pretrained(str(tiny_pipe_dir))

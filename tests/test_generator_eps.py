@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from rewardflow.pipelines.toy import ToyGenerator
+from rewardflow.toy.generator import ToyGenerator
 from rewardflow.toy.pipeline import ToyFlowPipeline, build_scheduler
 from rewardflow.toy.train import train_generator
 
@@ -76,7 +76,7 @@ def test_eps_skip_denoiser_output_is_the_preconditioned_noise_prediction(tmp_pat
 def test_shipped_epsilon_generator_draws_toy_scenes():
     # regression: with the SD scaled_linear betas and no skip the shipped model drew grey images (mean pixel 0.42)
     # and scored 0% on the oracle; the data are coloured shapes on black (mean pixel ~0.06)
-    from rewardflow.eval.toy import eval_prompts, oracle_report
+    from rewardflow.toy.evaluation import eval_prompts, oracle_report
     from rewardflow.pipelines.registry import load_generator
     from rewardflow.toy.assets import asset_path
 

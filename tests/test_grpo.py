@@ -4,7 +4,7 @@ import pytest
 import torch
 from _rl_helpers import PROMPTS, BrightnessReward, make_method, mean_reward, train
 
-from rewardflow.align import _policy as P
+from rewardflow.align.common import policy as P
 
 
 def _perturb_lora(gen, std=0.05, seed=3):

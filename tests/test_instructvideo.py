@@ -1,4 +1,4 @@
-"""InstructVideo (rewardflow/align/instructvideo.py): loss 1 - R by hand, gradients through the last K steps only,
+"""InstructVideo (rewardflow/align/methods/instructvideo.py): loss 1 - R by hand, gradients through the last K steps only,
 frame-subset reward equal to the full-decode reward, a few steps raise the reward, black-box rewards refused."""
 
 import math
@@ -20,9 +20,9 @@ def tiny_video_dir(tmp_path_factory):
 
 
 def _make(tiny_video_dir, tiny_reward_dir, reward=None, seed=0, **cfg):
-    from rewardflow.align.instructvideo import InstructVideo, InstructVideoConfig
+    from rewardflow.align.methods.instructvideo import InstructVideo, InstructVideoConfig
     from rewardflow.align.method import MethodContext
-    from rewardflow.pipelines.toy_video import ToyVideoGenerator
+    from rewardflow.toy.video_generator import ToyVideoGenerator
     from rewardflow.rewards.base import load_reward
 
     gen = ToyVideoGenerator.from_pretrained(tiny_video_dir)
@@ -61,7 +61,7 @@ def test_loss_is_one_minus_segmental_reward_by_hand(tiny_video_dir, tiny_reward_
 
 
 def test_frame_subset_reward_equals_full_decode_reward(tiny_video_dir, tiny_reward_dir):
-    from rewardflow.align.instructvideo import segmental_subset_reward
+    from rewardflow.align.methods.instructvideo import segmental_subset_reward
     from rewardflow.rewards.base import load_reward
 
     m = _make(tiny_video_dir, tiny_reward_dir)
@@ -133,7 +133,7 @@ def test_refuses_black_box_and_image_rewards(tiny_video_dir, tiny_reward_dir):
         _make(tiny_video_dir, tiny_reward_dir, reward=load_reward("toy_clip", path=str(tiny_reward_dir)))
     with pytest.raises(ValueError, match="t0 must be in"):
         _make(tiny_video_dir, tiny_reward_dir, t0=0.0)
-    with pytest.raises(ValueError, match="source must be one of"):
+    with pytest.raises(ValueError, match="source must be 'sample' or a registered media source"):
         _make(tiny_video_dir, tiny_reward_dir, source="webvid")
 
 
@@ -150,7 +150,7 @@ def test_sample_source_and_offset_noise(tiny_video_dir, tiny_reward_dir):
 
 def test_registered_and_config_runs_through_the_trainer_split():
     from rewardflow.align.method import get_method
-    from rewardflow.align.instructvideo import InstructVideoConfig
+    from rewardflow.align.methods.instructvideo import InstructVideoConfig
 
     cls = get_method("instructvideo")
     assert cls.config_class is InstructVideoConfig and cls.needs_reward_grad

@@ -14,7 +14,7 @@ def test_noise_opt_reno_writes_images_curve_and_summary(tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red circle\n\ntwo blue squares\n")
     out = tmp_path / "out"
-    rc = main(["noise-opt", "--prompts", str(prompts), "--iterations", "3", "--batch-size", "2", "--gradient-checkpointing",
+    rc = main(["noise-opt", "--model", "toy", "--prompts", str(prompts), "--iterations", "3", "--batch-size", "2", "--gradient-checkpointing",
                "--out", str(out)])
     assert rc == 0
     s = json.loads((out / "summary.json").read_text())
@@ -34,13 +34,13 @@ def test_noise_opt_reno_writes_images_curve_and_summary(tmp_path):
 
 def test_noise_opt_best_of_n_and_nrg(tmp_path):
     out = tmp_path / "bon"
-    assert main(["noise-opt", "--prompt", "a red circle", "--method", "best-of-n", "--n", "3",
+    assert main(["noise-opt", "--model", "toy", "--prompt", "a red circle", "--method", "best-of-n", "--n", "3",
                  "--out", str(out)]) == 0
     s = json.loads((out / "summary.json").read_text())
     cand = json.loads((out / "curve.json").read_text())[0]
     assert len(cand) == 3 and s["per_prompt"][0]["final_reward"] == pytest.approx(max(cand), abs=1e-6)
     out = tmp_path / "nrg"
-    assert main(["noise-opt", "--prompt", "a red circle", "--method", "nrg", "--out", str(out),
+    assert main(["noise-opt", "--model", "toy", "--prompt", "a red circle", "--method", "nrg", "--out", str(out),
                  "--layout", "geneval"]) == 0
     assert json.loads((out / "final" / "00000" / "metadata.jsonl").read_text()) == {"prompt": "a red circle"}
 
@@ -48,11 +48,11 @@ def test_noise_opt_best_of_n_and_nrg(tmp_path):
 def test_noise_opt_bad_input(tmp_path, capsys):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
-    assert main(["noise-opt", "--prompts", str(empty), "--out", str(tmp_path / "o")]) == 2
+    assert main(["noise-opt", "--model", "toy", "--prompts", str(empty), "--out", str(tmp_path / "o")]) == 2
     assert "no prompts" in capsys.readouterr().err
-    assert main(["noise-opt", "--prompts", str(tmp_path / "missing.txt")]) == 2
+    assert main(["noise-opt", "--model", "toy", "--prompts", str(tmp_path / "missing.txt")]) == 2
     assert "prompt file not found" in capsys.readouterr().err
-    assert main(["noise-opt", "--prompt", "a red circle", "--reward", "hpsv3"]) == 2
+    assert main(["noise-opt", "--model", "toy", "--prompt", "a red circle", "--reward", "hpsv3"]) == 2
     assert "unknown reward" in capsys.readouterr().err
 
 
@@ -82,7 +82,7 @@ def test_noise_opt_nrg_with_a_latent_reward_model(tmp_path, capsys):
     gen = load_generator("toy", guidance_scale=2.0)
     torch.manual_seed(0)
     LatentRewardModel(gen, n_blocks=1, hidden=8).save_pretrained(tmp_path / "lrm")
-    base = ["noise-opt", "--prompt", "a red circle", "--method", "nrg", "--latent-reward", str(tmp_path / "lrm")]
+    base = ["noise-opt", "--model", "toy", "--prompt", "a red circle", "--method", "nrg", "--latent-reward", str(tmp_path / "lrm")]
     # scale 0: exactly the plain sample; scale 50: guided away from it (the head is random but non-constant)
     assert main([*base, "--nrg-scale", "0", "--out", str(tmp_path / "o0")]) == 0
     assert main([*base, "--nrg-scale", "50", "--out", str(tmp_path / "o1")]) == 0
@@ -91,6 +91,6 @@ def test_noise_opt_nrg_with_a_latent_reward_model(tmp_path, capsys):
     px = lambda d, sub: torch.from_numpy(np.asarray(Image.open(next((tmp_path / d / sub / "images").glob("*.png")))))
     assert torch.equal(px("o0", "final"), px("o0", "initial"))
     assert not torch.equal(px("o1", "final"), px("o1", "initial"))
-    assert main(["noise-opt", "--prompt", "a red circle", "--latent-reward", str(tmp_path / "lrm"),
+    assert main(["noise-opt", "--model", "toy", "--prompt", "a red circle", "--latent-reward", str(tmp_path / "lrm"),
                  "--out", str(tmp_path / "o2")]) == 2
     assert "--method nrg" in capsys.readouterr().err

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rewardflow.align.nrg import NRG, NRGConfig
+from rewardflow.align.inference.nrg import NRG, NRGConfig
 from rewardflow.rewards.base import load_reward
 from rewardflow.rewards.latent import LatentRewardModel
 from rewardflow.rewards.losses import bt_with_ties_loss, bt_with_ties_probs
@@ -114,7 +114,7 @@ def test_latent_reward_model_gradient_save_load_and_guidance(flow_gen, tmp_path)
 
 def test_latent_reward_method_learns_judge_preferences(flow_gen):
     """The BT-with-ties head fits the judge's pair labels (toy_clip as judge on a fixed collected batch)."""
-    from rewardflow.align.latent_reward import LatentRewardConfig, LatentRewardMethod
+    from rewardflow.align.methods.latent_reward import LatentRewardConfig, LatentRewardMethod
     from rewardflow.align.method import MethodContext
 
     ctx = MethodContext(generator=flow_gen, reward=None, rng=torch.Generator().manual_seed(0), sample_steps=2)

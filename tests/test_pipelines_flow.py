@@ -23,7 +23,7 @@ CFG_ATOL = 1e-5  # CFG only: the cached "" embedding is encoded alone, the pipel
 
 @pytest.fixture(scope="module")
 def sd3_dir(tmp_path_factory):
-    from rewardflow.pipelines._tiny_flow import build_tiny_sd3
+    from rewardflow.testing.tiny_flow import build_tiny_sd3
 
     d = tmp_path_factory.mktemp("sd3")
     build_tiny_sd3(d)
@@ -32,7 +32,7 @@ def sd3_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def flux_dir(tmp_path_factory):
-    from rewardflow.pipelines._tiny_flow import build_tiny_flux
+    from rewardflow.testing.tiny_flow import build_tiny_flux
 
     d = tmp_path_factory.mktemp("flux_dev")
     build_tiny_flux(d, guidance_embeds=True)
@@ -41,7 +41,7 @@ def flux_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def schnell_dir(tmp_path_factory):
-    from rewardflow.pipelines._tiny_flow import build_tiny_flux
+    from rewardflow.testing.tiny_flow import build_tiny_flux
 
     d = tmp_path_factory.mktemp("flux_schnell")
     build_tiny_flux(d, guidance_embeds=False, seed=5)

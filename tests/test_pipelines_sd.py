@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from rewardflow.pipelines._tiny_sd import build_tiny_sd, build_tiny_sdxl
+from rewardflow.testing.tiny_sd import build_tiny_sd, build_tiny_sdxl
 from rewardflow.pipelines.registry import load_generator
 
 PROMPTS = ["a red cat", "two blue dogs"]
@@ -198,7 +198,7 @@ def test_lora_save_loads_in_plain_diffusers(dirs, tmp_path, name, pipe_cls):
 
 
 def test_toy_lora_round_trip(tmp_path, flow_gen, tiny_pipe_dir):
-    from rewardflow.pipelines.toy import ToyGenerator
+    from rewardflow.toy.generator import ToyGenerator
 
     flow_gen.add_lora(rank=2)
     _randomize_lora(flow_gen)

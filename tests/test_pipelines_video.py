@@ -28,7 +28,7 @@ SPECS = {
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
-    from rewardflow.pipelines import _tiny_video as tv
+    from rewardflow.testing import tiny_video as tv
 
     out = {}
     for name, build in (("wan", tv.build_tiny_wan), ("cogvideox", tv.build_tiny_cogvideox),
@@ -40,7 +40,7 @@ def dirs(tmp_path_factory):
 
 
 def _gen(dirs, name):
-    from rewardflow.pipelines._tiny_video import TEXT_LEN
+    from rewardflow.testing.tiny_video import TEXT_LEN
 
     return load_generator(dirs[name], max_sequence_length=TEXT_LEN, **SPECS[name])
 
@@ -53,7 +53,7 @@ def _pipe(gen, pipe, noise, steps, output_type):
     """The plain diffusers pipeline on the same noise; latents returned in the adapter's layout."""
     from diffusers import LTXPipeline
 
-    from rewardflow.pipelines._tiny_video import TEXT_LEN
+    from rewardflow.testing.tiny_video import TEXT_LEN
 
     spec = SPECS[_family(gen)]
     ltx = isinstance(pipe, LTXPipeline)
@@ -84,7 +84,7 @@ def test_load_generator_picks_the_video_adapter(dirs):
 
 
 def test_bad_sizes_and_frames_are_refused(dirs):
-    from rewardflow.pipelines._tiny_video import TEXT_LEN
+    from rewardflow.testing.tiny_video import TEXT_LEN
 
     with pytest.raises(ValueError, match="num_frames - 1 must be a multiple of"):
         load_generator(dirs["wan"], num_frames=8, height=64, width=64, max_sequence_length=TEXT_LEN)

@@ -5,7 +5,7 @@ import torch
 from _rl_helpers import PROMPTS, BrightnessReward, make_method, mean_reward, train
 from conftest import make_diffusion_gen
 
-from rewardflow.align.prdp import build_pairs, prdp_loss
+from rewardflow.align.methods.prdp import build_pairs, prdp_loss
 
 
 def test_build_pairs_hand_made():

@@ -137,7 +137,7 @@ def test_any_unknown_key_raises_listing_the_valid_keys(bad):
 def test_trainer_config_typo_suggests_the_key(data):
     import dataclasses
 
-    from rewardflow.align.rwr import RWRConfig
+    from rewardflow.align.methods.rwr import RWRConfig
     from rewardflow.align.trainer import TrainConfig, split_config
 
     keys = [f.name for f in dataclasses.fields(TrainConfig) if len(f.name) >= 5 and f.name != "method"]

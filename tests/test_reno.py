@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from rewardflow.align.best_of_n import best_of_n
-from rewardflow.align.reno import ReNO, ReNOConfig, chi_norm_reg
+from rewardflow.align.inference.best_of_n import best_of_n
+from rewardflow.align.inference.reno import ReNO, ReNOConfig, chi_norm_reg
 from rewardflow.rewards.base import Reward, load_reward
 
 PROMPTS = ["a red circle", "two blue squares"]

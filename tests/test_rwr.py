@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-import rewardflow.align.rwr as rwr_mod
+import rewardflow.align.methods.rwr as rwr_mod
 from rewardflow.align.method import MethodContext
-from rewardflow.align.rwr import FlowRWR, RWRConfig, rwr_weights
-from rewardflow.pipelines.toy import ToyGenerator
+from rewardflow.align.methods.rwr import FlowRWR, RWRConfig, rwr_weights
+from rewardflow.toy.generator import ToyGenerator
 from tests.conftest import make_diffusion_gen
 from tests.trainer_utils import Brightness, NaNReward, make_trainer, mean_reward
 

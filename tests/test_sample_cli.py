@@ -8,7 +8,7 @@ import torch
 from rewardflow.cli import main
 from rewardflow.eval.sampling import initial_noise
 from rewardflow.io.images import load_image, to_uint8
-from rewardflow.pipelines._tiny_sd import build_tiny_sd
+from rewardflow.testing.tiny_sd import build_tiny_sd
 from rewardflow.pipelines.registry import load_generator
 
 
@@ -64,8 +64,8 @@ def test_sample_tiny_sd_with_lora_and_prompt_file(tmp_path):
 
 @pytest.mark.parametrize("argv,msg", [
     (["--model", "/no/such/model"], "cannot read model_index.json of '/no/such/model'"),
-    (["--prompts", "/no/prompts.txt"], "prompts file not found"),
-    (["--lora", "/no/lora"], "LoRA directory or file not found"),
+    (["--model", "toy", "--prompts", "/no/prompts.txt"], "prompt file not found"),
+    (["--model", "toy", "--lora", "/no/lora"], "LoRA directory or file not found"),
 ])
 def test_sample_bad_inputs_exit_2_with_message(tmp_path, capsys, argv, msg):
     base = ["sample", "--out", str(tmp_path), "--steps", "1"]

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from rewardflow.eval.toy import eval_prompts, generator_accuracy
+from rewardflow.toy.evaluation import eval_prompts, generator_accuracy
 from rewardflow.toy import world
 
 
 @pytest.fixture(scope="module")
 def gen():
-    from rewardflow.pipelines.toy import ToyGenerator
+    from rewardflow.toy.generator import ToyGenerator
 
     return ToyGenerator.from_pretrained(guidance_scale=2.0)
 
@@ -44,7 +44,7 @@ def test_shipped_reward_ranks_true_caption_over_hard_negative(name):
 
 
 def test_demo_small_run_writes_summary_and_grid(tmp_path):
-    from rewardflow.toy.demo import DemoConfig, run_demo
+    from rewardflow.commands.demos.image import DemoConfig, run_demo
 
     s = run_demo(tmp_path, DemoConfig(per_category=2, iterations=3, n_candidates=2), verbose=False)
     saved = json.loads((tmp_path / "summary.json").read_text())
@@ -64,7 +64,7 @@ def test_demo_small_run_writes_summary_and_grid(tmp_path):
 def test_full_demo_meets_targets(tmp_path):
     """The README's demo: +20 points of held-out oracle accuracy. Its time is a measured figure (README), not
     asserted: timings on a shared CPU vary 2-3x (138 s once while another job held a core)."""
-    from rewardflow.toy.demo import run_demo
+    from rewardflow.commands.demos.image import run_demo
 
     torch.set_num_threads(2)
     s = run_demo(tmp_path)

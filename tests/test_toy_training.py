@@ -24,7 +24,7 @@ def test_train_generator_writes_a_loadable_pipeline(tmp_path):
     assert (tmp_path / "g" / "unet" / "diffusion_pytorch_model.safetensors").exists()
     assert json.loads((tmp_path / "g" / "training.json").read_text())["steps"] == 4
     assert all(np.isfinite(r["loss"]) for r in meta["log"])
-    from rewardflow.pipelines.toy import ToyGenerator
+    from rewardflow.toy.generator import ToyGenerator
 
     gen = ToyGenerator.from_pretrained(tmp_path / "g")
     assert gen.dtype == torch.float32 and gen.parametrization == "flow"

@@ -89,19 +89,19 @@ def test_toy_video_oracle_reward():
 
 def test_cli_train_video_reward_tiny(tmp_path, capsys):
     from rewardflow.cli import main
-    from rewardflow.rewards.toy_video import ToyVideoReward
+    from rewardflow.toy.video_rewards import ToyVideoReward
 
-    assert main(["toy-video", "train-video-reward", "--out", str(tmp_path / "vr"), "--steps", "2", "--batch",
+    assert main(["toy", "train-video-reward", "--out", str(tmp_path / "vr"), "--steps", "2", "--batch",
                  "4"]) == 0
     r = ToyVideoReward(tmp_path / "vr")
     s = r(vw.render_clips(["a red circle moving left"], rng=np.random.default_rng(0)), ["a red circle moving left"])
     assert s.shape == (1,) and -1 <= float(s) <= 1
-    assert main(["toy-video", "render", "a red circle moving up", "--out", str(tmp_path / "c.gif")]) == 0
+    assert main(["toy", "render-video", "a red circle moving up", "--out", str(tmp_path / "c.gif")]) == 0
     from rewardflow.io.video import load_video
 
     clip = load_video(tmp_path / "c.gif")
     # PIL's GIF writer merges identical consecutive frames (adding their durations), so <= 16 frames come back
     assert 8 <= clip.shape[0] <= 16 and clip.shape[1:] == (3, 32, 32)
     assert vw.video_oracle(clip, "a red circle moving up")
-    assert main(["toy-video", "render", "a red blob moving up", "--out", str(tmp_path / "d.gif")]) == 2
+    assert main(["toy", "render-video", "a red blob moving up", "--out", str(tmp_path / "d.gif")]) == 2
     assert "unknown word(s) 'blob'" in capsys.readouterr().err

@@ -29,7 +29,7 @@ PROMPTS = ["a red circle moving left", "a blue square moving up"]
 def test_saved_pipeline_loads_through_the_registry(tiny_video_dir, vgen):
     import json
 
-    from rewardflow.pipelines.toy_video import ToyVideoGenerator
+    from rewardflow.toy.video_generator import ToyVideoGenerator
 
     assert json.loads((tiny_video_dir / "model_index.json").read_text())["_class_name"] == "ToyVideoFlowPipeline"
     assert isinstance(vgen, ToyVideoGenerator) and vgen.modality == "video"
@@ -83,9 +83,9 @@ def test_encode_is_the_exact_inverse_of_decode(vgen):
 
 
 def test_missing_directory_names_the_fix(tmp_path):
-    from rewardflow.pipelines.toy_video import ToyVideoGenerator
+    from rewardflow.toy.video_generator import ToyVideoGenerator
 
-    with pytest.raises(FileNotFoundError, match="toy-video-gen train-generator"):
+    with pytest.raises(FileNotFoundError, match="toy train-video-generator"):
         ToyVideoGenerator.from_pretrained(tmp_path / "nope")
 
 
@@ -96,7 +96,7 @@ def test_train_command_saves_a_loadable_pipeline(tmp_path, monkeypatch):
     from rewardflow.pipelines.registry import load_generator
 
     out = tmp_path / "gen"
-    assert main(["toy-video-gen", "train-generator", "--out", str(out), "--steps", "2", "--batch", "2",
+    assert main(["toy", "train-video-generator", "--out", str(out), "--steps", "2", "--batch", "2",
                  "--frames", "2"]) == 0
     meta = json.loads((out / "training.json").read_text())
     assert meta["steps"] == 2 and len(meta["log"]) == 2 and all(r["loss"] > 0 for r in meta["log"])
@@ -141,7 +141,7 @@ def test_train_command_continues_from_a_saved_pipeline(tmp_path, tiny_video_dir,
     from rewardflow.cli import main
 
     out = tmp_path / "cont"
-    assert main(["toy-video-gen", "train-generator", "--init-from", str(tiny_video_dir), "--out", str(out),
+    assert main(["toy", "train-video-generator", "--init-from", str(tiny_video_dir), "--out", str(out),
                  "--steps", "1", "--batch", "2", "--frames", str(FRAMES), "--warmup", "1"]) == 0
     meta = json.loads((out / "training.json").read_text())
     assert meta["init_from"] == str(tiny_video_dir) and meta["warmup"] == 1
@@ -154,7 +154,7 @@ def test_train_command_continues_from_a_saved_pipeline(tmp_path, tiny_video_dir,
     assert not torch.equal(before[k].float(), after[k].float())
     assert (before[k].float() - after[k].float()).abs().max() < 0.05 * before[k].float().abs().max()
     capsys.readouterr()
-    assert main(["toy-video-gen", "train-generator", "--init-from", str(tiny_video_dir), "--out", str(tmp_path / "x"),
+    assert main(["toy", "train-video-generator", "--init-from", str(tiny_video_dir), "--out", str(tmp_path / "x"),
                  "--steps", "1", "--batch", "2", "--frames", "2"]) == 2
     assert "generates 4 frames but frames=2; pass frames=4" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

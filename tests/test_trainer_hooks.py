@@ -14,7 +14,7 @@ from trainer_utils import make_trainer
 
 
 def test_latent_reward_trains_only_its_head_and_saves_a_loadable_model(tmp_path, tiny_pipe_dir):
-    from rewardflow.pipelines.toy import ToyGenerator
+    from rewardflow.toy.generator import ToyGenerator
     from rewardflow.rewards.latent import LatentRewardModel
 
     gen = ToyGenerator.from_pretrained(tiny_pipe_dir, guidance_scale=1.0)

@@ -49,7 +49,7 @@ def write_train_yaml(path, method: str, model, out, **overrides):
 
 def make_trainer(tmp_path, pipe_dir, method: str, reward=None, generator=None, **overrides):
     from rewardflow.align.trainer import Trainer, split_config
-    from rewardflow.pipelines.toy import ToyGenerator
+    from rewardflow.toy.generator import ToyGenerator
 
     data = {"method": method, "output_dir": str(tmp_path), "batch_size": 2, "sample_steps": 2, "lora_rank": 4,
             "eval_prompts": "", "eval_at_start": False, "report_to": "none", "max_steps": 2, "lr": 1e-3,

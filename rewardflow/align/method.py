@@ -25,6 +25,8 @@ from typing import Any, Callable
 
 import torch
 
+from rewardflow.plugins import load_plugins
+
 _METHODS: dict[str, type["Method"]] = {}
 
 
@@ -119,12 +121,12 @@ def _import_builtin() -> None:
     import importlib
     import pkgutil
 
-    import rewardflow.align as pkg
+    import rewardflow.align.methods as pkg
 
-    skip = {"method", "trainer", "reno", "best_of_n", "nrg"}
+    # every module of rewardflow/align/methods/ is one training method; plugins register more
     for m in pkgutil.iter_modules(pkg.__path__):
-        if m.name not in skip and not m.name.startswith("_"):
-            importlib.import_module(f"rewardflow.align.{m.name}")
+        importlib.import_module(f"rewardflow.align.methods.{m.name}")
+    load_plugins()
 
 
 def get_method(name: str) -> type[Method]:

@@ -42,6 +42,8 @@ from typing import Any, get_type_hints
 import torch
 
 from rewardflow.align.method import MethodContext, get_method
+from rewardflow.eval.hooks import check_eval_hooks, run_eval_hooks
+from rewardflow.io.prompts import load_prompt_source
 
 REPORT_TO = ("tensorboard", "wandb", "none")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -54,12 +56,14 @@ class TrainConfig:
     """Trainer keys. Method keys (beta, group size, ...) live in the method's ``config_class``."""
 
     method: str = ""                      # a registered method: see `rewardflow train --list-methods`
-    model: str = "toy"                    # pipeline directory, hub id, or "toy" (the shipped toy generator)
+    model: str = ""                       # pipeline directory, hub id, or an embedded model's name (e.g. "toy")
     adapter: str | None = None            # generator adapter name (default: detected from model_index.json)
-    reward: str = "toy_clip"              # reward spec: NAME or NAME:W,NAME:W (a weighted sum)
-    prompts: str = "toy:train"            # "toy:train" / "toy:heldout" (toy caption splits) or a text file
-    eval_prompts: str = "toy:heldout"     # held-out prompts for evaluation (same forms)
-    eval_per_category: int = 10           # toy eval prompts per caption category
+    reward: str | None = None             # reward spec: NAME or NAME:W,NAME:W (a weighted sum); "" = none
+    prompts: str | None = None            # a prompt file (one per line, or .jsonl) or a registered source (toy:train)
+    eval_prompts: str | None = None       # held-out prompts for evaluation (same forms); "" = no evaluation
+    eval_per_category: int = 10           # eval prompts per group of a grouped source (the toy's caption categories)
+    eval_hooks: tuple[str, ...] = ()      # extra evaluation hooks (rewardflow.eval.hooks) on the eval samples, after
+                                          # the ones the eval prompt source names (toy:heldout -> toy_oracle)
     heldout_rewards: tuple[str, ...] = () # rewards scored at eval but never optimized; a warning (hacking.jsonl)
                                           # when eval_reward rises while one of them falls
     max_steps: int = 100                  # optimizer steps
@@ -175,6 +179,24 @@ def _validate(c: TrainConfig) -> None:
             raise ValueError(msg)
 
 
+MODEL_DEFAULT_KEYS = ("prompts", "eval_prompts", "reward")
+
+
+def apply_model_defaults(c: TrainConfig, run_defaults: dict) -> TrainConfig:
+    """Fill the run keys the config left unset (None) from the model family's ``run_defaults`` (only embedded
+    models such as the toy declare prompts and rewards); a key still unset is an error naming every missing key.
+    ``reward`` may stay unset for methods that need none (they say so at construction)."""
+    fill = {k: run_defaults[k] for k in MODEL_DEFAULT_KEYS if getattr(c, k) is None and k in run_defaults}
+    c = dataclasses.replace(c, **fill)
+    missing = [k for k in ("prompts", "eval_prompts") if getattr(c, k) is None]
+    if missing:
+        raise ValueError(f"the config must name {' and '.join(missing)} for model {c.model or '(given in Python)'!r}: "
+                         "prompts: a prompt file (one prompt per line, or .jsonl with a 'prompt' field) or a "
+                         "registered source; eval_prompts: the same, or \"\" for no evaluation. Only embedded models "
+                         "(the toy) supply their own.")
+    return c if c.reward is not None else dataclasses.replace(c, reward="")
+
+
 def load_train_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> tuple[TrainConfig, Any]:
     """YAML file + ``key=value`` overrides -> (TrainConfig, method config). Nothing heavy is imported."""
     from rewardflow.config import read_config_dict
@@ -183,46 +205,6 @@ def load_train_config(path: str | os.PathLike | None, overrides: Sequence[str] =
 
 
 # ---------------------------------------------------------------------------------------------------- prompts
-
-
-class PromptSource:
-    """Training / eval prompts. ``toy:SPLIT``: the toy caption split, sampled category-balanced (each of the five
-    caption types equally often); otherwise a text file with one prompt per line, sampled uniformly."""
-
-    def __init__(self, spec: str):
-        self.spec = spec
-        if spec.startswith("toy:"):
-            from rewardflow.toy import world
-
-            split = spec.split(":", 1)[1]
-            if split not in ("train", "heldout"):
-                raise ValueError(f"toy prompt split must be train or heldout, got {split!r} in {spec!r}")
-            self.split = split
-            self.groups = [list(world.split_captions(split, c)) for c in world.CATEGORIES]
-        else:
-            p = Path(spec)
-            if not p.is_file():
-                raise FileNotFoundError(f"prompt file not found: {p} (use toy:train, or a text file with one "
-                                        "prompt per line)")
-            lines = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
-            if not lines:
-                raise ValueError(f"prompt file {p} has no prompts")
-            self.split = None
-            self.groups = [lines]
-
-    def sample(self, n: int, generator: torch.Generator) -> list[str]:
-        out = []
-        for _ in range(n):
-            g = self.groups[int(torch.randint(len(self.groups), (1,), generator=generator))]
-            out.append(g[int(torch.randint(len(g), (1,), generator=generator))])
-        return out
-
-    def eval_list(self, per_category: int, seed: int = 0) -> list[str]:
-        if self.split is not None:
-            from rewardflow.eval.toy import eval_prompts
-
-            return eval_prompts(self.split, per_category, seed=seed)
-        return self.groups[0]
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -655,8 +637,12 @@ class Trainer:
         if generator is None:
             from rewardflow.pipelines.registry import load_generator
 
+            if not c.model:
+                raise ValueError("the config needs `model:` (a diffusers pipeline directory, a hub id, or an "
+                                 "embedded model such as toy)")
             generator = load_generator(c.model, adapter=c.adapter, guidance_scale=c.guidance_scale)
         self.gen = generator
+        self.config = c = apply_model_defaults(c, getattr(type(generator), "run_defaults", {}))
         self.gen.guidance_scale = c.guidance_scale
         if self.gen.device != acc.device:
             self._move_generator(acc.device)
@@ -719,8 +705,11 @@ class Trainer:
             from diffusers.training_utils import EMAModel
 
             self.ema = EMAModel(self.params, decay=c.ema_decay)
-        self.prompts = PromptSource(c.prompts)
-        self.eval_source = PromptSource(c.eval_prompts) if c.eval_prompts else None
+        self.prompts = load_prompt_source(c.prompts)
+        self.eval_source = load_prompt_source(c.eval_prompts) if c.eval_prompts else None
+        self.eval_hook_names = tuple(dict.fromkeys(
+            (self.eval_source.eval_hooks if self.eval_source is not None else ()) + tuple(c.eval_hooks)))
+        check_eval_hooks(self.eval_hook_names)
         # held-out rewards: scored at every eval; a RewardHackingMonitor warns when eval_reward rises while one of
         # them falls (eval/monitor.py)
         self.heldout = {n.split("(")[0].strip(): self._build_reward(n).to(acc.device).eval()
@@ -1045,7 +1034,7 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self, tag: str | None = None) -> dict[str, float]:
-        """Mean reward on the held-out prompts (fixed noise), toy-oracle accuracy for the toy world, a sample grid.
+        """Mean reward on the held-out prompts (fixed noise), the evaluation hooks' metrics, a sample grid.
         Runs with the EMA weights when EMA is on; leaves every RNG untouched."""
         if self.eval_source is None or not self.accelerator.is_main_process:
             return {}
@@ -1071,13 +1060,7 @@ class Trainer:
             r = torch.cat([rw(imgs[i:i + 50].to(self.accelerator.device), prompts[i:i + 50]).float().cpu()
                            for i in range(0, len(prompts), 50)])
             out[f"heldout_{name}"] = float(r[torch.isfinite(r)].mean()) if torch.isfinite(r).any() else float("nan")
-        if self.eval_source.split is not None:
-            from rewardflow.eval.toy import oracle_report
-
-            rep = oracle_report(imgs.cpu(), prompts)
-            out["oracle_accuracy"] = rep["accuracy"]
-            out["oracle_partial"] = rep["partial"]
-            out.update({f"oracle_{k}": v for k, v in rep["per_category"].items()})
+        out.update(run_eval_hooks(self.eval_hook_names, imgs.cpu(), prompts))
         idx = list(range(0, len(prompts), max(1, len(prompts) // 16)))[:16]
         save_image_grid(imgs[idx], self.run_dir / "samples" / f"{tag or f'step_{self.step:07d}'}.png", nrow=8)
         return out

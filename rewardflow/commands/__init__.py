@@ -1,2 +1,5 @@
-"""``rewardflow`` sub-commands, one module each. A module defines ``register(subparsers)``, which adds its
-parser and sets ``fn`` (``fn(args) -> int``). Keep imports of torch/diffusers inside ``fn`` so ``--help`` is fast."""
+"""The ``rewardflow`` commands, one module per command, each with ``register(subparsers)``.
+
+Command modules import the library inside their run functions, not at the top: building the parser must not
+import torch, diffusers and transformers (seconds), so ``rewardflow --help`` and argument errors answer at once.
+"""

@@ -1,12 +1,13 @@
 """``rewardflow eval``: sample a fixed prompt set with a generator (optionally + LoRA) and report reward means with
-bootstrap confidence intervals, diversity (Vendi score) and, in the toy world, toy-oracle accuracy; optionally
+bootstrap confidence intervals, diversity (Vendi score) and the metrics of the prompt source's evaluation hooks
+(the toy world's ``toy:heldout`` prompts: exact-oracle accuracy); optionally
 write the images in a GenEval / T2I-CompBench layout (videos: VBench) for external evaluators.
 
 Sampling goes through :func:`rewardflow.eval.sampling.sample_to_files` (the same code path as ``rewardflow
 sample``; image j of the run uses noise seed ``SEED + j``), so ``OUT/images/`` holds the PNGs (MP4s for a video
 model, scored as decoded from the files) and manifest.json.
 Results: ``OUT/eval.json`` with ``{"rewards": {name: {"mean", "ci_low", "ci_high", "std", "n"}}, "diversity":
-{...}, "toy_oracle": {...}}``.
+{...}, "hooks": {metric: value}}``.
 """
 
 from __future__ import annotations
@@ -21,26 +22,29 @@ def register(subparsers) -> None:
     from rewardflow.eval.layouts import LAYOUTS
 
     p = subparsers.add_parser(
-        "eval", help="sample a prompt set and report reward means + CIs, diversity, toy-oracle accuracy",
+        "eval", help="sample a prompt set and report reward means + CIs, diversity, evaluation hooks (toy oracle)",
         description="e.g. `rewardflow eval --model toy --lora runs/grpo/final --prompts toy:heldout --reward "
                     "toy_clip,toy_oracle --out eval_out`")
-    p.add_argument("--model", default="toy", metavar="DIR|ID|toy")
+    p.add_argument("--model", required=True, metavar="DIR|ID|toy", help="pipeline directory, hub id, or an embedded "
+                                                                          "model (toy)")
     p.add_argument("--adapter", default=None, help="generator adapter (default: from model_index.json)")
     p.add_argument("--lora", default=None, metavar="DIR", help="LoRA directory saved by training or diffusers")
-    p.add_argument("--prompts", required=True, metavar="FILE|toy:SPLIT",
-                   help="a prompts file (one per line, or .jsonl with 'prompt') or toy:heldout / toy:train")
-    p.add_argument("--per-category", type=int, default=10, help="toy:SPLIT prompts per caption category")
+    p.add_argument("--prompts", required=True, metavar="FILE|SOURCE",
+                   help="a prompts file (one per line, or .jsonl with 'prompt') or a registered source "
+                        "(toy:heldout / toy:train)")
+    p.add_argument("--per-category", type=int, default=10,
+                   help="prompts per group of a grouped source (the toy's caption categories)")
     p.add_argument("--reward", required=True, action="append", metavar="NAMES",
                    help="comma-separated rewards, each reported on its own (a weighted spec is one reward)")
     p.add_argument("--n-per-prompt", type=int, default=1)
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default 4 for toy, 30 otherwise)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model family's, 4 for toy)")
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CI (0 = none)")
     p.add_argument("--diversity-encoder", default=None, metavar="NAME",
-                   help="image encoder for the Vendi score (toy_clip, toy_clip_adv; default toy_clip for the toy "
-                        "model, none otherwise)")
+                   help="image encoder for the Vendi score (clip, toy_clip, ...; default: the model family's, "
+                        "toy_clip for the toy model, none otherwise)")
     p.add_argument("--layout", default=None, choices=[x for x in LAYOUTS if x != "plain"],
                    help="also write the samples in this external-evaluator layout under OUT/LAYOUT/ (vbench: video "
                         "models)")
@@ -49,19 +53,13 @@ def register(subparsers) -> None:
     p.set_defaults(fn=run)
 
 
-def resolve_prompts(spec: str, per_category: int, seed: int = 0) -> tuple[list[str], bool]:
-    """``toy:SPLIT`` -> the toy evaluation prompts (:func:`rewardflow.eval.toy.eval_prompts`); else a file.
-    Returns ``(prompts, is_toy)``."""
-    if spec.startswith("toy:"):
-        from rewardflow.eval.toy import eval_prompts
+def resolve_prompts(spec: str, per_category: int, seed: int = 0):
+    """The evaluation prompts of ``spec`` (a prompt file or a registered source) and the source itself (its
+    ``eval_hooks`` apply to the samples)."""
+    from rewardflow.io.prompts import load_prompt_source
 
-        split = spec.split(":", 1)[1]
-        if split not in ("train", "heldout"):
-            raise ValueError(f"--prompts {spec}: the toy splits are toy:train and toy:heldout")
-        return eval_prompts(split, per_category, seed=seed), True
-    from rewardflow.eval.sampling import read_prompt_file
-
-    return read_prompt_file(spec), False
+    source = load_prompt_source(spec)
+    return source.eval_list(per_category, seed=seed), source
 
 
 def mean_ci(values, n_boot: int = 1000, seed: int = 0) -> dict:
@@ -107,21 +105,20 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from rewardflow.commands.eval_rewards import _json_safe, split_reward_specs
-    from rewardflow.commands.sample import TOY_MODELS
+    from rewardflow.eval.hooks import run_eval_hooks
     from rewardflow.eval.sampling import sample_to_files
     from rewardflow.io.images import load_image
     from rewardflow.pipelines.registry import load_generator
     from rewardflow.rewards.combine import build_reward
 
-    prompts, toy_prompts = resolve_prompts(args.prompts, args.per_category)
+    prompts, source = resolve_prompts(args.prompts, args.per_category)
     specs = split_reward_specs(args.reward)
-    toy = args.model in TOY_MODELS or args.adapter in TOY_MODELS
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gen = load_generator(args.model, adapter=args.adapter, device=device)
     if args.lora:
         gen.load_lora(args.lora, trainable=False)
     out = Path(args.out)
-    man = sample_to_files(gen, prompts, out / "images", steps=args.steps or (4 if toy else 30),
+    man = sample_to_files(gen, prompts, out / "images", steps=args.steps or gen.run_defaults["steps"],
                           guidance_scale=args.guidance, seed=args.seed, n_per_prompt=args.n_per_prompt,
                           batch_size=args.batch_size, info={"model": args.model, "lora": args.lora})
     rows = man["images"]
@@ -142,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
             s = torch.cat([reward(images[i:i + args.batch_size].to(device), all_prompts[i:i + args.batch_size])
                            .float().cpu() for i in range(0, len(rows), args.batch_size)])
         result["rewards"][spec] = mean_ci(s.tolist(), args.bootstrap, args.seed)
-    enc_name = args.diversity_encoder or ("toy_clip" if toy else None)
+    enc_name = args.diversity_encoder or gen.run_defaults.get("diversity_encoder")
     if enc_name and video:
         print("[rewardflow] eval: diversity (Vendi) is computed on images only; skipped for video samples")
         enc_name = None
@@ -150,14 +147,8 @@ def run(args: argparse.Namespace) -> int:
         from rewardflow.rewards.distributional import load_encoder
 
         result["diversity"] = {"encoder": enc_name, **diversity(images, all_prompts, load_encoder(enc_name))}
-    if (toy_prompts or toy) and not video:
-        from rewardflow.eval.toy import oracle_report
-
-        try:
-            rep = oracle_report(images, all_prompts)
-            result["toy_oracle"] = {k: rep[k] for k in ("accuracy", "partial", "per_category")}
-        except ValueError as e:  # prompts outside the toy grammar
-            result["toy_oracle"] = {"error": str(e)}
+    if source.eval_hooks and not video:
+        result["hooks"] = run_eval_hooks(source.eval_hooks, images, all_prompts)
     if args.layout:
         from rewardflow.eval.layouts import write_layout
 
@@ -173,9 +164,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{spec:<{w}}  {r['mean']:>10.4f}  [{r['ci_low']:.4f}, {r['ci_high']:.4f}]  (n={r['n']})")
     if "diversity" in result:
         print("diversity: " + ", ".join(f"{k}={v:.3f}" for k, v in result["diversity"].items() if k != "encoder"))
-    if "accuracy" in result.get("toy_oracle", {}):
-        print(f"toy oracle accuracy: {result['toy_oracle']['accuracy']:.3f} "
-              f"(partial {result['toy_oracle']['partial']:.3f})")
+    if result.get("hooks"):
+        print(", ".join(f"{k}={v:.3f}" for k, v in result["hooks"].items()))
     (out / "eval.json").write_text(json.dumps(_json_safe(result), indent=1, allow_nan=False) + "\n")
     print(f"wrote {out / 'eval.json'}")
     return 0

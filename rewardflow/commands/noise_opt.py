@@ -7,22 +7,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-TOY_REWARDS = "toy_clip:1,toy_clip_adv:1"
-
 
 def register(sub) -> None:
     p = sub.add_parser("noise-opt", help="ReNO noise optimization / best-of-N / Flow-NRG at inference time")
-    p.add_argument("--model", default="toy", help="diffusers pipeline directory, hub id, or 'toy' (default)")
+    p.add_argument("--model", required=True, help="diffusers pipeline directory, hub id, or an embedded model (toy)")
     p.add_argument("--adapter", default=None, help="adapter name (default: detected from model_index.json)")
     p.add_argument("--reward", default=None,
                    help="reward spec NAME[:WEIGHT],... (default: ReNO's paper set "
-                        "hpsv2.1:5,imagereward:1,pickscore:0.05,clip:0.01; toy: toy_clip:1,toy_clip_adv:1)")
+                        "hpsv2.1:5,imagereward:1,pickscore:0.05,clip:0.01; an embedded model's own, e.g. the toy's "
+                        "toy_clip:1,toy_clip_adv:1)")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--prompt", help="one prompt")
     g.add_argument("--prompts", help="text file, one prompt per line, or a GenEval metadata .jsonl")
     p.add_argument("--out", default="noise_opt_out")
     p.add_argument("--method", choices=("reno", "best-of-n", "nrg"), default="reno")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: 1 for reno, 4 otherwise)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampler steps (default: 1 for reno, 4 otherwise; an embedded model's own, 4 for the toy)")
     p.add_argument("--iterations", type=int, default=50, help="ReNO iterations")
     p.add_argument("--lr", type=float, default=5.0, help="ReNO learning rate")
     p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
@@ -52,28 +52,15 @@ def register(sub) -> None:
 
 
 def read_prompts(args) -> tuple[list[str], list[dict] | None]:
+    """The prompts, and for a ``.jsonl`` file (GenEval metadata) each prompt's row for the output layout."""
     if args.prompt is not None:
         if not args.prompt.strip():
             raise ValueError("--prompt is empty")
         return [args.prompt], None
-    path = Path(args.prompts)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompt file not found: {path}")
-    lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
-    if not lines:
-        raise ValueError(f"prompt file {path} has no prompts")
-    if path.suffix == ".jsonl":
-        meta = []
-        for i, ln in enumerate(lines):
-            try:
-                row = json.loads(ln)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i + 1}: not JSON ({e}); use a .txt file for plain prompts") from None
-            if "prompt" not in row:
-                raise ValueError(f"{path}:{i + 1}: no 'prompt' key")
-            meta.append(row)
-        return [m["prompt"] for m in meta], meta
-    return lines, None
+    from rewardflow.io.prompts import read_prompt_rows
+
+    rows = read_prompt_rows(args.prompts)
+    return [r["prompt"] for r in rows], (rows if Path(args.prompts).suffix.lower() == ".jsonl" else None)
 
 
 def _curve_png(curves: list[list[float]], path: Path) -> None:
@@ -103,27 +90,27 @@ def run(args) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from rewardflow.align.reno import RENO_PAPER_REWARDS, ReNO, ReNOConfig
+    from rewardflow.align.inference.reno import RENO_PAPER_REWARDS, ReNO, ReNOConfig
     from rewardflow.eval.layouts import write_layout
     from rewardflow.rewards.combine import build_reward
 
     prompts, meta = read_prompts(args)
     if args.latent_reward and args.method != "nrg":
         raise ValueError("--latent-reward guides Flow-NRG; add --method nrg")
-    toy = args.model == "toy"
-    spec = args.reward or (TOY_REWARDS if toy else RENO_PAPER_REWARDS)
-    steps = args.steps or (1 if args.method == "reno" and not toy else 4)
+    from rewardflow.pipelines.registry import load_generator, resolve_adapter
+
+    entry = resolve_adapter(args.model, args.adapter)
+    defaults = entry["cls"].run_defaults
+    spec = args.reward or defaults.get("reward", RENO_PAPER_REWARDS)
+    steps = args.steps or defaults.get("noise_opt_steps") or (1 if args.method == "reno" else 4)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)
-
-    from rewardflow.pipelines.registry import load_generator
-
     kw = {"device": device}
     if args.guidance is not None:
         kw["guidance_scale"] = args.guidance
-    elif toy:
-        kw["guidance_scale"] = 2.0
-    if not toy:
+    elif "noise_opt_guidance_scale" in defaults:
+        kw["guidance_scale"] = defaults["noise_opt_guidance_scale"]
+    if not entry["embedded"]:  # embedded models (the toy) ship one dtype
         kw.update(dtype=dtype, offload=args.offload)
     gen = load_generator(args.model, adapter=args.adapter, **kw)
     if args.gradient_checkpointing:
@@ -153,7 +140,7 @@ def run(args) -> int:
                              "final_reward": float(res.best_reward[j]), "best_iteration": int(res.best_iteration[j])})
         bar.close()
     elif args.method == "best-of-n":
-        from rewardflow.align.best_of_n import best_of_n
+        from rewardflow.align.inference.best_of_n import best_of_n
 
         for i in tqdm(range(0, len(prompts), bs), desc=f"best-of-{args.n}"):
             chunk = prompts[i:i + bs]
@@ -169,7 +156,7 @@ def run(args) -> int:
                 rows.append({"prompt": p, "initial_reward": float(res.all_scores[j, 0]),
                              "final_reward": float(res.scores[j])})
     else:
-        from rewardflow.align.nrg import NRG, NRGConfig
+        from rewardflow.align.inference.nrg import NRG, NRGConfig
 
         if args.latent_reward:
             from rewardflow.rewards.latent import LatentRewardModel

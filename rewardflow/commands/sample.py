@@ -9,8 +9,8 @@ def register(subparsers) -> None:
         "sample", help="generate images from prompts (PNGs + manifest.json)",
         description="Generate images, e.g. `rewardflow sample --model stabilityai/sd-turbo --steps 1 --guidance 1 "
                     "--prompt 'a cat' --out samples/`. --model toy uses the shipped toy model.")
-    p.add_argument("--model", default="toy", metavar="DIR|ID",
-                   help="diffusers pipeline directory, hub id, or 'toy' (default)")
+    p.add_argument("--model", required=True, metavar="DIR|ID",
+                   help="diffusers pipeline directory, hub id, or an embedded model (toy, toy_video)")
     p.add_argument("--adapter", default=None, help="adapter name (default: from model_index.json; see "
                                                    "`rewardflow models`)")
     p.add_argument("--lora", default=None, metavar="DIR", help="LoRA directory (pytorch_lora_weights.safetensors) "
@@ -18,7 +18,7 @@ def register(subparsers) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--prompt", metavar="TEXT", help="one prompt")
     g.add_argument("--prompts", metavar="FILE", help="one prompt per line, or a .jsonl with a 'prompt' field")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: 4 for toy, 30 otherwise)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model family's, e.g. 4 for toy)")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale (default: the adapter's; 1 = off, use 1 for Turbo models)")
     p.add_argument("--seed", type=int, default=0, help="image j uses noise seed SEED + j")
@@ -33,20 +33,18 @@ def register(subparsers) -> None:
     p.set_defaults(fn=run_sample)
 
 
-TOY_MODELS = ("toy", "toy_video")
-
-
 def run_sample(args) -> int:
     import torch
 
-    from rewardflow.eval.sampling import read_prompt_file, sample_to_files
-    from rewardflow.pipelines.registry import load_generator
+    from rewardflow.eval.sampling import sample_to_files
+    from rewardflow.io.prompts import read_prompt_file
+    from rewardflow.pipelines.registry import load_generator, resolve_adapter
 
     prompts = [args.prompt] if args.prompt is not None else read_prompt_file(args.prompts)
-    toy = args.model in TOY_MODELS or args.adapter in TOY_MODELS  # shipped toy models: no dtype/offload/size
+    entry = resolve_adapter(args.model, args.adapter)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     kw: dict = {"device": device}
-    if not toy:
+    if not entry["embedded"]:  # embedded models (the toy) ship one size and dtype
         kw.update(dtype=args.dtype, offload=args.offload)
         if args.height is not None:
             kw["height"] = args.height
@@ -55,11 +53,8 @@ def run_sample(args) -> int:
     gen = load_generator(args.model, adapter=args.adapter, **kw)
     if args.lora:
         gen.load_lora(args.lora, trainable=False)
-    steps = args.steps or (4 if toy else 30)
-    from rewardflow.pipelines.registry import list_generators
-
-    adapter = args.adapter or next((a["name"] for a in list_generators() if type(gen) is a["cls"]), type(gen).__name__)
-    info = {"model": args.model, "adapter": adapter, "lora": args.lora}
+    steps = args.steps or gen.run_defaults["steps"]
+    info = {"model": args.model, "adapter": entry["name"], "lora": args.lora}
     man = sample_to_files(gen, prompts, args.out, steps=steps, guidance_scale=args.guidance, seed=args.seed,
                           n_per_prompt=args.n_per_prompt, batch_size=args.batch_size, info=info)
     kind = "videos (mp4)" if man.get("media") == "video" else "images"

@@ -32,14 +32,14 @@ def _run(a) -> int:
         print("\n".join(list_methods()))
         return 0
     if a.config is None:
-        raise ValueError("give a config file: rewardflow train CONFIG [key=value ...] (see configs/toy/)")
+        raise ValueError("give a config file: rewardflow train CONFIG [key=value ...] (see configs/)")
     from rewardflow.align.trainer import Trainer, load_train_config
 
     tcfg, mcfg = load_train_config(a.config, a.overrides)
     if a.print_config:
         print(json.dumps({**dataclasses.asdict(tcfg), **dataclasses.asdict(mcfg)}, indent=1, default=list))
         return 0
-    preflight(tcfg)  # cheap input checks before a (possibly large) model loads
+    tcfg = preflight(tcfg)  # cheap input checks before a (possibly large) model loads
     summary = Trainer(tcfg, mcfg).train()
     if int(os.environ.get("RANK", "0") or 0) != 0:  # several processes: the run's summary is printed once
         return 0
@@ -53,20 +53,30 @@ def _run(a) -> int:
     return 0
 
 
-def preflight(tcfg) -> None:
-    """Fail in seconds, not after the model loaded: prompt files exist and hold prompts, reward names are known."""
-    from rewardflow.align.trainer import PromptSource
+def preflight(tcfg):
+    """Fail in seconds, not after the model loaded: the model's adapter is known, the run names its prompts (or the
+    model supplies them), prompt files exist and hold prompts, reward names are known. Returns the config with the
+    model's defaults applied."""
+    from rewardflow.align.trainer import apply_model_defaults
+    from rewardflow.io.prompts import load_prompt_source
+    from rewardflow.pipelines.registry import resolve_adapter
     from rewardflow.rewards.base import check_reward_name
     from rewardflow.rewards.combine import parse_reward_spec
+
+    if not tcfg.model:
+        raise ValueError("the config needs `model:` (a diffusers pipeline directory, a hub id, or an embedded model "
+                         "such as toy)")
+    tcfg = apply_model_defaults(tcfg, resolve_adapter(tcfg.model, tcfg.adapter)["cls"].run_defaults)
 
     for key in ("prompts", "eval_prompts"):
         spec = getattr(tcfg, key)
         if not spec:
             continue
         try:
-            PromptSource(spec)
+            load_prompt_source(spec)
         except ValueError as e:
-            raise ValueError(f"{key}: {e}; write one prompt per line, or use {key}=toy:train") from None
+            raise ValueError(f"{key}: {e}") from None
     for spec in ([tcfg.reward] if tcfg.reward else []) + list(tcfg.heldout_rewards):
         for name, _ in parse_reward_spec(spec):
             check_reward_name(name)
+    return tcfg

@@ -24,28 +24,6 @@ import torch
 MANIFEST = "manifest.json"
 
 
-def read_prompt_file(path: str | Path) -> list[str]:
-    """One prompt per line (blank lines and lines starting with ``#`` skipped), or a ``.jsonl`` with a
-    ``"prompt"`` field per line (GenEval metadata)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompts file not found: {path}")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    if path.suffix.lower() == ".jsonl":
-        out = []
-        for n, line in enumerate(lines, 1):
-            if line.strip():
-                row = json.loads(line)
-                if "prompt" not in row:
-                    raise ValueError(f"{path}:{n}: a .jsonl prompts file needs a 'prompt' field in each line")
-                out.append(str(row["prompt"]))
-    else:
-        out = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
-    if not out:
-        raise ValueError(f"no prompts in {path}")
-    return out
-
-
 def initial_noise(gen, seeds: Sequence[int]) -> torch.Tensor:
     """One initial latent per seed, each from its own ``torch.Generator`` (fp32 CPU draw, as ``Generator``)."""
     return torch.cat([gen.initial_noise(1, torch.Generator().manual_seed(int(s))) for s in seeds])

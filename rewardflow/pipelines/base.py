@@ -112,6 +112,10 @@ class Generator:
     modality: str = "image"
     guidance_scale: float = 1.0
     num_train_timesteps: int = 1000
+    # what commands use for this model family when the user gives no value: "steps" (sampler steps), and for
+    # embedded models that ship their own world (the toy) also "reward", "prompts", "eval_prompts",
+    # "diversity_encoder"
+    run_defaults: dict[str, Any] = {"steps": 30}
     denoiser: torch.nn.Module
     scheduler: Any
 

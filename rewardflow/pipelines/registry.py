@@ -8,7 +8,9 @@ Each adapter module in ``rewardflow/pipelines/`` registers itself::
         def from_pretrained(cls, path, **kw) -> "SD3Generator": ...
 
 ``load_generator(path_or_id)`` reads ``model_index.json`` (``_class_name``) to pick the adapter; ``adapter=``
-overrides the detection. ``"toy"`` (or no path) is the shipped toy generator.
+overrides the detection. A registered adapter name that is not a path on disk (a plugin's embedded model, e.g. the
+toy world's ``toy``) loads that adapter's default weights. Plugins (:mod:`rewardflow.plugins`) register more
+adapters with the same decorator.
 """
 
 from __future__ import annotations
@@ -18,15 +20,21 @@ import json
 import os
 import pkgutil
 
+from rewardflow.plugins import load_plugins
+
 _ADAPTERS: dict[str, dict] = {}
 
 
-def register_generator(name: str, *, pipeline_classes: tuple[str, ...] = (), description: str = ""):
+def register_generator(name: str, *, pipeline_classes: tuple[str, ...] = (), description: str = "",
+                       embedded: bool = False):
+    """Class decorator registering a generator adapter. ``embedded``: the adapter ships its own default weights,
+    so ``load_generator(name)`` works without a path (the toy models)."""
     def deco(cls):
         if name in _ADAPTERS:
             raise ValueError(f"generator adapter {name!r} is already registered")
         _ADAPTERS[name] = {"name": name, "cls": cls, "pipeline_classes": tuple(pipeline_classes),
-                           "description": description or (cls.__doc__ or "").strip().split("\n")[0]}
+                           "description": description or (cls.__doc__ or "").strip().split("\n")[0],
+                           "embedded": bool(embedded)}
         return cls
 
     return deco
@@ -38,6 +46,7 @@ def _import_builtin() -> None:
     for m in pkgutil.iter_modules(pkg.__path__):
         if m.name not in ("base", "registry") and not m.name.startswith("_"):
             importlib.import_module(f"rewardflow.pipelines.{m.name}")
+    load_plugins()
 
 
 def list_generators() -> list[dict]:
@@ -63,15 +72,17 @@ def _pipeline_class_name(path: str) -> str | None:
                                 "--adapter NAME") from e
 
 
-def load_generator(path: str | os.PathLike | None = None, adapter: str | None = None, **kwargs):
-    """Build the adapter for a diffusers pipeline (local directory or hub id); ``kwargs`` go to its
-    ``from_pretrained`` (dtype, device, guidance_scale, ...)."""
+def resolve_adapter(path: str | os.PathLike | None, adapter: str | None = None) -> dict:
+    """The registry entry (``name``, ``cls``, ``pipeline_classes``, ``description``, ``embedded``) of the adapter
+    that loads ``path``, without loading any weights: ``adapter`` if given, an embedded model's name, or the adapter
+    of the pipeline class in ``model_index.json``."""
     _import_builtin()
     path = None if path is None else str(path)
+    if path is None and adapter is None:
+        raise ValueError("no model given: pass a diffusers pipeline directory or hub id (or the name of an "
+                         f"embedded model: {', '.join(n for n, a in _ADAPTERS.items() if a['embedded']) or 'none'})")
     if adapter is None:
-        if path in (None, "toy"):
-            adapter = "toy"
-        elif path in _ADAPTERS and not os.path.exists(path):  # "toy_video": an embedded model, by adapter name
+        if path in _ADAPTERS and not os.path.exists(path):  # an embedded model (e.g. "toy"), by adapter name
             adapter = path
         else:
             cls_name = _pipeline_class_name(path)
@@ -82,7 +93,19 @@ def load_generator(path: str | os.PathLike | None = None, adapter: str | None = 
                                              for a in _ADAPTERS.values()))
             adapter = hits[0]["name"]
     if adapter not in _ADAPTERS:
-        raise KeyError(f"unknown generator adapter {adapter!r}; known: {', '.join(sorted(_ADAPTERS))}")
-    if path == "toy" or (path == adapter and not os.path.exists(path)):
-        path = None
-    return _ADAPTERS[adapter]["cls"].from_pretrained(path, **kwargs)
+        import difflib
+
+        close = difflib.get_close_matches(adapter, _ADAPTERS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise KeyError(f"unknown generator adapter {adapter!r}.{hint} Known: {', '.join(sorted(_ADAPTERS))}")
+    return _ADAPTERS[adapter]
+
+
+def load_generator(path: str | os.PathLike | None = None, adapter: str | None = None, **kwargs):
+    """Build the adapter for a diffusers pipeline (local directory or hub id); ``kwargs`` go to its
+    ``from_pretrained`` (dtype, device, guidance_scale, ...)."""
+    entry = resolve_adapter(path, adapter)
+    path = None if path is None else str(path)
+    if path == entry["name"] and not os.path.exists(path):
+        path = None  # an embedded model: the adapter's own default weights
+    return entry["cls"].from_pretrained(path, **kwargs)

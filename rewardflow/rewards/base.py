@@ -19,6 +19,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from rewardflow.plugins import load_plugins
+
 _REGISTRY: dict[str, Callable[..., "Reward"]] = {}
 _INFO: dict[str, dict] = {}
 
@@ -166,3 +168,4 @@ def _import_builtin() -> None:
     for m in pkgutil.iter_modules(pkg.__path__):
         if not m.name.startswith("_"):
             importlib.import_module(f"rewardflow.rewards.{m.name}")
+    load_plugins()

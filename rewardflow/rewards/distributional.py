@@ -33,7 +33,9 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from rewardflow.plugins import load_plugins
 from rewardflow.rewards.base import Reward, register_reward
+from rewardflow.rewards.clip import load_clip_backbone
 
 _CACHE_VERSION = "1"
 
@@ -123,41 +125,68 @@ def _hash_files(paths: Sequence[Path]) -> str:
     return h.hexdigest()
 
 
-def load_encoder(name: str | ImageEncoder = "toy_clip", path: str | os.PathLike | None = None,
+_ENCODERS: dict[str, Callable[..., ImageEncoder]] = {}
+_REFERENCE_SETS: dict[str, Callable[[int, int, int | None], tuple[torch.Tensor, str]]] = {}
+
+
+def register_encoder(name: str):
+    """Decorator: ``factory(path=None, device="cpu") -> ImageEncoder`` becomes the encoder ``name`` of the
+    distributional rewards (plugins register theirs, e.g. the toy world's ``toy_clip``)."""
+
+    def deco(factory):
+        if name in _ENCODERS:
+            raise ValueError(f"encoder {name!r} is already registered")
+        _ENCODERS[name] = factory
+        return factory
+
+    return deco
+
+
+def register_reference_set(name: str):
+    """Decorator: ``loader(n, seed, image_size) -> (images [n, 3, H, W] in [0, 1], id)`` becomes the reference
+    exemplar set ``name`` (``id`` identifies the set in the statistics cache)."""
+
+    def deco(loader):
+        if name in _REFERENCE_SETS:
+            raise ValueError(f"reference set {name!r} is already registered")
+        _REFERENCE_SETS[name] = loader
+        return loader
+
+    return deco
+
+
+def load_encoder(name: str | ImageEncoder, path: str | os.PathLike | None = None,
                  device: str | torch.device = "cpu") -> ImageEncoder:
-    """``toy_clip`` / ``toy_clip_adv``: the toy CLIP reward's image tower (shipped weights or ``path``)."""
+    """A registered encoder by name (``clip``: a CLIP image tower; plugins add more), with weights from ``path``."""
     if isinstance(name, ImageEncoder):
         return name
-    if name not in ("toy_clip", "toy_clip_adv"):
-        raise KeyError(f"unknown encoder {name!r}; known encoders: toy_clip, toy_clip_adv "
+    load_plugins()
+    if name not in _ENCODERS:
+        raise KeyError(f"unknown encoder {name!r}; known encoders: {', '.join(sorted(_ENCODERS))} "
                        "(or pass an ImageEncoder(fn, id) from Python)")
-    from rewardflow.toy.assets import asset_path
-    from rewardflow.toy.models import ToyCLIPModel
+    return _ENCODERS[name](path=path, device=device)
 
-    d = Path(path) if path is not None else asset_path("reward" if name == "toy_clip" else "reward_adv")
-    if not d.is_dir():
-        raise FileNotFoundError(f"encoder weights directory not found: {d}")
-    model = ToyCLIPModel.from_pretrained(str(d), dtype=torch.float32).to(device).eval().requires_grad_(False)
-    weights = sorted(d.glob("*.safetensors")) + sorted(d.glob("config.json"))
-    return ImageEncoder(lambda x: model.encode_image(x.to(model.device)), f"{name}:{_hash_files(weights)}", model)
+
+@register_encoder("clip")
+def _clip_encoder(path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+                  model: str = "ViT-B-32", pretrained: str | None = "openai") -> ImageEncoder:
+    """L2-normalised CLIP image embeddings (open_clip ``model`` + ``pretrained``, or a local CLIP checkpoint/folder
+    at ``path``), with the CLIP reward's differentiable preprocessing."""
+    backbone = load_clip_backbone(None if path is None else str(path), model=model, pretrained=pretrained,
+                                  device=device)
+    if path is not None:
+        p = Path(path)
+        ident = _hash_files([f for f in (p.rglob("*") if p.is_dir() else [p]) if f.is_file()])
+    else:
+        ident = f"{model}:{pretrained}"
+    return ImageEncoder(lambda x: F.normalize(backbone.encode_image(x.to(backbone.device)).float(), dim=-1),
+                        f"clip:{ident}", backbone)
 
 
 # --------------------------------------------------------------------------------------------- reference sets
 def default_cache_dir() -> Path:
     env = os.environ.get("REWARDFLOW_CACHE")
     return Path(env) / "distributional" if env else Path.home() / ".cache" / "rewardflow" / "distributional"
-
-
-def toy_reference_images(n: int = 512, split: str = "train", seed: int = 0, size: int = 32) -> torch.Tensor:
-    """Ground-truth renders of ``n`` toy-world captions (the toy world's exemplar set), ``[n, 3, size, size]``."""
-    import numpy as np
-
-    from rewardflow.toy import world
-
-    rng = np.random.default_rng(seed)
-    scenes = world.sample_scenes(rng, n, split=split)
-    imgs = world.render_batch(scenes, size=size, rng=rng)
-    return torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255.0
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -196,18 +225,21 @@ class ReferenceStats:
         return cls(mu, sigma, direction, emb.shape[0], key)
 
     @classmethod
-    def build(cls, encoder: ImageEncoder, reference: str | os.PathLike = "toy", n: int = 512, seed: int = 0,
+    def build(cls, encoder: ImageEncoder, reference: str | os.PathLike, n: int = 512, seed: int = 0,
               image_size: int | None = None, cache_dir: str | os.PathLike | None = None) -> "ReferenceStats":
-        """``reference``: ``"toy"`` (``n`` rendered toy-world ground-truth images, train split, ``seed``) or a
-        folder of images. Loaded from ``cache_dir`` when the same encoder and reference set were seen before."""
-        if str(reference) == "toy":
-            ref_id = f"toy_renders:train:{n}:{seed}:{image_size or 32}"
-            loader = lambda: toy_reference_images(n, "train", seed, image_size or 32)
+        """``reference``: a folder of images, or a registered reference set (:func:`register_reference_set`; ``n``
+        images drawn with ``seed``). Loaded from ``cache_dir`` when the same encoder and reference set were seen
+        before."""
+        load_plugins()
+        if str(reference) in _REFERENCE_SETS:
+            images, ref_id = _REFERENCE_SETS[str(reference)](n, seed, image_size)
+            loader = lambda: images
         else:
             folder = Path(reference)
             if not folder.is_dir():
-                raise FileNotFoundError(f"reference exemplar folder not found: {folder} (use 'toy' for rendered "
-                                        "toy-world images, or a folder of images)")
+                known = ", ".join(sorted(_REFERENCE_SETS)) or "none registered"
+                raise FileNotFoundError(f"reference exemplar folder not found: {folder} (give a folder of images, "
+                                        f"or a registered reference set: {known})")
             files = _image_files(folder)
             ref_id = f"folder:{_hash_files(files)}:{image_size}"
             loader = lambda: _load_images(files, image_size)
@@ -318,7 +350,7 @@ def _stats(encoder: ImageEncoder, reference, n_reference, seed, image_size, cach
 
 @register_reward("frechet", differentiable=False,
                  description="set-level -Fréchet distance of encoder embeddings to a reference exemplar set (DRAGON)")
-def _frechet(encoder: str | ImageEncoder = "toy_clip", encoder_path: str | None = None, reference: str = "toy",
+def _frechet(encoder: str | ImageEncoder, reference: str, encoder_path: str | None = None,
              n_reference: int = 512, seed: int = 0, image_size: int | None = None, cache_dir: str | None = None,
              eps: float = 1e-6) -> FrechetReward:
     enc = load_encoder(encoder, encoder_path)
@@ -326,13 +358,13 @@ def _frechet(encoder: str | ImageEncoder = "toy_clip", encoder_path: str | None 
 
 
 @register_reward("vendi", differentiable=False, description="set-level Vendi diversity score of encoder embeddings")
-def _vendi(encoder: str | ImageEncoder = "toy_clip", encoder_path: str | None = None) -> VendiReward:
+def _vendi(encoder: str | ImageEncoder, encoder_path: str | None = None) -> VendiReward:
     return VendiReward(load_encoder(encoder, encoder_path))
 
 
 @register_reward("exemplar_similarity", differentiable=False,
                  description="cosine similarity of an image's embedding to a reference exemplar set's mean (DRAGON)")
-def _exemplar(encoder: str | ImageEncoder = "toy_clip", encoder_path: str | None = None, reference: str = "toy",
+def _exemplar(encoder: str | ImageEncoder, reference: str, encoder_path: str | None = None,
               n_reference: int = 512, seed: int = 0, image_size: int | None = None,
               cache_dir: str | None = None) -> ExemplarSimilarityReward:
     enc = load_encoder(encoder, encoder_path)

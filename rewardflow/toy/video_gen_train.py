@@ -1,4 +1,4 @@
-"""Reproduce the shipped toy video generator: ``rewardflow toy-video-gen train-generator --out DIR``.
+"""Reproduce the shipped toy video generator: ``rewardflow toy train-video-generator --out DIR``.
 
 Recipe (the image toy's, TOYWORLD.md §2 / :mod:`rewardflow.toy.train`, on clips): rectified flow
 (``x_t = (1 - t) x0 + t eps``, target ``eps - x0``, logit-normal t), AdamW (0.9, 0.99), linear warm-up then cosine to

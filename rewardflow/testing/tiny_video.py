@@ -19,7 +19,7 @@ import tempfile
 
 import torch
 
-from rewardflow.pipelines._tiny_flow import write_t5_tokenizer
+from rewardflow.testing.tiny_flow import write_t5_tokenizer
 
 TEXT_LEN = 16  # tokens; the tiny pipelines are called with max_sequence_length=TEXT_LEN
 

@@ -25,7 +25,7 @@ class ToyVideoReward(Reward):
 
         if not os.path.isdir(path):
             raise FileNotFoundError(f"toy video reward directory not found: {path} "
-                                    "(train one with `rewardflow toy-video train-video-reward --out DIR`)")
+                                    "(train one with `rewardflow toy train-video-reward --out DIR`)")
         self.model = ToyVideoRewardModel.from_pretrained(str(path)).to(device).eval().requires_grad_(False)
         self.tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path))
 

@@ -16,10 +16,14 @@ from rewardflow.pipelines.base import Conditioning, Generator, parametrization_f
 from rewardflow.pipelines.registry import register_generator
 
 
-@register_generator("toy", pipeline_classes=("ToyFlowPipeline",),
+@register_generator("toy", pipeline_classes=("ToyFlowPipeline",), embedded=True,
                     description="the embedded toy text-to-image model (shipped weights)")
 class ToyGenerator(Generator):
     modality = "image"
+    # the toy world's own prompts, reward and evaluation (used only when a run names none)
+    run_defaults = {"steps": 4, "reward": "toy_clip:1,toy_clip_adv:1", "prompts": "toy:train",
+                    "eval_prompts": "toy:heldout", "diversity_encoder": "toy_clip", "noise_opt_steps": 4,
+                    "noise_opt_guidance_scale": 2.0}
 
     def __init__(self, pipe, guidance_scale: float = 1.0, device: str | torch.device = "cpu"):
         self.pipe = pipe.to(device)

@@ -62,10 +62,10 @@ def _grid(before: torch.Tensor, after: torch.Tensor, passed_b, passed_a, path: P
 
 def run_demo(out: str | Path | None = "demo_out", config: DemoConfig | None = None, generator_path=None,
              reward_paths: dict | None = None, verbose: bool = True) -> dict:
-    from rewardflow.align.best_of_n import best_of_n
-    from rewardflow.align.reno import ReNO, ReNOConfig
-    from rewardflow.eval.toy import eval_prompts, oracle_report
-    from rewardflow.pipelines.toy import ToyGenerator
+    from rewardflow.align.inference.best_of_n import best_of_n
+    from rewardflow.align.inference.reno import ReNO, ReNOConfig
+    from rewardflow.toy.evaluation import eval_prompts, oracle_report
+    from rewardflow.toy.generator import ToyGenerator
     from rewardflow.rewards.base import load_reward
     from rewardflow.rewards.combine import WeightedReward
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from rewardflow.align._samples import (
+from rewardflow.align.common.samples import (
     denoising_errors,
     draw_noise_and_t,
     sample_and_score,

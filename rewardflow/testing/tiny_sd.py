@@ -3,7 +3,7 @@
 For the tests and quick smoke runs: the official classes and ``model_index.json`` layout (``UNet2DConditionModel``,
 ``AutoencoderKL``, ``CLIPTextModel`` / ``CLIPTextModelWithProjection``, ``CLIPTokenizer``), tiny widths, random
 weights, nothing downloaded (the tokenizer is written from a small vocabulary by
-:func:`rewardflow.pipelines._tiny_flow.write_clip_tokenizer`).
+:func:`rewardflow.testing.tiny_flow.write_clip_tokenizer`).
 
     build_tiny_sd(out_dir)                                  # StableDiffusionPipeline, DDIM, epsilon
     build_tiny_sd(out_dir, prediction_type="v_prediction")  # SD 2.x-768-like
@@ -28,7 +28,7 @@ CLIP_LEN = 16
 def _tokenizer():
     from transformers import CLIPTokenizer
 
-    from rewardflow.pipelines._tiny_flow import write_clip_tokenizer
+    from rewardflow.testing.tiny_flow import write_clip_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         write_clip_tokenizer(tmp, CLIP_LEN)

@@ -14,13 +14,14 @@ from typing import Sequence
 import torch
 
 from rewardflow.pipelines.registry import register_generator
-from rewardflow.pipelines.toy import ToyGenerator
+from rewardflow.toy.generator import ToyGenerator
 
 
-@register_generator("toy_video", pipeline_classes=("ToyVideoFlowPipeline",),
+@register_generator("toy_video", pipeline_classes=("ToyVideoFlowPipeline",), embedded=True,
                     description="the embedded toy text-to-video model (shipped weights, 4 frames of 32x32)")
 class ToyVideoGenerator(ToyGenerator):
     modality = "video"
+    run_defaults = {"steps": 4, "noise_opt_steps": 4}
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, **kwargs) -> "ToyVideoGenerator":
@@ -31,7 +32,7 @@ class ToyVideoGenerator(ToyGenerator):
         path = asset_path("video_generator") if path in (None, "toy_video") else path
         if not os.path.isdir(path):
             raise FileNotFoundError(f"toy video generator directory not found: {path} "
-                                    "(train one with `rewardflow toy-video-gen train-generator --out DIR`)")
+                                    "(train one with `rewardflow toy train-video-generator --out DIR`)")
         pipe = ToyVideoFlowPipeline.from_pretrained(str(path), dtype=torch.float32)
         return cls(pipe, **kwargs)
 

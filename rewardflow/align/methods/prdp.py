@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from rewardflow.align import _policy as P
+from rewardflow.align.common import policy as P
 from rewardflow.align.method import Method, MethodContext, register_method
 
 

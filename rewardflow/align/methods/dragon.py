@@ -17,7 +17,7 @@ No official code exists; this follows §11.2:
 ``loss="auto"`` pairs for instance rewards (DPO) and leaves set-level rewards unpaired (KTO), as §11.2 describes.
 
 DPO: ``-log sigmoid(-(beta/2) [(e_w - e_ref,w) - (e_l - e_ref,l)])`` with ``e = mean_dims ||target - out||^2``
-(the shared :func:`rewardflow.align.dpo.dpo_loss`; sampling, pairing and errors from :mod:`rewardflow.align._samples`).
+(the shared :func:`rewardflow.align.methods.dpo.dpo_loss`; sampling, pairing and errors from :mod:`rewardflow.align.common.samples`).
 KTO (Ethayarajh et al. 2024, Diffusion-KTO's per-sample form): implied reward ``h = (beta/2)(e_ref - e)``,
 reference point ``z = max(0, mean h)`` (detached), loss ``1 - sigmoid(h - z)`` for D+ and ``1 - sigmoid(z - h)``
 for D-, averaged.
@@ -33,9 +33,9 @@ from typing import Any
 
 import torch
 
-from rewardflow.align import _policy as P
-from rewardflow.align._samples import best_worst_pairs, draw_noise_and_t, per_sample_error, sample_and_score
-from rewardflow.align.dpo import dpo_loss
+from rewardflow.align.common import policy as P
+from rewardflow.align.common.samples import best_worst_pairs, draw_noise_and_t, per_sample_error, sample_and_score
+from rewardflow.align.methods.dpo import dpo_loss
 from rewardflow.align.method import Method, MethodContext, register_method
 from rewardflow.rewards.base import finite_mask
 

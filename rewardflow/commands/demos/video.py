@@ -5,8 +5,8 @@ Over the held-out video captions (colour/shape pairs never seen in training), fr
 
 1. **before**: one sample per caption;
 2. **best-of-N**: N candidate noises per caption (candidate 0 is the "before" noise), keep the one the reward scores
-   highest (:func:`rewardflow.align.best_of_n.best_of_n`);
-3. **ReNO** (ALGORITHMS.md §10, :class:`rewardflow.align.reno.ReNO`) from the best-of-N noise: gradient ascent on
+   highest (:func:`rewardflow.align.inference.best_of_n.best_of_n`);
+3. **ReNO** (ALGORITHMS.md §10, :class:`rewardflow.align.inference.reno.ReNO`) from the best-of-N noise: gradient ascent on
    the differentiable video reward through the whole (few-step) chain plus the chi-norm prior; best iterate kept.
 
 The reward is the tiny video reward ``toy_video`` (content and motion). Writes ``summary.json`` (oracle content /
@@ -61,10 +61,10 @@ def video_grid(rows: list[torch.Tensor], passed: list[list[bool]], scale: int = 
 
 def run_video_demo(out: str | Path, cfg: VideoDemoConfig | None = None, generator_path: str | None = None,
                    reward_path: str | None = None) -> dict:
-    from rewardflow.align.best_of_n import best_of_n
-    from rewardflow.align.reno import ReNO, ReNOConfig
+    from rewardflow.align.inference.best_of_n import best_of_n
+    from rewardflow.align.inference.reno import ReNO, ReNOConfig
     from rewardflow.io.video import save_video
-    from rewardflow.pipelines.toy_video import ToyVideoGenerator
+    from rewardflow.toy.video_generator import ToyVideoGenerator
     from rewardflow.rewards.base import load_reward
     from rewardflow.toy.video import video_oracle
     from rewardflow.toy.video_gen_train import oracle_summary, train_captions

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from rewardflow.align._samples import (
+from rewardflow.align.common.samples import (
     best_worst_pairs,
     draw_noise_and_t,
     per_sample_error,

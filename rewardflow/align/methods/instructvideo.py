@@ -8,8 +8,9 @@ truncated backprop), ``utils/reward/reward.py`` (SegVR + TAR) and the InstructVi
 
 Per optimizer step, for prompts ``c`` and their videos ``x0``:
 
-1. ``x0`` is a real clip of the prompt (the paper's ``reward_source='gt'``: WebVid clips; here ``source="toy"``
-   renders the toy video world's clip of the caption) or a sample of the current model (``source="sample"``);
+1. ``x0`` is a real clip of the prompt (the paper's ``reward_source='gt'``: WebVid clips; here ``source=NAME``, a
+   registered media source of :mod:`rewardflow.io.media_sources`, e.g. the toy world's ``toy``, which renders the
+   caption's clip) or a sample of the current model (``source="sample"``);
 2. editing mode: noise it with the forward process to the grid point ``t0`` (``starting_partial = 0.6`` of the
    chain: t = 551 of 20 DDIM steps) with ``eps + offset_noise * eps_offset``, where ``eps_offset`` is constant over
    the spatial axes (VGen's temporal offset noise, 0.1), and run the remaining part of the chain
@@ -37,16 +38,16 @@ from typing import Any
 import torch
 
 from rewardflow.align.method import Method, register_method
+from rewardflow.io.media_sources import get_media_source, media_source_names
 from rewardflow.rewards.base import finite_mask
-
-SOURCES = ("sample", "toy")
 
 
 @dataclass
 class InstructVideoConfig:
     t0: float = 0.6                 # starting_partial: fraction of the chain the video is noised to (1 = pure noise)
     k: int = 1                      # trunc_backprop_timestep: last sampler steps with gradients
-    source: str = "sample"          # "sample": the model's own video; "toy": the toy world's real clip of the prompt
+    source: str = "sample"          # "sample": the model's own video; else a registered media source of real clips
+                                    # (rewardflow.io.media_sources; the toy world's "toy" renders the caption)
     offset_noise: float = 0.1       # temporal offset noise added to the editing noise (VGen noise_strength)
     frame_subset: bool = True       # decode only the frames a segmental reward reads
     loss_scale: float = 1.0         # loss = loss_scale * mean(1 - R)
@@ -99,28 +100,25 @@ class InstructVideo(Method):
             raise ValueError(f"t0 must be in (0, 1] (fraction of the chain to noise to; official 0.6), got {config.t0}")
         if config.k < 1:
             raise ValueError(f"k must be >= 1 (the number of last sampler steps with gradients), got {config.k}")
-        if config.source not in SOURCES:
-            raise ValueError(f"source must be one of {SOURCES}, got {config.source!r}")
+        if config.source != "sample" and config.source not in media_source_names():
+            raise ValueError(f"source must be 'sample' or a registered media source "
+                             f"({', '.join(media_source_names()) or 'none'}), got {config.source!r}")
         if config.offset_noise < 0:
             raise ValueError(f"offset_noise must be >= 0, got {config.offset_noise}")
         gen, reward = ctx.generator, ctx.reward
         if getattr(gen, "modality", "image") == "video" and getattr(reward, "modality", "image") != "video":
             raise ValueError(f"instructvideo on a video generator needs a video reward; {reward.name!r} is an image "
                              f"reward: lift it with the segmental wrapper, e.g. reward: segmental({reward.name})")
-        if config.source == "toy" and getattr(gen, "modality", "image") != "video":
-            raise ValueError("source='toy' renders toy-world video clips and needs a video generator")
+        if config.source != "sample" and getattr(gen, "modality", "image") != "video":
+            raise ValueError(f"source={config.source!r} supplies real video clips and needs a video generator")
         self._subset = (config.frame_subset and segmental_parts(reward) is not None
                         and _decode_accepts_frames(gen))
 
     # ------------------------------------------------------------------ data
     def _real_videos(self, prompts: list[str]) -> torch.Tensor:
-        import numpy as np
-
-        from rewardflow.toy.video import render_clips
-
         gen = self.ctx.generator
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.ctx.rng))
-        videos = render_clips(prompts, frames=_num_frames(gen), rng=np.random.default_rng(seed))
+        videos = get_media_source(self.config.source)(prompts, _num_frames(gen), seed)
         return gen.encode_videos(videos.to(gen.device))
 
     def edit_noise(self, batch: int) -> torch.Tensor:
@@ -134,7 +132,7 @@ class InstructVideo(Method):
 
     def collect(self, prompts: list[str], step: int) -> list[dict[str, Any]]:
         gen = self.ctx.generator
-        if self.config.source == "toy":
+        if self.config.source != "sample":
             x0 = self._real_videos(list(prompts))
         else:
             cond = gen.encode_prompts(list(prompts))

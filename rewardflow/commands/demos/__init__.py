@@ -1,0 +1,1 @@
+"""The toy-world demos run by ``rewardflow demo`` (image: ReNO; ``--video``: the toy text-to-video demo)."""

@@ -1,0 +1,1 @@
+"""Builders of tiny random-weight models of the real architectures (SD 1.5, SDXL, SD3, FLUX, Wan, CogVideoX, LTX), saved in the official formats: used by the tests, the benchmarks and the recipes' `--smoke` runs."""
