@@ -35,7 +35,7 @@ def _train_all(a) -> int:
     from rewardflow.toy.train import train_generator, train_reward
 
     out = Path(a.out)
-    train_generator(out / "generator_stage1")
+    train_generator(out / "generator_stage1", steps=800)  # the shipped stage 1 (assets/toy/generator/training_stage1.json)
     train_generator(out / "generator", steps=500, lr=5e-4, seed=1, init_from=out / "generator_stage1", warmup=20)
     train_reward(out / "reward")
     train_reward(out / "reward_adv", steps=500, seed=2, adv_eps=0.06)
