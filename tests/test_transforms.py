@@ -39,15 +39,19 @@ def _to_tensor(pil):
 
 
 def _hpsv2_reference(pil, size):
-    """HPSv2's eval transform (tgxs002/HPSv2 hpsv2/src/open_clip/transform.py: ResizeMaxSize(size, fill=0) on the
-    PIL image, then ToTensor + Normalize), written independently with torchvision's PIL functions."""
-    w, h = pil.size
+    """HPSv2's eval transform, written independently from tgxs002/HPSv2 hpsv2/src/open_clip/transform.py
+    (``image_transform(..., resize_longest_max=True)``): ``ToTensor`` first, then ``ResizeMaxSize`` on the float
+    tensor (torchvision resize, bicubic, antialiased, no clipping; skipped, pad included, when the longest side
+    already equals ``size``), zero pad, ``Normalize``."""
+    x = TF.to_tensor(pil.convert("RGB"))
+    h, w = x.shape[1:]
     scale = size / float(max(h, w))
-    new = (round(h * scale), round(w * scale))
-    img = TF.resize(pil, list(new), BICUBIC)
-    ph, pw = size - new[0], size - new[1]
-    img = TF.pad(img, [pw // 2, ph // 2, pw - pw // 2, ph - ph // 2], fill=0)
-    return T.Compose([T.ToTensor(), T.Normalize(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)])(img)
+    if scale != 1.0:
+        new = [round(h * scale), round(w * scale)]
+        x = TF.resize(x, new, BICUBIC, antialias=True)
+        ph, pw = size - new[0], size - new[1]
+        x = TF.pad(x, [pw // 2, ph // 2, pw - pw // 2, ph - ph // 2], fill=0)
+    return TF.normalize(x, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
 
 
 def _assert_close(ours, ref):
@@ -66,13 +70,27 @@ def test_crop_mode_matches_torchvision_pil_pipeline(hw):
 
 
 @pytest.mark.parametrize("hw", SIZES)
-def test_pad_mode_matches_hpsv2_resize_max_size(hw):
+def test_pad_mode_equals_hpsv2_transform(hw):
+    # HPSv2 resizes the float tensor and never clips: without the clamp the torch path *is* the official transform
     pil = _toy_image(*hw, seed=1)
-    ours = clip_preprocess(_to_tensor(pil), mode="pad")[0]
-    _assert_close(ours, _hpsv2_reference(pil, 224))
+    ours = clip_preprocess(_to_tensor(pil), mode="pad", clamp=False)[0]
+    torch.testing.assert_close(ours, _hpsv2_reference(pil, 224), rtol=0, atol=1e-6)
     if hw[0] != hw[1]:  # the padded border is exactly the normalised black (0 - mean) / std
         black = normalize(torch.zeros(1, 3, 1, 1), OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)[0, :, 0, 0]
         assert torch.allclose(ours[:, 0, 0], black, atol=1e-6)  # top-left pixel lies in the pad either way
+
+
+def test_hpsv2_keeps_the_bicubic_overshoot():
+    # a rendered scene with hard edges: the official pixels leave [0, 1] before normalising, and so do ours
+    pil = Image.fromarray(world.render("a red circle and a blue triangle", size=96, rng=np.random.default_rng(5)))
+    ref = _hpsv2_reference(pil, 224)
+    lo = normalize(torch.zeros(1, 3, 1, 1), OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+    hi = normalize(torch.ones(1, 3, 1, 1), OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+    assert ((ref[None] < lo - 0.05) | (ref[None] > hi + 0.05)).any()  # overshoot beyond ~1.3% of the range
+    torch.testing.assert_close(clip_preprocess(_to_tensor(pil), mode="pad", clamp=False)[0], ref, rtol=0,
+                               atol=1e-6)
+    clamped = clip_preprocess(_to_tensor(pil), mode="pad", clamp=True)[0]  # the earlier, wrong pipeline
+    assert float((clamped - ref).abs().max()) > 0.2
 
 
 @pytest.mark.parametrize("size,out", [(96, 64), (256, 224), (64, 224)])

@@ -107,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     from rewardflow.commands.eval_rewards import _json_safe, split_reward_specs
     from rewardflow.eval.hooks import run_eval_hooks
     from rewardflow.eval.sampling import sample_to_files
-    from rewardflow.io.images import load_image
+    from rewardflow.eval.benchmarks import decode_media
+    from rewardflow.io.images import pil_to_tensor
     from rewardflow.pipelines.registry import load_generator
     from rewardflow.rewards.combine import build_reward
 
@@ -123,21 +124,18 @@ def run(args: argparse.Namespace) -> int:
                           batch_size=args.batch_size, info={"model": args.model, "lora": args.lora})
     rows = man["images"]
     video = man.get("media") == "video"
-    if video:  # score what external evaluators will read: the decoded MP4s
-        from rewardflow.io.video import load_video
-
-        images = torch.stack([load_video(out / "images" / r["file"]) for r in rows])
-    else:
-        images = torch.stack([load_image(out / "images" / r["file"]) for r in rows])
+    # score what external evaluators will read: the files as decoded (PIL images / uint8 MP4 frames), each reward
+    # with its official file preprocessing (Reward.score_files); the float tensors serve diversity, oracle, layouts
+    decoded = [decode_media(str(out / "images" / r["file"]), "video" if video else "image") for r in rows]
+    images = torch.stack([d.float() / 255 if video else pil_to_tensor(d) for d in decoded])
     all_prompts = [r["prompt"] for r in rows]
 
     result: dict = {"model": args.model, "lora": args.lora, "prompts": args.prompts, "n_images": len(rows),
                     "n_per_prompt": args.n_per_prompt, "seed": args.seed, "rewards": {}}
     for spec in specs:
         reward = build_reward(spec).to(device).eval()
-        with torch.no_grad():
-            s = torch.cat([reward(images[i:i + args.batch_size].to(device), all_prompts[i:i + args.batch_size])
-                           .float().cpu() for i in range(0, len(rows), args.batch_size)])
+        s = torch.cat([reward.score_files(decoded[i:i + args.batch_size], all_prompts[i:i + args.batch_size])
+                       [reward.primary_head] for i in range(0, len(rows), args.batch_size)])
         result["rewards"][spec] = mean_ci(s.tolist(), args.bootstrap, args.seed)
     enc_name = args.diversity_encoder or gen.run_defaults.get("diversity_encoder")
     if enc_name and video:

@@ -2,9 +2,10 @@
 
 Decisions (documented in docs/usage/score.md):
 
-* Images are read ``--batch-size`` files at a time, in sorted path order. Inside a batch, images are grouped by
-  size and each size group is one reward call; images are never resized here, because every reward applies its
-  own official preprocessing (resizing first would change the scores).
+* Images are read ``--batch-size`` files at a time, in sorted path order, as decoded (PIL, in their stored mode),
+  and scored with :meth:`~rewardflow.rewards.base.Reward.score_files`: every reward applies its official
+  preprocessing to the file's pixels (PIL where the official package uses PIL), so the scores equal the official
+  package's; images are never resized here.
 * ``--prompts FILE``: a ``.csv`` (columns ``file,prompt``) or ``.jsonl`` (``{"file": ..., "prompt": ...}``) maps
   files to prompts (``file`` is the file name or the path as listed); any other file is one prompt per line
   (blank lines ignored), matched in order to the sorted image files.
@@ -110,7 +111,7 @@ def _reward_kwargs(weights: list[str], names: list[str]) -> dict[str, dict]:
 def _score_batch(reward, names: list[str], media, prompts) -> tuple[dict[str, list[float]], list[float]]:
     from rewardflow.rewards.combine import WeightedReward
 
-    heads = reward.all_heads(media, prompts)
+    heads = reward.score_files(media, prompts)
     if isinstance(reward, WeightedReward):
         comps = {n: heads[f"{r.name}#{i}"] for i, (n, r) in enumerate(zip(names, reward.rewards))}
         total = heads["score"]
@@ -169,10 +170,9 @@ def write_rows(path: Path, rows: list[dict], columns: list[str], summary: dict, 
 
 
 def run_score(args: argparse.Namespace) -> int:
-    import torch
     from tqdm.auto import tqdm
 
-    from rewardflow.io.images import ImageReadError, list_images, load_image
+    from rewardflow.io.images import ImageReadError, list_images, open_image
     from rewardflow.rewards.combine import build_reward, parse_reward_spec
 
     if args.batch_size < 1:
@@ -198,22 +198,17 @@ def run_score(args: argparse.Namespace) -> int:
     skipped: list[dict] = []
     bar = tqdm(total=len(files), unit="img", desc="scoring", file=sys.stderr)
     for start in range(0, len(files), args.batch_size):
-        idx = range(start, min(start + args.batch_size, len(files)))
-        groups: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = {}
-        for i in idx:
+        ids, media = [], []
+        for i in range(start, min(start + args.batch_size, len(files))):
             try:
-                img = load_image(files[i])
+                media.append(open_image(files[i]))
+                ids.append(i)
             except (ImageReadError, OSError) as e:
                 skipped.append({"file": str(files[i]), "error": str(e)})
                 tqdm.write(f"rewardflow score: skipped {files[i]}: {e}", file=sys.stderr)
                 bar.update(1)
-                continue
-            groups.setdefault(tuple(img.shape[-2:]), []).append((i, img))
-        for group in groups.values():
-            ids = [i for i, _ in group]
-            media = torch.stack([im for _, im in group]).to(args.device)
-            with torch.no_grad():
-                comps, total = _score_batch(reward, names, media, [prompts[i] for i in ids])
+        if ids:
+            comps, total = _score_batch(reward, names, media, [prompts[i] for i in ids])
             for j, i in enumerate(ids):
                 rows[i] = {"file": str(files[i]), "prompt": prompts[i],
                            **{n: comps[n][j] for n in names}, "total": total[j]}

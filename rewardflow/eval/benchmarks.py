@@ -386,9 +386,12 @@ def media_key(m: Media) -> str:
     return m if isinstance(m, str) else "sha256:" + hashlib.sha256(m).hexdigest()
 
 
-def load_media(m: Media, modality: str):
-    """Path or encoded bytes -> ``[3, H, W]`` image or ``[T, 3, H, W]`` video in [0, 1]."""
+def decode_media(m: Media, modality: str):
+    """Path or encoded bytes -> the media as decoded, what the official reward packages read: a ``PIL.Image`` in its
+    stored mode, or a uint8 ``[T, 3, H, W]`` video (see ``Reward.score_files``)."""
     if modality == "video":
+        import torch
+
         from rewardflow.io.video import load_video
 
         if isinstance(m, bytes):
@@ -397,18 +400,29 @@ def load_media(m: Media, modality: str):
             with tempfile.NamedTemporaryFile(suffix=".mp4") as t:
                 t.write(m)
                 t.flush()
-                return load_video(t.name)
-        return load_video(m)
+                video = load_video(t.name)
+        else:
+            video = load_video(m)
+        return video.mul(255).round_().to(torch.uint8)  # the decoded 8-bit frames (load_video divided them by 255)
     if isinstance(m, bytes):
-        import torch
         from PIL import Image
 
-        with Image.open(io.BytesIO(m)) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
-    from rewardflow.io.images import load_image
+        im = Image.open(io.BytesIO(m))
+        im.load()
+        return im
+    from rewardflow.io.images import open_image
 
-    return load_image(m)
+    return open_image(m)
+
+
+def load_media(m: Media, modality: str):
+    """Path or encoded bytes -> ``[3, H, W]`` image or ``[T, 3, H, W]`` video float tensor in [0, 1]."""
+    x = decode_media(m, modality)
+    if modality == "video":
+        return x.float().div_(255.0)
+    from rewardflow.io.images import pil_to_tensor
+
+    return pil_to_tensor(x)
 
 
 def _units(bench: Benchmark) -> list[tuple[Media, str]]:
@@ -423,9 +437,8 @@ def _units(bench: Benchmark) -> list[tuple[Media, str]]:
 def score_benchmark(bench: Benchmark, reward, batch_size: int = 8, device: str = "cpu",
                     progress: bool = False) -> dict[tuple[str, str], dict[str, float]]:
     """Score every distinct (media, prompt) of the benchmark once: ``{(media_key, prompt): {head: score}}``.
-    Media of equal shape are batched (no resizing here: each reward applies its official preprocessing)."""
-    import torch
-
+    The media are scored as decoded from their files (``Reward.score_files``: each reward's official
+    preprocessing, no resizing here). ``device`` is where the caller put the reward."""
     if reward.modality != bench.modality:
         raise ValueError(f"{bench.format} holds {bench.modality}s but the reward {reward.name!r} scores "
                          f"{reward.modality}s")
@@ -440,16 +453,9 @@ def score_benchmark(bench: Benchmark, reward, batch_size: int = 8, device: str =
         bar = tqdm(total=len(units), unit=bench.modality, desc=f"scoring {reward.name}", file=sys.stderr)
     for s in range(0, len(units), batch_size):
         chunk = units[s:s + batch_size]
-        groups: dict[tuple, list] = {}
-        for m, p in chunk:
-            x = load_media(m, bench.modality)
-            groups.setdefault(tuple(x.shape), []).append((m, p, x))
-        for g in groups.values():
-            media = torch.stack([x for _, _, x in g]).to(device)
-            with torch.no_grad():
-                heads = reward.all_heads(media, [p for _, p, _ in g])
-            for j, (m, p, _) in enumerate(g):
-                out[(media_key(m), p)] = {k: float(v[j]) for k, v in heads.items()}
+        heads = reward.score_files([decode_media(m, bench.modality) for m, _ in chunk], [p for _, p in chunk])
+        for j, (m, p) in enumerate(chunk):
+            out[(media_key(m), p)] = {k: float(v[j]) for k, v in heads.items()}
         if bar is not None:
             bar.update(len(chunk))
     if bar is not None:

@@ -1,10 +1,14 @@
 """Image files <-> tensors.
 
-* :func:`load_image` reads PNG / JPEG / WebP into a ``[3, H, W]`` float32 tensor in [0, 1] (RGB). Palette, grey and
-  CMYK images are converted with PIL's ``convert("RGB")``; an alpha channel is **dropped** (not composited), which
-  is what the official reward packages do (``Image.open(p).convert("RGB")`` in ImageReward, HPSv2, PickScore's
-  ``CLIPImageProcessor``), so a file scores the same here as with the official code. A corrupt or truncated file
-  raises :class:`ImageReadError` naming the file.
+* :func:`open_image` decodes PNG / JPEG / WebP into a ``PIL.Image`` in the mode it was stored in (RGB, RGBA, L,
+  P, ...), what the official reward packages receive from ``Image.open(path)``: each reward's official
+  preprocessing converts the mode itself, and they differ (ImageReward, CLIP and the aesthetic predictor resize
+  first and then convert to RGB; transformers processors such as PickScore's composite transparency onto white
+  first), so :meth:`rewardflow.rewards.base.Reward.score_files` gets the image as stored. A corrupt or truncated
+  file raises :class:`ImageReadError` naming the file.
+* :func:`load_image` / :func:`pil_to_tensor`: a ``[3, H, W]`` float32 RGB tensor in [0, 1] for the tensor path.
+  Palette, grey and CMYK images are converted with PIL's ``convert("RGB")``; an alpha channel is **dropped** (not
+  composited).
 * :func:`to_uint8` / :func:`to_pil` quantize a float image the way DDPO does before PIL
   (``(x * 255).round().clamp(0, 255)``, kvablack/ddpo-pytorch ``ddpo_pytorch/rewards.py``); every black-box reward
   (JPEG size, HTTP judges) uses them, so there is one quantization step in the code base.
@@ -27,21 +31,33 @@ class ImageReadError(ValueError):
     """An image file could not be decoded (corrupt, truncated, or not an image)."""
 
 
-def load_image(path: str | os.PathLike) -> torch.Tensor:
-    """Read an image file as ``[3, H, W]`` float32 RGB in [0, 1] (alpha dropped, see the module docstring)."""
+def open_image(path: str | os.PathLike):
+    """Decode an image file into a loaded ``PIL.Image`` in its stored mode (see the module docstring)."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
+    im = None
     try:
-        with Image.open(path) as im:
-            im.load()  # decode now: a truncated file fails here, not later inside a reward
-            rgb = im.convert("RGB")
+        im = Image.open(path)
+        im.load()  # decode now: a truncated file fails here, not later inside a reward
+        return im
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        if im is not None:
+            im.close()
         raise ImageReadError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
-    arr = np.asarray(rgb, dtype=np.uint8)
+
+
+def pil_to_tensor(image) -> torch.Tensor:
+    """``PIL.Image`` (any mode) -> ``[3, H, W]`` float32 RGB in [0, 1] (``convert("RGB")``: alpha dropped)."""
+    arr = np.asarray(image.convert("RGB"), dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def load_image(path: str | os.PathLike) -> torch.Tensor:
+    """Read an image file as ``[3, H, W]`` float32 RGB in [0, 1] (alpha dropped, see the module docstring)."""
+    return pil_to_tensor(open_image(path))
 
 
 def to_uint8(image: torch.Tensor) -> torch.Tensor:

@@ -8,8 +8,9 @@ Weights: ``sac+logos+ava1-l14-linearMSE.pth`` (a plain state dict with ``layers.
 transformers ``openai/clip-vit-large-patch14`` directory).
 
 The official script preprocesses with PIL (``clip.load`` transform: Resize(224, bicubic) + CenterCrop + OpenAI
-mean/std); here the same geometry runs in torch (:mod:`rewardflow.rewards.transforms`) so the score is differentiable
-(the AlignProp / DRaFT variant). :class:`LinearMLPHead` is also the ImageReward head (``imagereward.py``).
+mean/std): files go through exactly that, whatever the CLIP backend (``mode="crop"``); generator tensors through the
+same geometry in torch (:mod:`rewardflow.rewards.transforms`) so the score is differentiable (the AlignProp / DRaFT
+variant). :class:`LinearMLPHead` is also the ImageReward head (``imagereward.py``).
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ class AestheticReward(Reward):
     name = "aesthetic"
     modality = "image"
     differentiable = True
+    file_input = True  # the backbone preprocesses files officially (CLIPBackbone.encode_image)
 
     def __init__(self, backbone, head: LinearMLPHead):
         super().__init__()

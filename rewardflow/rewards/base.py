@@ -9,6 +9,16 @@
 * ``heads``: names of every score the model exposes (``score_heads`` returns all of them; ``__call__`` returns the
   head named by ``primary_head``).
 
+Two inputs, two preprocessing paths:
+
+* **tensors** (``reward(media, prompts)``, used inside training and inference-time methods): the differentiable,
+  batched torch preprocessing of :mod:`rewardflow.rewards.transforms`;
+* **files** (:meth:`Reward.score_files`, used by ``rewardflow score``, ``eval`` and ``eval-rewards``): the media as
+  decoded from the files (``PIL.Image`` in its stored mode, or a uint8 video), preprocessed exactly as the official
+  package does (PIL where it uses PIL), so a file scores the same here as with the official code. A reward says so
+  with ``file_input = True`` and accepts those decoded media in :meth:`Reward.score_heads`; any other reward is
+  given float tensors (the tensor path), which is already exact for it.
+
 Register a reward family with ``@register_reward("name")`` on a factory; build one with ``load_reward("name", **kw)``.
 """
 
@@ -19,6 +29,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from rewardflow.io.images import pil_to_tensor
 from rewardflow.plugins import load_plugins
 
 _REGISTRY: dict[str, Callable[..., "Reward"]] = {}
@@ -33,6 +44,9 @@ class Reward(nn.Module):
     modality: str = "image"
     heads: tuple[str, ...] = ("score",)
     primary_head: str = "score"
+    # True: score_heads also accepts media decoded from files (a list of PIL.Image, or of uint8 [T, 3, H, W] videos)
+    # and applies the official preprocessing to them (see score_files).
+    file_input: bool = False
 
     def score(self, media: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         raise NotImplementedError
@@ -71,6 +85,68 @@ class Reward(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.differentiable):
             out = self.score_heads(media, prompts)
         return {k: v.float() for k, v in out.items()}
+
+
+    # -- file input -------------------------------------------------------------------------------------------
+    def score_files(self, media: Sequence, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """All heads ``{name: Tensor[N]}`` of media decoded from files, no gradients.
+
+        ``media``: for an image reward, ``PIL.Image`` objects as decoded (any mode and size; see
+        :func:`rewardflow.io.images.open_image`); for a video reward, uint8 ``[T, 3, H, W]`` tensors. A reward with
+        ``file_input = True`` receives them in :meth:`score_heads` and applies its official preprocessing; any
+        other reward gets float tensors in [0, 1] (RGB, alpha dropped), one call per distinct size.
+        """
+        media = list(media)
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if len(prompts) != len(media):
+            raise ValueError(f"{self.name}: {len(media)} media but {len(prompts)} prompts")
+        for m in media:
+            _check_file_media(m, self.modality, self.name)
+        with torch.no_grad():
+            if self.file_input:
+                out = self.score_heads(media, prompts)
+            else:
+                out = self._score_file_tensors(media, prompts)
+        return {k: v.detach().float().cpu() for k, v in out.items()}
+
+    def _score_file_tensors(self, media: list, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """The tensor path for decoded media: float tensors grouped by shape, one :meth:`all_heads` call each."""
+        device = _module_device(self)
+        tensors = [pil_to_tensor(m) if self.modality == "image" else m.float().div(255.0) for m in media]
+        groups: dict[tuple, list[int]] = {}
+        for i, t in enumerate(tensors):
+            groups.setdefault(tuple(t.shape), []).append(i)
+        out: dict[str, torch.Tensor] = {}
+        for ids in groups.values():
+            heads = self.all_heads(torch.stack([tensors[i] for i in ids]).to(device), [prompts[i] for i in ids])
+            for k, v in heads.items():
+                if k not in out:
+                    out[k] = torch.full((len(media),), float("nan"), dtype=torch.float32)
+                out[k][ids] = v.detach().float().cpu()
+        return out
+
+
+def _module_device(module: nn.Module) -> torch.device:
+    """Device of a module's first parameter or buffer (CPU for a module without tensors)."""
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def _check_file_media(m, modality: str, name: str) -> None:
+    if modality == "image":
+        from PIL import Image
+
+        if not isinstance(m, Image.Image):
+            raise TypeError(f"{name}.score_files: image media must be PIL images decoded from files, got "
+                            f"{type(m).__name__} (score tensors with reward(media, prompts))")
+    elif not (isinstance(m, torch.Tensor) and m.dtype == torch.uint8 and m.ndim == 4 and m.shape[1] == 3):
+        got = f"{m.dtype} {tuple(m.shape)}" if isinstance(m, torch.Tensor) else type(m).__name__
+        raise TypeError(f"{name}.score_files: video media must be uint8 [T, 3, H, W] tensors, got {got}")
 
 
 def require_differentiable(reward: Reward, method: str) -> None:

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from functools import partial
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rewardflow.io.images import pil_to_tensor
 from rewardflow.rewards.base import Reward, register_reward
-from rewardflow.rewards.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_preprocess
+from rewardflow.rewards.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_preprocess, pil_transform
 
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
            "half": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
@@ -57,7 +59,11 @@ def check_local(ref: str | os.PathLike, what: str) -> None:
 # ------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PreprocessSpec:
-    """Arguments of :func:`~rewardflow.rewards.transforms.clip_preprocess` for one model."""
+    """One model's preprocessing: :meth:`__call__` is the differentiable tensor path
+    (:func:`~rewardflow.rewards.transforms.clip_preprocess`), :meth:`files` the official path for images read from
+    files. ``pil_resize``: the official pipeline resizes the 8-bit PIL image (the tensor path then emulates PIL's
+    per-pass clipping, and files go through :func:`~rewardflow.rewards.transforms.pil_transform`); ``False``: it
+    converts to float first and resizes the tensor (HPSv2, VLM-RM), so files go through the tensor path itself."""
 
     size: int = 224
     mode: str = "crop"  # crop | pad | squash
@@ -65,10 +71,22 @@ class PreprocessSpec:
     std: tuple[float, ...] = OPENAI_CLIP_STD
     interpolation: str = "bicubic"
     crop_rounding: str = "round"  # torchvision CenterCrop; "floor" for HF image processors
+    pil_resize: bool = True
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return clip_preprocess(images, self.size, self.mean, self.std, self.mode, self.interpolation,
-                               crop_rounding=self.crop_rounding)
+                               crop_rounding=self.crop_rounding, clamp=self.pil_resize)
+
+    def files(self, images: Sequence) -> torch.Tensor:
+        """``PIL.Image`` list (as decoded from the files, any mode) -> normalised ``[N, 3, size, size]``."""
+        if self.pil_resize:
+            if self.crop_rounding != "round":
+                raise ValueError("PreprocessSpec.files: the torchvision PIL pipeline crops with rounding='round'; "
+                                 "a transformers image processor scores files with its own PIL backend")
+            tf = pil_transform(self.size, self.mean, self.std, self.mode, self.interpolation)
+            return torch.stack([tf(im) for im in images])
+        # ToTensor first (RGB; an alpha channel is dropped), then the official float-tensor resize = the tensor path
+        return torch.cat([self(pil_to_tensor(im)[None]) for im in images])
 
 
 def _field(obj, key):
@@ -121,17 +139,22 @@ def spec_from_image_processor(proc) -> PreprocessSpec:
 # Backbones
 # ------------------------------------------------------------------------------------------------------------
 class CLIPBackbone(nn.Module):
-    """A frozen dual encoder: ``encode_image([B,3,H,W] in [0,1])`` and ``encode_text(prompts)`` -> L2-normalised
-    float32 features. Subclasses implement ``_image_features(pixels)`` and ``_text_features(prompts)``."""
+    """A frozen dual encoder: ``encode_image(images)`` and ``encode_text(prompts)`` -> L2-normalised float32
+    features. Subclasses implement ``_image_features(pixels)`` and ``_text_features(prompts)``.
+
+    ``preprocess`` is the differentiable tensor path; ``file_preprocess`` maps images decoded from files
+    (``PIL.Image`` list) to pixels with the official preprocessing (default ``preprocess.files``; a transformers
+    backbone passes its image processor's PIL backend)."""
 
     backend = "?"
 
     def __init__(self, model: nn.Module, tokenizer, preprocess: PreprocessSpec, *, device=None, dtype=None,
-                 name: str = ""):
+                 name: str = "", file_preprocess: Callable[[list], torch.Tensor] | None = None):
         super().__init__()
         self.model = model.to(device=device, dtype=parse_dtype(dtype)).eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.preprocess = preprocess
+        self._file_preprocess = file_preprocess
         self.model_name = name
         self._text_cache: dict[str, torch.Tensor] = {}
 
@@ -148,9 +171,14 @@ class CLIPBackbone(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        pixels = self.preprocess(images.to(self.device)).to(self.dtype)
-        return F.normalize(self._image_features(pixels).float(), dim=-1)
+    def encode_image(self, images: torch.Tensor | Sequence) -> torch.Tensor:
+        """``images``: a float tensor ``[B, 3, H, W]`` in [0, 1] (tensor path, differentiable) or a list of
+        ``PIL.Image`` decoded from files (official preprocessing, see :meth:`Reward.score_files`)."""
+        if isinstance(images, torch.Tensor):
+            pixels = self.preprocess(images.to(self.device))
+        else:
+            pixels = (self._file_preprocess or self.preprocess.files)(list(images)).to(self.device)
+        return F.normalize(self._image_features(pixels.to(self.dtype)).float(), dim=-1)
 
     @torch.no_grad()
     def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
@@ -227,9 +255,11 @@ def open_clip_spec(model, mode: str | None = None) -> PreprocessSpec:
     size = cfg.get("size", 224)
     size = int(size[0] if isinstance(size, (tuple, list)) else size)
     default_mode = {"shortest": "crop", "longest": "pad", "squash": "squash"}.get(cfg.get("resize_mode", "shortest"))
-    return PreprocessSpec(size=size, mode=mode or default_mode or "crop",
+    mode = mode or default_mode or "crop"
+    return PreprocessSpec(size=size, mode=mode,
                           mean=tuple(cfg.get("mean", OPENAI_CLIP_MEAN)), std=tuple(cfg.get("std", OPENAI_CLIP_STD)),
-                          interpolation=cfg.get("interpolation", "bicubic") or "bicubic")
+                          interpolation=cfg.get("interpolation", "bicubic") or "bicubic",
+                          pil_resize=mode != "pad")  # "pad" follows HPSv2 (float-tensor resize)
 
 
 def load_open_clip_backbone(model_name: str, pretrained: str | None = None, *, mode: str | None = None,
@@ -252,11 +282,30 @@ def load_open_clip_backbone(model_name: str, pretrained: str | None = None, *, m
                             dtype=dtype, name=f"{model_name}/{pretrained}")
 
 
+def load_pil_image_processor(processor: str | os.PathLike):
+    """The transformers image processor with its PIL backend (the "slow" processor of transformers 4, the one the
+    official PickScore / RPO code ran): PIL resize of the 8-bit image, numpy crop, rescale and normalise."""
+    import transformers
+    from transformers import AutoImageProcessor
+
+    major = int(transformers.__version__.split(".")[0])
+    return AutoImageProcessor.from_pretrained(str(processor), **({"backend": "pil"} if major >= 5 else
+                                                                 {"use_fast": False}))
+
+
+def processor_pixels(image_processor, images: list) -> torch.Tensor:
+    """``PIL.Image`` list -> ``pixel_values`` of a transformers image processor (the official file path)."""
+    return torch.as_tensor(image_processor(images=images, return_tensors="pt")["pixel_values"])
+
+
 def load_transformers_backbone(path: str | os.PathLike, processor: str | os.PathLike | None = None, *,
                                mode: str | None = None, device=None, dtype=None) -> HFCLIPBackbone:
     """A transformers ``save_pretrained`` directory or hub id (CLIPModel, AlignModel, ...); tokenizer and image
-    processor config from ``processor`` (default: the same place)."""
-    from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+    processor config from ``processor`` (default: the same place). Files are preprocessed by the image processor's
+    PIL backend. ``mode`` (crop / pad / squash) replaces the processor's geometry by the torchvision pipeline of
+    :class:`PreprocessSpec` (size, mean and std stay the processor's), for both paths: rewards whose official code
+    uses OpenAI CLIP's transform whatever the checkpoint (CLIPScore, the aesthetic predictor) pass ``"crop"``."""
+    from transformers import AutoModel, AutoTokenizer
 
     path, processor = str(path), str(processor or path)
     check_local(path, "transformers model directory")
@@ -267,14 +316,16 @@ def load_transformers_backbone(path: str | os.PathLike, processor: str | os.Path
     try:
         model = AutoModel.from_pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(processor)
-        image_processor = AutoImageProcessor.from_pretrained(processor)
+        image_processor = load_pil_image_processor(processor)
     except OSError as e:
         raise FileNotFoundError(f"could not load {path!r} (processor {processor!r}): {e}. Offline? Download the "
                                 "repository and pass its local directory") from e
     spec = spec_from_image_processor(image_processor)
+    files = partial(processor_pixels, image_processor)
     if mode is not None:
-        spec = PreprocessSpec(spec.size, mode, spec.mean, spec.std, spec.interpolation, spec.crop_rounding)
-    return HFCLIPBackbone(model, tokenizer, spec, device=device, dtype=dtype, name=path)
+        spec = PreprocessSpec(spec.size, mode, spec.mean, spec.std, spec.interpolation, pil_resize=mode != "pad")
+        files = None  # the torchvision pipeline of the spec
+    return HFCLIPBackbone(model, tokenizer, spec, device=device, dtype=dtype, name=path, file_preprocess=files)
 
 
 def load_clip_backbone(path: str | None = None, *, model: str = "ViT-B-32", pretrained: str | None = "openai",
@@ -307,6 +358,7 @@ class CLIPReward(Reward):
 
     modality = "image"
     differentiable = True
+    file_input = True  # the backbone preprocesses files officially (CLIPBackbone.encode_image)
 
     def __init__(self, backbone: CLIPBackbone, name: str = "clip", prefix: str = "", weight: float | None = None):
         super().__init__()

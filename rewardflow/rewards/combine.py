@@ -39,9 +39,17 @@ class WeightedReward(Reward):
         self.last_components: dict[str, torch.Tensor] = {}
 
     def score_heads(self, media, prompts):
+        # black boxes may answer on the CPU
+        return self._combine([r(media, prompts).to(media.device) for r in self.rewards])
+
+    def score_files(self, media, prompts):
+        """Each component scores the files with its own official preprocessing (see ``Reward.score_files``)."""
+        parts = [r.score_files(media, prompts)[r.primary_head] for r in self.rewards]
+        return {k: v.float() for k, v in self._combine(parts).items()}
+
+    def _combine(self, scores: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         out, total = {}, 0.0
-        for i, (r, w) in enumerate(zip(self.rewards, self.weights)):
-            s = r(media, prompts).to(media.device)  # black boxes may answer on the CPU
+        for i, (r, w, s) in enumerate(zip(self.rewards, self.weights, scores)):
             if self.stats is not None:
                 m, sd = self.stats[i]
                 s = (s - m) / sd

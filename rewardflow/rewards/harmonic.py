@@ -18,6 +18,7 @@ from typing import Sequence
 
 import torch
 
+from rewardflow.io.images import open_image
 from rewardflow.rewards.base import Reward, register_reward
 from rewardflow.rewards.clip import CLIPBackbone, load_clip_backbone
 
@@ -25,11 +26,9 @@ ALIGN_MODEL = "kakaobrain/align-base"
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
-def read_reference_images(references: str | os.PathLike | Sequence[str | os.PathLike]) -> list[torch.Tensor]:
-    """A directory, a glob or a list of image files -> list of ``[3, H, W]`` float tensors in [0, 1] (RGB)."""
-    import numpy as np
-    from PIL import Image
-
+def read_reference_images(references: str | os.PathLike | Sequence[str | os.PathLike]) -> list:
+    """A directory, a glob or a list of image files -> ``PIL.Image`` list as decoded (scored through the backbone's
+    official file preprocessing, as RPO's ``evaluation_metrics.py`` feeds its processor)."""
     if isinstance(references, (str, os.PathLike)):
         ref = str(references)
         if os.path.isdir(ref):
@@ -40,20 +39,17 @@ def read_reference_images(references: str | os.PathLike | Sequence[str | os.Path
         files = [str(f) for f in references]
     if not files:
         raise FileNotFoundError(f"no reference images found in {references!r} (png/jpg/webp)")
-    out = []
     for f in files:
         if not os.path.isfile(f):
             raise FileNotFoundError(f"reference image not found: {f}")
-        with Image.open(f) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-        out.append(torch.from_numpy(arr).permute(2, 0, 1).contiguous())
-    return out
+    return [open_image(f) for f in files]
 
 
 class LambdaHarmonicReward(Reward):
     name = "lambda_harmonic"
     modality = "image"
     differentiable = True
+    file_input = True  # the backbone preprocesses files officially (CLIPBackbone.encode_image)
     heads = ("score", "image_sim", "text_sim")
 
     def __init__(self, backbone: CLIPBackbone, references, lam: float = 0.3):
@@ -75,11 +71,12 @@ class LambdaHarmonicReward(Reward):
         else:
             is_files = isinstance(references, (str, os.PathLike)) or (
                 isinstance(references, (list, tuple)) and references and not isinstance(references[0], torch.Tensor))
-            if is_files:
-                references = read_reference_images(references)
             if not references:
                 raise ValueError("lambda_harmonic needs at least one reference image")
-            feats = torch.cat([self.backbone.encode_image(r[None].float()) for r in references])
+            if is_files:
+                feats = self.backbone.encode_image(read_reference_images(references))  # official file path
+            else:
+                feats = torch.cat([self.backbone.encode_image(r[None].float()) for r in references])
         self.ref_features = feats.detach()  # [N, D], unit norm
 
     def score_heads(self, media, prompts):

@@ -4,7 +4,12 @@ Official scoring (tgxs002/HPSv2 ``hpsv2/img_score.py``): an open_clip ``ViT-H-14
 fine-tuned on HPD v2, loaded from ``HPS_v2_compressed.pt`` / ``HPS_v2.1_compressed.pt`` (hub repo ``xswu/HPSv2``;
 a torch pickle of fp16 tensors, the weights under the ``state_dict`` key); score = ``cos(f_img, f_txt)`` of the
 normalised open_clip features (no logit scale). Eval preprocessing (``hpsv2/src/open_clip/transform.py``,
-``ResizeMaxSize``): longest side -> 224 bicubic, zero pad to 224 x 224, OpenAI mean/std -- not a centre crop.
+``image_transform(..., resize_longest_max=True)``): ``ToTensor`` first, then ``ResizeMaxSize`` on the float tensor
+(longest side -> 224, bicubic, antialiased, the overshoot *not* clipped), zero pad to 224 x 224, OpenAI mean/std --
+not a centre crop. That pipeline is differentiable as it stands, so files and generator tensors take the same path
+and a file scores as with the official package (an RGBA file, which the official transform keeps as 4 channels and
+then fails on, is scored on its RGB channels; a non-square file of longest side 224 is padded, see
+:mod:`rewardflow.rewards.transforms`).
 
 The architecture is built with ``pretrained=None`` and only the HPS state dict is loaded (the official loader first
 downloads the laion2B base weights and then overwrites all of them).
@@ -77,7 +82,8 @@ def load_hps_backbone(path: str | None = None, version: str = "v2.1", *, model: 
     clip_model.load_state_dict(sd)
     size = clip_model.visual.image_size
     size = int(size[0] if isinstance(size, (tuple, list)) else size)
-    spec = PreprocessSpec(size=size, mode="pad")  # ResizeMaxSize + OpenAI mean/std
+    # ToTensor, ResizeMaxSize on the float tensor (no clipping), OpenAI mean/std: files and tensors alike
+    spec = PreprocessSpec(size=size, mode="pad", pil_resize=False)
     return OpenCLIPBackbone(clip_model, open_clip.get_tokenizer(model), spec, device=device, dtype=dtype,
                             name=f"HPS {version} ({file})")
 

@@ -17,9 +17,11 @@ Architecture, rebuilt from transformers blocks:
 * head: :class:`~rewardflow.rewards.aesthetic.LinearMLPHead` (768 -> 1024 -> 128 -> 64 -> 16 -> 1, no activations).
 
 Tokenizer: ``bert-base-uncased`` plus BLIP's ``[DEC]`` bos and ``[ENC]`` special tokens (BLIP ``init_tokenizer``;
-vocab 30524 in ``med_config.json``), ``padding="max_length", truncation=True, max_length=35``. Preprocessing:
-Resize(224, bicubic) on the short side + CenterCrop(224) + OpenAI CLIP mean/std, in torch (differentiable, like ReFL's
-``score_gard`` path) instead of PIL.
+vocab 30524 in ``med_config.json``), ``padding="max_length", truncation=True, max_length=35``. Preprocessing
+(``ImageReward.py`` ``_transform``): Resize(224, bicubic) of the short side + CenterCrop(224) on the PIL image, then
+RGB, ToTensor, OpenAI CLIP mean/std. Files go through exactly that
+(:func:`~rewardflow.rewards.transforms.pil_transform`); generator tensors through its differentiable torch
+equivalent (like ReFL's ``score_gard`` path), within ~2 uint8 levels of it.
 
 Text caching: the text encoder cross-attends to the image, so its output depends on the pixels and cannot be cached;
 only the tokenisation (``input_ids``, ``attention_mask``) is cached per prompt.
@@ -41,7 +43,7 @@ from torch import nn
 
 from rewardflow.rewards.aesthetic import LinearMLPHead, load_state_dict_file, load_strict, resolve_hub_file
 from rewardflow.rewards.base import Reward, register_reward
-from rewardflow.rewards.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_preprocess
+from rewardflow.rewards.clip import PreprocessSpec, check_local, parse_dtype
 
 IMAGEREWARD_HUB_ID = "THUDM/ImageReward"
 IMAGEREWARD_WEIGHTS = "ImageReward.pt"
@@ -178,12 +180,11 @@ class ImageRewardReward(Reward):
     name = "imagereward"
     modality = "image"
     differentiable = True
+    file_input = True
 
     def __init__(self, model: ImageRewardModel, tokenizer, *, mean: float = IMAGEREWARD_MEAN,
                  std: float = IMAGEREWARD_STD, max_length: int = MAX_PROMPT_TOKENS, device=None, dtype=None):
         super().__init__()
-        from rewardflow.rewards.clip import parse_dtype
-
         model.to(device=device, dtype=parse_dtype(dtype))
         model.head.to(torch.float32)  # the head runs on float features, as ImageReward.score (``.float()``)
         self.model = model.eval().requires_grad_(False)
@@ -204,9 +205,11 @@ class ImageRewardReward(Reward):
     def dtype(self) -> torch.dtype:
         return self.model.vision.embeddings.patch_embedding.weight.dtype
 
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """Resize(short side, bicubic) + CenterCrop + OpenAI CLIP mean/std (ImageReward.py ``_transform``)."""
-        return clip_preprocess(images, self.model.image_size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, mode="crop")
+    def preprocess(self, images: torch.Tensor | Sequence) -> torch.Tensor:
+        """Resize(short side, bicubic) + CenterCrop + OpenAI CLIP mean/std (ImageReward.py ``_transform``): on a
+        float tensor ``[B, 3, H, W]`` the differentiable torch path, on ``PIL.Image`` files the official one."""
+        spec = PreprocessSpec(size=self.model.image_size, mode="crop")
+        return spec(images) if isinstance(images, torch.Tensor) else spec.files(images)
 
     def tokenize(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """``input_ids``, ``attention_mask`` ``[B, 35]``; each distinct prompt is tokenised once and cached (the
@@ -222,7 +225,8 @@ class ImageRewardReward(Reward):
 
     def raw_score(self, media: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """Head output before standardisation."""
-        pixels = self.preprocess(media.to(self.device)).to(self.dtype)
+        pixels = self.preprocess(media.to(self.device) if isinstance(media, torch.Tensor) else media)
+        pixels = pixels.to(self.device, self.dtype)
         ids, mask = self.tokenize(prompts)
         return self.model(pixels, ids, mask)
 
@@ -249,8 +253,6 @@ def load_blip_tokenizer(tokenizer: str | os.PathLike = "bert-base-uncased"):
     """BLIP ``init_tokenizer``: a BERT WordPiece tokenizer plus ``[DEC]`` (bos) and ``[ENC]`` special tokens.
     ``tokenizer``: a hub id or a local directory (``vocab.txt`` / ``tokenizer.json``)."""
     from transformers import BertTokenizer
-
-    from rewardflow.rewards.clip import check_local
 
     ref = str(tokenizer)
     check_local(ref, "BERT tokenizer directory")

@@ -1,15 +1,27 @@
-"""Differentiable, batched torch versions of the image preprocessing that reward models apply with PIL.
+"""Image preprocessing of the reward models, in two forms that serve two kinds of input.
 
-Every function takes a float batch ``[B, 3, H, W]`` (values in [0, 1] unless noted) and keeps the autograd graph,
-so a reward built on them passes gradients back to the generator's pixels.
+* **Tensor path** (generator outputs inside training and inference-time methods): differentiable, batched torch
+  functions on a float batch ``[B, 3, H, W]`` in [0, 1] that keep the autograd graph, so a reward built on them
+  passes gradients back to the generator's pixels (:func:`clip_preprocess`).
+* **File path** (images read from disk by ``rewardflow score``, ``eval`` and ``eval-rewards``):
+  :func:`pil_transform`, the official torchvision-on-PIL pipeline, so a file scores exactly as with the official
+  package (see :meth:`rewardflow.rewards.base.Reward.score_files`).
 
-Numerical contract (checked in ``tests/test_transforms.py`` against torchvision-on-PIL): PIL's bicubic filter is a
-Keys cubic with ``a = -0.5`` whose support widens by the downscale factor (antialiasing); ``torch.nn.functional.
-interpolate(..., mode="bicubic", antialias=True)`` implements that same filter (for up- and down-scaling), so the
-only remaining difference is PIL's fixed-point arithmetic and rounding of each resized pixel to uint8 (at most
-one uint8 level, 1/255). PIL also clips the cubic overshoot to [0, 255] after each of its two passes (width, then
-height); :func:`clip_preprocess` clamps to [0, 1] after each pass for the same reason (``resize_to(clamp=True)``).
-Measured: within 2 uint8 levels of PIL at every pixel, ~0.1-0.2 levels on average.
+Which official pipeline a model uses decides how the two relate:
+
+* **PIL resize** (OpenAI CLIP ``clip.load`` and open_clip eval transforms, CLIPScore, ImageReward, the LAION
+  aesthetic predictor; transformers image processors such as PickScore's): the 8-bit PIL image is resized. PIL's
+  bicubic filter is a Keys cubic with ``a = -0.5`` whose support widens by the downscale factor (antialiasing);
+  ``torch.nn.functional.interpolate(..., mode="bicubic", antialias=True)`` implements the same filter, so the
+  tensor path differs only by PIL's fixed-point arithmetic and the rounding to uint8 after each of its two passes
+  (width, then height). PIL also clips the cubic overshoot to [0, 255] after each pass; the tensor path clamps to
+  [0, 1] after each pass for the same reason (``resize_to(clamp=True)``). Measured (``tests/test_transforms.py``):
+  within 2 uint8 levels of PIL at every pixel, ~0.1-0.2 levels on average.
+* **Float-tensor resize** (HPSv2's ``image_transform``: ``ToTensor`` then ``ResizeMaxSize``; VLM-RM: uint8 frames
+  to float, then ``Resize``): the image is converted to float first and resized with
+  ``torchvision.transforms.functional.resize`` on the tensor (bicubic, antialiased), which is the same
+  ``interpolate`` call, and the overshoot is **not** clipped (values run slightly outside [0, 1] before
+  normalisation). Here the tensor path is the official pipeline itself (``clamp=False``), equal on files too.
 
 Geometry follows the official pipelines:
 
@@ -20,8 +32,9 @@ Geometry follows the official pipelines:
 * ``resize_longest_pad``: ``ResizeMaxSize`` of the open_clip copy vendored in HPSv2
   (tgxs002/HPSv2 ``hpsv2/src/open_clip/transform.py``): ``scale = size / max(h, w)``, new side ``round(side *
   scale)``, then pad with ``fill`` to a square, ``pad_left = pad_w // 2``, ``pad_top = pad_h // 2``, the remainder on
-  the right / bottom. (The official class skips the pad when the longest side already equals ``size``; a batch of
-  non-square images cannot enter the ViT that way, so we always pad to a square.)
+  the right / bottom. (The official class skips the resize *and the pad* when the longest side already equals
+  ``size``, so a non-square image of longest side 224 reaches the ViT unpadded and fails there; we always pad to a
+  square, which leaves the official result unchanged whenever it has one.)
 """
 
 from __future__ import annotations
@@ -51,6 +64,7 @@ __all__ = [
     "resize_longest_pad",
     "normalize",
     "clip_preprocess",
+    "pil_transform",
 ]
 
 
@@ -148,13 +162,13 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     if len(mean) != images.shape[1] or len(std) != images.shape[1]:
         raise ValueError(f"normalize: {images.shape[1]} channels but mean/std of length {len(mean)}/{len(std)}")
     m = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    inv = 1.0 / torch.as_tensor(std, dtype=torch.float64).view(1, -1, 1, 1)
-    return (images - m).mul_(inv.to(images.device, images.dtype))
+    s = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return (images - m) / s  # subtract, then divide, in the input dtype: torchvision's Normalize bit for bit
 
 
 def clip_preprocess(images: torch.Tensor, size: int = 224, mean: Sequence[float] = OPENAI_CLIP_MEAN,
                     std: Sequence[float] = OPENAI_CLIP_STD, mode: str = "crop",
-                    interpolation: str = "bicubic", crop_rounding: str = "round") -> torch.Tensor:
+                    interpolation: str = "bicubic", crop_rounding: str = "round", clamp: bool = True) -> torch.Tensor:
     """``[B, 3, H, W]`` in [0, 1] -> normalised ``[B, 3, size, size]`` float32, differentiable.
 
     * ``mode="crop"``: shorter side -> size, centre crop (OpenAI CLIP / CLIPScore / PickScore / ImageReward);
@@ -163,7 +177,8 @@ def clip_preprocess(images: torch.Tensor, size: int = 224, mean: Sequence[float]
     * ``mode="squash"``: resize to ``size x size`` ignoring the aspect ratio (VLM-RM, HF processors with a
       ``{"height", "width"}`` size).
 
-    The resized values are clamped to [0, 1] as PIL clips the bicubic overshoot (see :func:`resize_to`).
+    ``clamp=True`` emulates a PIL resize of the 8-bit image (the overshoot clipped after each pass, see
+    :func:`resize_to`); ``clamp=False`` is a float-tensor resize as HPSv2 and VLM-RM run it (no clipping).
     """
     _check_images(images, "clip_preprocess")
     if images.shape[1] != 3:
@@ -171,11 +186,39 @@ def clip_preprocess(images: torch.Tensor, size: int = 224, mean: Sequence[float]
                          "(drop alpha / repeat grey channels first)")
     x = images.float()
     if mode == "crop":
-        x = center_crop(resize_shorter(x, size, interpolation, clamp=True), size, rounding=crop_rounding)
+        x = center_crop(resize_shorter(x, size, interpolation, clamp=clamp), size, rounding=crop_rounding)
     elif mode == "pad":
-        x = resize_longest_pad(x, size, fill=0.0, interpolation=interpolation, clamp=True)
+        x = resize_longest_pad(x, size, fill=0.0, interpolation=interpolation, clamp=clamp)
     elif mode == "squash":
-        x = resize_to(x, (size, size), interpolation, clamp=True)
+        x = resize_to(x, (size, size), interpolation, clamp=clamp)
     else:
         raise ValueError(f"clip_preprocess: mode must be 'crop', 'pad' or 'squash', got {mode!r}")
-    return normalize(x.clamp(0.0, 1.0), mean, std)
+    return normalize(x, mean, std)
+
+
+def pil_transform(size: int = 224, mean: Sequence[float] = OPENAI_CLIP_MEAN, std: Sequence[float] = OPENAI_CLIP_STD,
+                  mode: str = "crop", interpolation: str = "bicubic"):
+    """The official eval transform on a ``PIL.Image`` -> normalised ``[3, size, size]`` float32.
+
+    ``mode="crop"``: ``Resize(size)`` (shorter side, on the PIL image), ``CenterCrop(size)``, ``convert("RGB")``,
+    ``ToTensor``, ``Normalize`` -- OpenAI CLIP's ``_transform`` (``clip.load``), which CLIPScore, ImageReward
+    (``ImageReward.py`` ``_transform``) and the LAION aesthetic predictor use, and open_clip's eval transform
+    (``resize_mode="shortest"``). ``mode="squash"``: ``Resize((size, size))`` instead of the first two steps
+    (open_clip ``resize_mode="squash"``). The mode conversion comes after the resize, as in those pipelines, so an
+    RGBA image is resized premultiplied and a palette image with nearest-neighbour (PIL's rules), then converted.
+    """
+    from torchvision import transforms as T
+
+    if mode not in ("crop", "squash"):
+        raise ValueError(f"pil_transform: mode must be 'crop' or 'squash' (the 'pad' pipeline of HPSv2 resizes the "
+                         f"float tensor: use clip_preprocess(..., clamp=False)), got {mode!r}")
+    if interpolation not in _MODES:
+        raise ValueError(f"pil_transform: interpolation must be one of {_MODES}, got {interpolation!r}")
+    resample = getattr(T.InterpolationMode, interpolation.upper())
+    geometry = ([T.Resize(size, interpolation=resample), T.CenterCrop(size)] if mode == "crop"
+                else [T.Resize((size, size), interpolation=resample)])
+    return T.Compose([*geometry, _to_rgb, T.ToTensor(), T.Normalize(mean, std)])
+
+
+def _to_rgb(image):
+    return image.convert("RGB")

@@ -19,8 +19,12 @@ Preprocessing (all torch, so gradients reach the frames)
    uniform indices) given the input video's frame rate ``video_fps``; or ``num_frames`` uniform frames;
 2. spatial: ``smart_resize`` (transformers' Qwen2-VL implementation: aspect kept, H and W multiples of 28, pixels in
    ``[min_pixels, max_pixels]``; VideoAlign ``max_frame_pixels = 200704`` = 448^2, Qwen-VL ``VIDEO_MIN_PIXELS =
-   128 * 28 * 28``), bicubic + antialias on float frames (:func:`rewardflow.rewards.transforms.resize_to`; no clamp,
-   as ``vision_process.py``), OpenAI-CLIP mean/std;
+   128 * 28 * 28``), bicubic + antialias. ``vision_process.py`` ``fetch_video`` resizes the decoded **uint8** frames
+   with ``torchvision.transforms.functional.resize``, which interpolates in float, clips to [0, 255] and rounds back
+   to uint8; the processor then rescales by 1/255 and applies the OpenAI-CLIP mean/std. Videos decoded from files
+   (:meth:`Reward.score_files`, uint8) take exactly that path; float tensors are resized with
+   :func:`rewardflow.rewards.transforms.resize_to` and clipped to [0, 1] (differentiable; only the rounding to 8
+   bits, at most half a level, is left out);
 3. :func:`patchify_video`: the layout of the transformers ``Qwen2VLVideoProcessor``'s ``pixel_values_videos``
    (temporal patch 2 -- an odd frame count repeats the last frame -- 14x14 patches, ordered by 2x2 merge window)
    and ``video_grid_thw``.
@@ -54,6 +58,7 @@ import re
 from pathlib import Path
 
 import torch
+import torchvision.transforms.functional as TF
 from torch import nn
 
 from rewardflow.io.video import fps_indices, uniform_indices
@@ -149,9 +154,13 @@ def patchify_video(video: torch.Tensor, patch: int = PATCH, temporal_patch: int 
 
 
 def preprocess_video(video: torch.Tensor, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS):
-    """Sampled frames ``[T, 3, H, W]`` in [0, 1] -> ``(pixel_values_videos, grid_thw)`` (differentiable)."""
+    """Sampled frames ``[T, 3, H, W]`` -> ``(pixel_values_videos, grid_thw)``: float in [0, 1] differentiably, uint8
+    (decoded from a file) exactly as VideoAlign's ``fetch_video`` + processor (see the module docstring)."""
     h, w = resized_size(video.shape[-2], video.shape[-1], min_pixels, max_pixels)
-    x = resize_to(video, (h, w), "bicubic")
+    if video.dtype == torch.uint8:
+        x = TF.resize(video, [h, w], interpolation=TF.InterpolationMode.BICUBIC, antialias=True).float() / 255.0
+    else:
+        x = resize_to(video, (h, w), "bicubic").clamp(0.0, 1.0)
     x = normalize(x, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
     return patchify_video(x)
 
@@ -246,6 +255,7 @@ class VideoReward(Reward):
     name = "videoreward"
     modality = "video"
     differentiable = True
+    file_input = True  # uint8 videos from files: the official uint8 resize (preprocess_video)
     heads = HEADS
     primary_head = "Overall"
 

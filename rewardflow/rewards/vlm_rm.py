@@ -8,12 +8,14 @@ mean of the normalised baseline-prompt embeddings (means not re-normalised, as i
     R(x) = 1 - 1/2 * |(x - g) P|^2
 
 ``alpha = 0`` gives ``1 - |x - g|^2 / 2`` (= cos(x, g) when ``g`` is a unit vector); ``alpha = 1`` keeps only the
-component along the baseline -> goal direction. Preprocessing is the official one: a square (aspect-ignoring)
-bicubic resize to the model's image size, then OpenAI mean/std.
+component along the baseline -> goal direction. Preprocessing is the official one (``src/vlmrm/contrib/open_clip/
+transform.py``): uint8 frames to float, a square (aspect-ignoring) bicubic resize of the float tensor to the model's
+image size (antialiased, the overshoot not clipped), then the mean/std; files take that same path.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Sequence
 
 import torch
@@ -34,6 +36,7 @@ class VLMRMReward(Reward):
     name = "vlm_rm"
     modality = "image"
     differentiable = True
+    file_input = True
 
     def __init__(self, backbone: CLIPBackbone, baseline: str | Sequence[str], goal: str | Sequence[str] | None = None,
                  alpha: float = 0.5):
@@ -76,4 +79,5 @@ def _vlm_rm(baseline: str | Sequence[str] | None = None, goal: str | Sequence[st
                          "(e.g. baseline='a humanoid robot' for the goal 'a humanoid robot kneeling')")
     bb = load_clip_backbone(path, model=model, pretrained=pretrained, backend=backend, processor=processor,
                             mode="squash", device=device, dtype=dtype)
+    bb.preprocess = replace(bb.preprocess, pil_resize=False)  # float-tensor resize, as the official transform
     return VLMRMReward(bb, baseline=baseline, goal=goal, alpha=alpha)
