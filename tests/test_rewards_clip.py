@@ -4,7 +4,6 @@ Each model is the real architecture built from a tiny config with random weights
 format and loaded back through the real loader. Scores are recomputed independently from the raw model outputs.
 """
 
-import json
 
 import numpy as np
 import pytest
@@ -13,6 +12,8 @@ import torch.nn.functional as F
 from PIL import Image
 from test_transforms import _hpsv2_reference, _toy_image
 
+from rewardflow.rewards._tiny import (random_open_clip, register_tiny_open_clip, write_hf_clip, write_hps_checkpoints,
+                                     write_open_clip_checkpoint)
 from rewardflow.rewards.base import load_reward, reward_info
 from rewardflow.rewards.transforms import clip_preprocess
 
@@ -25,35 +26,14 @@ PROMPTS = ["a red circle", "two blue squares", "a green triangle on the left"]
 # ------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_open_clip(tmp_path_factory):
-    import open_clip
-
-    d = tmp_path_factory.mktemp("open_clip_cfg")
-    cfg = {"embed_dim": 32,
-           "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
-           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
-    (d / f"{TINY}.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(str(d))
-    return TINY
-
-
-def _random_open_clip(name, seed):
-    import open_clip
-
-    torch.manual_seed(seed)
-    model = open_clip.create_model(name).eval()
-    with torch.no_grad():  # open_clip zero-inits some projections; randomise everything so features differ
-        for p in model.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    return model
+    return register_tiny_open_clip(tmp_path_factory.mktemp("open_clip_cfg"), TINY, image_size=64, patch_size=16)
 
 
 @pytest.fixture(scope="module")
 def open_clip_ckpt(tiny_open_clip, tmp_path_factory):
     """An open_clip checkpoint file (``{"state_dict": ...}``, as open_clip's own loader accepts) + reference model."""
-    model = _random_open_clip(tiny_open_clip, 0)
-    path = tmp_path_factory.mktemp("oc") / "tiny_clip.pt"
-    torch.save({"state_dict": model.state_dict()}, path)
-    return path, model
+    path = write_open_clip_checkpoint(tmp_path_factory.mktemp("oc") / "tiny_clip.pt", tiny_open_clip, seed=0)
+    return path, random_open_clip(tiny_open_clip, 0)
 
 
 @pytest.fixture(scope="module")
@@ -61,13 +41,11 @@ def hps_dir(tiny_open_clip, tmp_path_factory):
     """Both official HPS files (fp16 tensors under ``state_dict``) + fp32 reference models built from them."""
     import open_clip
 
-    d = tmp_path_factory.mktemp("hps")
+    d = write_hps_checkpoints(tmp_path_factory.mktemp("hps"), tiny_open_clip, seed=10)
     refs = {}
-    for seed, (version, fname) in enumerate([("v2.0", "HPS_v2_compressed.pt"), ("v2.1", "HPS_v2.1_compressed.pt")]):
-        sd = {k: v.half() for k, v in _random_open_clip(tiny_open_clip, 10 + seed).state_dict().items()}
-        torch.save({"state_dict": sd}, d / fname)
+    for version, fname in [("v2.0", "HPS_v2_compressed.pt"), ("v2.1", "HPS_v2.1_compressed.pt")]:
         ref = open_clip.create_model(tiny_open_clip).eval()
-        ref.load_state_dict({k: v.float() for k, v in sd.items()})
+        ref.load_state_dict({k: v.float() for k, v in torch.load(d / fname, weights_only=True)["state_dict"].items()})
         refs[version] = ref
     return d, refs
 
@@ -75,28 +53,7 @@ def hps_dir(tiny_open_clip, tmp_path_factory):
 @pytest.fixture(scope="module")
 def hf_clip_dir(tmp_path_factory):
     """A transformers CLIPModel + CLIPTokenizer (byte-level BPE, no merges) + CLIPImageProcessor save_pretrained."""
-    from tokenizers import pre_tokenizers
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    vocab.update({c: i + 2 for i, c in enumerate(alphabet)})
-    vocab.update({c + "</w>": i + 2 + len(alphabet) for i, c in enumerate(alphabet)})
-    tok = CLIPTokenizer(vocab=vocab, merges=[])
-    cfg = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
-                         pad_token_id=1),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=64, patch_size=16),
-        projection_dim=16, logit_scale_init_value=3.0)
-    torch.manual_seed(0)
-    model = CLIPModel(cfg).eval()
-    d = tmp_path_factory.mktemp("hf_clip")
-    model.save_pretrained(d)
-    tok.save_pretrained(d)
-    CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}).save_pretrained(d)
-    return d
+    return write_hf_clip(tmp_path_factory.mktemp("hf_clip"), image_size=64, patch_size=16)
 
 
 def _images(sizes=((96, 96), (80, 120), (130, 70)), seed=0):

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from rewardflow.rewards._tiny import imagereward_med_config, imagereward_state_dict, mlp_head_state_dict
 from rewardflow.rewards.base import load_reward, reward_info
 from rewardflow.rewards.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_preprocess
 
@@ -28,71 +29,18 @@ T_VOCAB = len(VOCAB) + 2  # + BLIP's [DEC] and [ENC]
 
 
 # ------------------------------------------------------------------------------------------------------------
-# official-format files
+# official-format files (rewardflow.rewards._tiny)
 # ------------------------------------------------------------------------------------------------------------
-def _linear(sd, name, n_out, n_in, g):
-    sd[f"{name}.weight"] = torch.randn(n_out, n_in, generator=g) / math.sqrt(n_in)
-    sd[f"{name}.bias"] = 0.1 * torch.randn(n_out, generator=g)
-
-
-def _norm(sd, name, n, g):
-    sd[f"{name}.weight"] = 1.0 + 0.1 * torch.randn(n, generator=g)
-    sd[f"{name}.bias"] = 0.1 * torch.randn(n, generator=g)
-
-
-def _mlp_head(sd, prefix, n_in, g):
-    for idx, (o, i) in zip((0, 2, 4, 6, 7), ((1024, n_in), (128, 1024), (64, 128), (16, 64), (1, 16))):
-        _linear(sd, f"{prefix}layers.{idx}", o, i, g)
+SIZES = dict(vision_width=V_W, vision_depth=V_DEPTH, patch_size=PATCH, image_size=IMG, text_hidden=T_H,
+             text_layers=T_LAYERS, text_intermediate=T_INTER, text_positions=T_POS, vocab_size=T_VOCAB)
 
 
 def official_imagereward_state_dict(seed=0):
-    """Random tensors under the names of THUDM/ImageReward's ``ImageReward.pt`` (BLIP_Pretrain + MLP)."""
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-    v = "blip.visual_encoder."
-    n_tok = (IMG // PATCH) ** 2 + 1
-    sd[v + "cls_token"] = 0.5 * torch.randn(1, 1, V_W, generator=g)
-    sd[v + "pos_embed"] = 0.5 * torch.randn(1, n_tok, V_W, generator=g)
-    sd[v + "patch_embed.proj.weight"] = torch.randn(V_W, 3, PATCH, PATCH, generator=g) / (PATCH * math.sqrt(3))
-    sd[v + "patch_embed.proj.bias"] = 0.1 * torch.randn(V_W, generator=g)
-    for i in range(V_DEPTH):
-        b = f"{v}blocks.{i}."
-        _norm(sd, b + "norm1", V_W, g)
-        _linear(sd, b + "attn.qkv", 3 * V_W, V_W, g)
-        _linear(sd, b + "attn.proj", V_W, V_W, g)
-        _norm(sd, b + "norm2", V_W, g)
-        _linear(sd, b + "mlp.fc1", 4 * V_W, V_W, g)
-        _linear(sd, b + "mlp.fc2", V_W, 4 * V_W, g)
-    _norm(sd, v + "norm", V_W, g)
-    t = "blip.text_encoder."
-    sd[t + "embeddings.word_embeddings.weight"] = torch.randn(T_VOCAB, T_H, generator=g)
-    sd[t + "embeddings.position_embeddings.weight"] = torch.randn(T_POS, T_H, generator=g)
-    sd[t + "embeddings.position_ids"] = torch.arange(T_POS).unsqueeze(0)  # persistent buffer in BLIP's med.py
-    _norm(sd, t + "embeddings.LayerNorm", T_H, g)
-    for i in range(T_LAYERS):
-        b = f"{t}encoder.layer.{i}."
-        for blk, kv_in in (("attention", T_H), ("crossattention", V_W)):
-            _linear(sd, f"{b}{blk}.self.query", T_H, T_H, g)
-            _linear(sd, f"{b}{blk}.self.key", T_H, kv_in, g)
-            _linear(sd, f"{b}{blk}.self.value", T_H, kv_in, g)
-            _linear(sd, f"{b}{blk}.output.dense", T_H, T_H, g)
-            _norm(sd, f"{b}{blk}.output.LayerNorm", T_H, g)
-        _linear(sd, b + "intermediate.dense", T_INTER, T_H, g)
-        _linear(sd, b + "output.dense", T_H, T_INTER, g)
-        _norm(sd, b + "output.LayerNorm", T_H, g)
-    _linear(sd, "blip.vision_proj", 256, V_W, g)  # ITC projections: in the file, unused by the reward
-    _linear(sd, "blip.text_proj", 256, T_H, g)
-    _mlp_head(sd, "mlp.", T_H, g)
-    return sd
+    return imagereward_state_dict(seed, **SIZES)
 
 
 def med_config():
-    """BLIP ``configs/med_config.json`` keys, tiny sizes."""
-    return {"architectures": ["BertModel"], "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",
-            "hidden_dropout_prob": 0.1, "hidden_size": T_H, "initializer_range": 0.02, "intermediate_size": T_INTER,
-            "layer_norm_eps": 1e-12, "max_position_embeddings": T_POS, "model_type": "bert",
-            "num_attention_heads": T_HEADS, "num_hidden_layers": T_LAYERS, "pad_token_id": 0, "type_vocab_size": 2,
-            "vocab_size": T_VOCAB, "encoder_width": 768, "add_cross_attention": True}
+    return imagereward_med_config(T_H, T_LAYERS, T_HEADS, T_INTER, T_POS, T_VOCAB)
 
 
 @pytest.fixture(scope="module")
@@ -333,8 +281,7 @@ def aes_files(tmp_path_factory):
         for p in clip.parameters():
             p.add_(0.05 * torch.randn_like(p))
     torch.save(clip.state_dict(), d / "clip.pt")
-    head = {}
-    _mlp_head(head, "", 24, torch.Generator().manual_seed(1))
+    head = mlp_head_state_dict(24, seed=1)
     torch.save(head, d / "sac+logos+ava1-l14-linearMSE.pth")
     return d, clip, head
 
@@ -381,8 +328,7 @@ def test_aesthetic_errors(aes_files, tmp_path):
     torch.save(renamed, tmp_path / "sac+logos+ava1-l14-linearMSE.pth")
     with pytest.raises(ValueError, match=r"missing keys \['layers.6.bias', 'layers.6.weight'\]"):
         load_reward("aesthetic", path=str(tmp_path), model=TINY_CLIP, pretrained=str(d / "clip.pt"))
-    big = {}
-    _mlp_head(big, "", 768, torch.Generator().manual_seed(0))  # the real 768-d head on a 24-d CLIP
+    big = mlp_head_state_dict(768, seed=0)  # the real 768-d head on a 24-d CLIP
     torch.save(big, tmp_path / "sac+logos+ava1-l14-linearMSE.pth")
     with pytest.raises(ValueError, match="768-d CLIP embeddings.*24-d"):
         load_reward("aesthetic", path=str(tmp_path), model=TINY_CLIP, pretrained=str(d / "clip.pt"))

@@ -8,8 +8,8 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from rewardflow.rewards.transforms import (IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
-                                           center_crop, clip_preprocess, normalize, resize_longest_pad,
-                                           resize_shorter, resize_to)
+                                           center_crop, clip_preprocess, normalize, pil_transform,
+                                           resize_longest_pad, resize_shorter, resize_to)
 from rewardflow.toy import world
 
 BICUBIC = T.InterpolationMode.BICUBIC
@@ -54,6 +54,57 @@ def _hpsv2_reference(pil, size):
     return TF.normalize(x, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
 
 
+def _normalized(arr_hwc_uint8, mean, std):
+    """uint8 HWC array -> ToTensor (/ 255 in float32) -> (x - mean) / std, as torchvision's ToTensor + Normalize."""
+    x = torch.from_numpy(np.array(arr_hwc_uint8, dtype=np.uint8)).permute(2, 0, 1).float() / 255
+    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
+def openai_clip_reference(pil, size, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD):
+    """OpenAI CLIP's ``_transform`` (openai/CLIP clip/clip.py; ImageReward.py ``_transform``, clipscore
+    ``_transform_test``, the aesthetic predictor's ``clip.load``) written out with PIL calls: torchvision
+    ``Resize(size)`` on a PIL image is ``Image.resize`` of the shorter side to ``size`` (longer side truncated),
+    ``CenterCrop`` crops at ``int(round(excess / 2))``, then ``convert("RGB")``, ToTensor and Normalize."""
+    w, h = pil.size
+    nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    im = pil if (nw, nh) == (w, h) else pil.resize((nw, nh), Image.BICUBIC)
+    top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+    im = im.crop((left, top, left + size, top + size)).convert("RGB")
+    return _normalized(np.asarray(im), mean, std)
+
+
+def hf_processor_reference(pil, size, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD):
+    """transformers' ``CLIPImageProcessor`` as PickScore's official code ran it (the PIL "slow" processor,
+    transformers ``image_processing_clip.py`` / ``image_transforms.py``) step by step: ``convert_to_rgb``
+    (transparency composited onto white), shortest edge -> ``size`` with ``PIL.Image.resize`` (longer side
+    ``int(size * long / short)``), centre crop at ``(h - size) // 2``, rescale ``uint8 * (1/255)`` in float64 then
+    float32, ``(x - mean) / std`` in float32."""
+    if "A" in pil.getbands() or pil.info.get("transparency") is not None:
+        rgba = pil.convert("RGBA")
+        pil = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    else:
+        pil = pil.convert("RGB")
+    w, h = pil.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(size * long / short)
+    nw, nh = (size, new_long) if w <= h else (new_long, size)
+    arr = np.asarray(pil.resize((nw, nh), Image.BICUBIC))
+    top, left = (nh - size) // 2, (nw - size) // 2
+    arr = arr[top:top + size, left:left + size]
+    x = (arr.astype(np.float64) * (1 / 255)).astype(np.float32)
+    x = (x - np.array(mean, dtype=np.float32)) / np.array(std, dtype=np.float32)
+    return torch.from_numpy(x).permute(2, 0, 1).contiguous()
+
+
+def vlm_rm_reference(pil, size, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD):
+    """VLM-RM's transform (AlignmentResearch/vlmrm ``src/vlmrm/contrib/open_clip/transform.py``): uint8 frame to
+    float / 255, ``Resize((size, size))`` bicubic on the float tensor (antialiased, no clipping), ``CenterCrop``
+    (a no-op at that size), ``Normalize``."""
+    x = torch.from_numpy(np.asarray(pil.convert("RGB")).copy()).permute(2, 0, 1).to(torch.float32) / 255.0
+    x = TF.center_crop(TF.resize(x, [size, size], BICUBIC, antialias=True), size)
+    return TF.normalize(x, mean, std)
+
+
 def _assert_close(ours, ref):
     assert ours.shape == ref.shape
     diff = (ours - ref).abs()
@@ -91,6 +142,47 @@ def test_hpsv2_keeps_the_bicubic_overshoot():
                                atol=1e-6)
     clamped = clip_preprocess(_to_tensor(pil), mode="pad", clamp=True)[0]  # the earlier, wrong pipeline
     assert float((clamped - ref).abs().max()) > 0.2
+
+
+def _modes_image(mode, h=150, w=110, seed=3):
+    base = _toy_image(h, w, seed=seed)
+    if mode == "RGBA":  # a transparency gradient: PIL resizes RGBA premultiplied, processors composite on white
+        alpha = np.tile(np.linspace(0, 255, w, dtype=np.float64), (h, 1)).round().astype(np.uint8)
+        base = base.copy()
+        base.putalpha(Image.fromarray(alpha))
+        return base
+    if mode == "P":
+        return base.convert("P", palette=Image.ADAPTIVE, colors=32)
+    return base.convert(mode)
+
+
+@pytest.mark.parametrize("hw", SIZES + [(160, 224), (224, 300)])
+def test_pil_transform_is_openai_clip_transform(hw):
+    # the file path reproduces the official PIL pipeline bit for bit; the tensor path stays within 2 uint8 levels
+    pil = _toy_image(*hw, seed=4)
+    got = pil_transform(224)(pil)
+    assert torch.equal(got, openai_clip_reference(pil, 224))
+    _assert_close(clip_preprocess(_to_tensor(pil))[0], got)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "L", "P", "CMYK"])
+def test_pil_transform_converts_the_mode_after_the_resize(mode):
+    pil = _modes_image(mode)
+    got = pil_transform(64)(pil)
+    assert torch.equal(got, openai_clip_reference(pil, 64))
+    if mode in ("RGBA", "P"):  # converting first would resize other pixels (premultiplied alpha / nearest palette)
+        first = pil_transform(64)(pil.convert("RGB"))
+        assert float((first - got).abs().max()) > 0.05
+
+
+def test_pil_transform_squash_and_errors():
+    pil = _toy_image(97, 150, seed=5)
+    want = _normalized(np.asarray(pil.resize((64, 64), Image.BICUBIC)), IMAGENET_MEAN, IMAGENET_STD)
+    assert torch.equal(pil_transform(64, IMAGENET_MEAN, IMAGENET_STD, mode="squash")(pil), want)
+    with pytest.raises(ValueError, match="HPSv2"):
+        pil_transform(64, mode="pad")
+    with pytest.raises(ValueError, match="interpolation"):
+        pil_transform(64, interpolation="lanczos")
 
 
 @pytest.mark.parametrize("size,out", [(96, 64), (256, 224), (64, 224)])

@@ -208,10 +208,31 @@ def test_preprocess_resize_to_multiples_of_28_close_to_processor():
     assert (rows - ref["pixel_values_videos"]).abs().max() < 0.05
 
 
-def test_videoreward_loads_official_layout_and_matches_independent_head(videoreward_ckpt):
+def _independent_heads(ckpt, clip_u8, prompt, pixels=56 * 56):
+    """(VQ, MQ, TA) normalised, from the merged tiny Qwen2-VL, the transformers video processor on uint8 frames of
+    a size it keeps, the chat text and rm_head (the official VideoAlign inference path)."""
     from transformers import Qwen2VLVideoProcessor
 
-    from rewardflow.rewards.videoreward import VideoReward, build_chat_text
+    from rewardflow.rewards.videoreward import build_chat_text
+
+    merged, tok, w = ckpt["merged"], ckpt["tok"], ckpt["rm_head"]
+    proc = Qwen2VLVideoProcessor(min_pixels=pixels, max_pixels=pixels, cap_pixels_per_frame=False)
+    vin = proc(videos=[clip_u8], return_tensors="pt")
+    n = int(vin["video_grid_thw"].prod()) // 4
+    ids = tok(build_chat_text(prompt, n), return_tensors="pt", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        h = merged.model(input_ids=ids, pixel_values_videos=vin["pixel_values_videos"],
+                         video_grid_thw=vin["video_grid_thw"],
+                         mm_token_type_ids=(ids == merged.config.video_token_id).int() * 2).last_hidden_state[0]
+    raw = []
+    for t in ("<|VQ_reward|>", "<|MQ_reward|>", "<|TA_reward|>"):
+        (pos,) = torch.nonzero(ids[0] == tok.convert_tokens_to_ids(t)).flatten().tolist()
+        raw.append(float(h[pos] @ w[0]))
+    return [(raw[0] - 0.5) / 2.0, (raw[1] + 0.25) / 0.5, (raw[2] - 1.5) / 4.0]
+
+
+def test_videoreward_loads_official_layout_and_matches_independent_head(videoreward_ckpt):
+    from rewardflow.rewards.videoreward import VideoReward
 
     r = VideoReward.from_pretrained(videoreward_ckpt["dir"], min_pixels=56 * 56, video_fps=8.0)
     assert r.max_pixels == 56 * 56 and r.norm == NORM_CFG and r.primary_head == "Overall"
@@ -221,26 +242,41 @@ def test_videoreward_loads_official_layout_and_matches_independent_head(videorew
     out = r.all_heads(video, prompts)
 
     # independent: fps 2 at 8 fps over 8 frames -> 4 frames round(linspace(0, 7, 4)) = [0, 2, 5, 7]
-    merged, tok, w = videoreward_ckpt["merged"], videoreward_ckpt["tok"], videoreward_ckpt["rm_head"]
-    proc = Qwen2VLVideoProcessor(min_pixels=56 * 56, max_pixels=56 * 56, cap_pixels_per_frame=False)
     for b in range(2):
         clip = (video[b, [0, 2, 5, 7]] * 255).round().to(torch.uint8)
-        vin = proc(videos=[clip], return_tensors="pt")
-        n = int(vin["video_grid_thw"].prod()) // 4
-        ids = tok(build_chat_text(prompts[b], n), return_tensors="pt", add_special_tokens=False)["input_ids"]
-        with torch.no_grad():
-            h = merged.model(input_ids=ids, pixel_values_videos=vin["pixel_values_videos"],
-                             video_grid_thw=vin["video_grid_thw"],
-                             mm_token_type_ids=(ids == merged.config.video_token_id).int() * 2).last_hidden_state[0]
-        raw = []
-        for t in ("<|VQ_reward|>", "<|MQ_reward|>", "<|TA_reward|>"):
-            (pos,) = torch.nonzero(ids[0] == tok.convert_tokens_to_ids(t)).flatten().tolist()
-            raw.append(float(h[pos] @ w[0]))
-        z = [(raw[0] - 0.5) / 2.0, (raw[1] + 0.25) / 0.5, (raw[2] - 1.5) / 4.0]
+        z = _independent_heads(videoreward_ckpt, clip, prompts[b])
         for k, v in zip(("VQ", "MQ", "TA"), z):
             assert out[k][b].item() == pytest.approx(v, abs=1e-4)
         assert out["Overall"][b].item() == pytest.approx(sum(z), abs=1e-4)
     torch.testing.assert_close(r(video, prompts), out["Overall"])
+
+
+def test_videoreward_files_take_the_official_uint8_resize(videoreward_ckpt):
+    """VideoAlign's fetch_video resizes the decoded uint8 frames (torchvision: float interpolation, clip, round to
+    uint8) before the processor: a uint8 video given to score_files takes exactly that path; the float (tensor)
+    path differs by the 8-bit rounding only."""
+    import torchvision.transforms.functional as TF
+
+    from rewardflow.rewards.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    from rewardflow.rewards.videoreward import VideoReward, patchify_video, preprocess_video
+
+    r = VideoReward.from_pretrained(videoreward_ckpt["dir"], min_pixels=56 * 56, video_fps=8.0)
+    g = torch.Generator().manual_seed(3)
+    small = torch.rand(8, 3, 6, 9, generator=g)  # hard-edged blocks upscaled: the bicubic overshoot is clipped
+    video = (torch.nn.functional.interpolate(small, size=(50, 70), mode="nearest") * 255).round().to(torch.uint8)
+    official = TF.resize(video[[0, 2, 5, 7]], [56, 56], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+    mean, std = torch.tensor(OPENAI_CLIP_MEAN).view(3, 1, 1), torch.tensor(OPENAI_CLIP_STD).view(3, 1, 1)
+    rows_want, grid_want = patchify_video((official.float() * (1 / 255) - mean) / std)  # processor: rescale, norm
+    rows, grid = preprocess_video(video[[0, 2, 5, 7]], min_pixels=56 * 56, max_pixels=56 * 56)
+    assert grid.tolist() == grid_want.tolist() == [2, 4, 4]
+    torch.testing.assert_close(rows, rows_want, rtol=0, atol=1e-6)  # the uint8 path = official frames, patchified
+    heads = r.score_files([video], ["a red circle moving left"])
+    z = _independent_heads(videoreward_ckpt, official, "a red circle moving left")
+    assert heads["Overall"].item() == pytest.approx(sum(z), abs=1e-4)
+    float_rows, _ = preprocess_video(video[[0, 2, 5, 7]].float() / 255, min_pixels=56 * 56, max_pixels=56 * 56)
+    assert 0 < (float_rows - rows).abs().max() <= 0.5 / 255 / 0.26 + 1e-6  # at most half a level (rounding)
+    with pytest.raises(TypeError, match="uint8"):
+        r.score_files([video.float()], ["x"])
 
 
 def test_videoreward_gradients_reach_frames(videoreward_ckpt):
