@@ -9,6 +9,10 @@
 #   2. attention: a tiny random Stable Diffusion pipeline (rewardflow.testing.tiny_sd) loaded on CUDA in bf16
 #      with attention=sdpa and attention=xformers (SKIP when xformers is not installed), 2 sampling steps, finite
 #      images. The trainer itself loads models with the default attention ("auto": xformers when installed on CUDA).
+#   3. rewards: benchmarks/reward_throughput.py on CUDA (tiny official-format models, 64 PNG files, batch 1..64):
+#      PASS = exit 0 and every reward's file-path score within 1e-3 of the official call pattern with no ranking
+#      swap (cuDNN may pick other kernels per batch size); the images/s table is printed and kept in
+#      OUT/reward_throughput.json.
 # Exit status: the number of FAIL lines (0 = all passed).
 set -u
 OUT=${1:-/tmp/rewardflow_cuda_smoke}
@@ -93,6 +97,24 @@ EOF
 )
   if [ "${msg##*$'\n'}" = ok ]; then report PASS "$name" ""; else report FAIL "$name" "${msg//$'\n'/ | }"; fi
 done
+
+# ---------------------------------------------------------------- 3. reward file scoring throughput (CUDA)
+name="rewards[file path vs official, cuda]"
+$PY benchmarks/reward_throughput.py --device cuda --images 64 --repeats 3 --out "$OUT/reward_throughput.json" \
+  > "$OUT/reward_throughput.log" 2>&1
+rc=$?
+grep -A8 "^reward " "$OUT/reward_throughput.log"
+check=$($PY - "$OUT/reward_throughput.json" <<'EOF' 2>&1
+import json, sys
+doc = json.load(open(sys.argv[1]))
+bad = [f"{n}: {r['parity']['max_abs_diff_file_path']:.1e}, {r['parity']['discordant_pairs_file_path']} swaps"
+       for n, r in doc["rewards"].items()
+       if r["parity"]["max_abs_diff_file_path"] > 1e-3 or r["parity"]["discordant_pairs_file_path"]]
+print("ok" if not bad else "; ".join(bad))
+EOF
+)
+if [ $rc -eq 0 ] && [ "$check" = ok ]; then report PASS "$name" ""; else
+  report FAIL "$name" "rc=$rc ${check//$'\n'/ } log=$OUT/reward_throughput.log"; fi
 
 echo "failures: $fails"
 exit "$fails"

@@ -297,3 +297,29 @@ def test_default_file_path_is_the_tensor_path_grouped_by_size(images):
         r.score_files(pils, ["x"] * 3)
     with pytest.raises(TypeError, match="PIL images decoded from files"):
         r.score_files([pil_to_tensor(pils[0])], ["x"])
+
+
+@pytest.mark.slow  # ~12 s: a subprocess that builds three tiny models
+def test_reward_throughput_benchmark_runs_and_agrees(tmp_path):
+    """benchmarks/reward_throughput.py on 4 files: its own transcription of the official call pattern agrees with
+    the file path (and the JSON has the figures the docs quote)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "rt.json"
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, str(root / "benchmarks" / "reward_throughput.py"), "--images", "4",
+                          "--batch-sizes", "1,4", "--rewards", "hpsv2.1,imagereward,pickscore", "--out", str(out)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    for name in ("hpsv2.1", "imagereward", "pickscore"):
+        r = doc["rewards"][name]
+        assert r["parity"]["max_abs_diff_file_path"] < 1e-5 and r["parity"]["discordant_pairs_file_path"] == 0
+        assert set(r["rewardflow"]) == {"1", "4"} and r["official"]["images_per_s_wall"] > 0
+        assert r["rewardflow"]["4"]["speedup_wall"] > 0
+    assert "imagereward" in res.stdout and "wrote" in res.stdout
