@@ -297,6 +297,8 @@ def test_default_file_path_is_the_tensor_path_grouped_by_size(images):
         r.score_files(pils, ["x"] * 3)
     with pytest.raises(TypeError, match="PIL images decoded from files"):
         r.score_files([pil_to_tensor(pils[0])], ["x"])
+    with pytest.raises(ValueError, match="no media"):
+        r.score_files([], [])
 
 
 @pytest.mark.slow  # ~12 s: a subprocess that builds three tiny models

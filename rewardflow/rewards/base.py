@@ -100,6 +100,8 @@ class Reward(nn.Module):
         if isinstance(prompts, str):
             prompts = [prompts]
         prompts = list(prompts)
+        if not media:
+            raise ValueError(f"{self.name}.score_files: no media given")
         if len(prompts) != len(media):
             raise ValueError(f"{self.name}: {len(media)} media but {len(prompts)} prompts")
         for m in media:
