@@ -31,7 +31,8 @@ import os
 import torch
 
 from rewardflow.pipelines._video import VideoGenerator
-from rewardflow.pipelines.base import StepOutput, load_diffusers_pipeline
+from rewardflow.pipelines.base import StepOutput
+from rewardflow.pipelines.loading import load_diffusers_pipeline
 from rewardflow.pipelines.registry import register_generator
 
 

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from rewardflow.pipelines._flow_transformer import FlowTransformerGenerator
-from rewardflow.pipelines.base import Conditioning, load_diffusers_pipeline
+from rewardflow.pipelines.base import Conditioning
+from rewardflow.pipelines.loading import load_diffusers_pipeline
 from rewardflow.pipelines.registry import register_generator
 
 # LoRA targets: attention projections of both streams plus the feed-forwards of the double-stream blocks, the
@@ -59,7 +60,7 @@ class FluxGenerator(FlowTransformerGenerator):
                         **load_options) -> FluxGenerator:
         """Load a ``FluxPipeline`` directory or hub id (``black-forest-labs/FLUX.1-dev`` / ``-schnell``; use
         ``max_sequence_length=256`` for schnell as its model card does); ``load_options`` go to
-        :func:`rewardflow.pipelines.base.load_diffusers_pipeline`."""
+        :func:`rewardflow.pipelines.loading.load_diffusers_pipeline`."""
         from diffusers import FluxPipeline
 
         pipe = load_diffusers_pipeline(FluxPipeline, path, dtype=dtype, device=device, **load_options)

@@ -32,10 +32,7 @@ import numpy as np
 import torch
 
 from rewardflow.pipelines._video import VideoGenerator
-from rewardflow.pipelines.base import (
-    load_diffusers_pipeline,
-    parametrization_from_scheduler,
-)
+from rewardflow.pipelines.loading import load_diffusers_pipeline, parametrization_from_scheduler
 from rewardflow.pipelines.registry import register_generator
 
 

@@ -19,15 +19,9 @@ from typing import Sequence
 
 import torch
 
-from rewardflow.pipelines.base import (
-    Conditioning,
-    Generator,
-    StepOutput,
-    load_diffusers_pipeline,
-    parametrization_from_scheduler,
-    vae_decode,
-    vae_encode,
-)
+from rewardflow.pipelines.base import Conditioning, Generator, StepOutput
+from rewardflow.pipelines.loading import load_diffusers_pipeline, parametrization_from_scheduler
+from rewardflow.pipelines.vae import vae_decode, vae_encode
 from rewardflow.pipelines.registry import register_generator
 
 
@@ -81,7 +75,7 @@ class StableDiffusionGenerator(Generator):
                         guidance_scale: float | None = None, height: int | None = None, width: int | None = None,
                         **load_options) -> "StableDiffusionGenerator":
         """Load from a local ``save_pretrained`` directory or a hub id. ``load_options`` go to
-        :func:`rewardflow.pipelines.base.load_diffusers_pipeline` (offload, VAE slicing/tiling, gradient
+        :func:`rewardflow.pipelines.loading.load_diffusers_pipeline` (offload, VAE slicing/tiling, gradient
         checkpointing, attention, ``variant``, component overrides)."""
         if path is None:
             raise ValueError(f"{cls.__name__} needs a model directory or hub id (e.g. stabilityai/sd-turbo)")

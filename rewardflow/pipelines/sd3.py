@@ -22,7 +22,8 @@ from collections.abc import Sequence
 import torch
 
 from rewardflow.pipelines._flow_transformer import FlowTransformerGenerator
-from rewardflow.pipelines.base import Conditioning, load_diffusers_pipeline
+from rewardflow.pipelines.base import Conditioning
+from rewardflow.pipelines.loading import load_diffusers_pipeline
 from rewardflow.pipelines.registry import register_generator
 
 # LoRA targets: the attention projections of both MMDiT streams (image: to_q/k/v/out, text: add_q/k/v, to_add_out),
@@ -51,7 +52,7 @@ class SD3Generator(FlowTransformerGenerator):
                         **load_options) -> SD3Generator:
         """Load a ``StableDiffusion3Pipeline`` directory or hub id (e.g.
         ``stabilityai/stable-diffusion-3.5-medium``); ``load_options`` (offload, VAE slicing / tiling, gradient
-        checkpointing, attention backend) go to :func:`rewardflow.pipelines.base.load_diffusers_pipeline`."""
+        checkpointing, attention backend) go to :func:`rewardflow.pipelines.loading.load_diffusers_pipeline`."""
         from diffusers import StableDiffusion3Pipeline
 
         pipe = load_diffusers_pipeline(StableDiffusion3Pipeline, path, dtype=dtype, device=device, **load_options)

@@ -24,7 +24,7 @@ import os
 import torch
 
 from rewardflow.pipelines._video import VideoGenerator
-from rewardflow.pipelines.base import load_diffusers_pipeline
+from rewardflow.pipelines.loading import load_diffusers_pipeline
 from rewardflow.pipelines.registry import register_generator
 
 

@@ -12,7 +12,8 @@ from typing import Sequence
 
 import torch
 
-from rewardflow.pipelines.base import Conditioning, Generator, parametrization_from_scheduler
+from rewardflow.pipelines.base import Conditioning, Generator
+from rewardflow.pipelines.loading import check_pipeline_dir, parametrization_from_scheduler
 from rewardflow.pipelines.registry import register_generator
 
 
@@ -45,8 +46,6 @@ class ToyGenerator(Generator):
         if not os.path.isdir(path):
             raise FileNotFoundError(f"toy generator directory not found: {path} "
                                     "(train one with `rewardflow toy train-generator --out DIR`)")
-        from rewardflow.pipelines.base import check_pipeline_dir
-
         check_pipeline_dir(path)  # a missing component / weight file is reported by name
         pipe = ToyFlowPipeline.from_pretrained(str(path), dtype=torch.float32)
         return cls(pipe, **kwargs)
