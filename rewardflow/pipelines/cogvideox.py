@@ -38,7 +38,7 @@ from rewardflow.pipelines.registry import register_generator
 
 def cogvideox_ddim_from(scheduler):
     """The pipeline's scheduler as a ``CogVideoXDDIMScheduler`` (same config; DPM -> DDIM for CogVideoX-5b)."""
-    from diffusers import CogVideoXDDIMScheduler
+    from diffusers import CogVideoXDDIMScheduler  # lazy: diffusers is a heavy import
 
     if isinstance(scheduler, CogVideoXDDIMScheduler):
         return scheduler

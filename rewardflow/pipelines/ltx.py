@@ -81,7 +81,7 @@ class LTXGenerator(VideoGenerator):
         return (int(self.denoiser.config.in_channels), self.latent_frames, self.height // s, self.width // s)
 
     def _set_timesteps_kwargs(self, steps: int) -> dict:
-        from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift
+        from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift  # lazy: diffusers is a heavy import
 
         cfg = self.scheduler.config
         _, f, h, w = self.latent_shape

@@ -131,7 +131,8 @@ class ParametrizationMixin:
             return (x - (1 - ab).sqrt() * out) / ab.sqrt(), out
         return ab.sqrt() * x - (1 - ab).sqrt() * out, ab.sqrt() * out + (1 - ab).sqrt() * x
 
-    def sample_t(self, batch: int, generator: torch.Generator | None = None, dist: str = "logit_normal") -> torch.Tensor:
+    def sample_t(self, batch: int, generator: torch.Generator | None = None,
+                 dist: str = "logit_normal") -> torch.Tensor:
         """Training timesteps: logit-normal sigmas (SD3) for flow, uniform integers for diffusion."""
         if self.parametrization == "flow":
             if dist == "uniform":

@@ -21,8 +21,8 @@ import torch
 
 from rewardflow.pipelines.base import Conditioning, Generator, StepOutput
 from rewardflow.pipelines.loading import load_diffusers_pipeline, parametrization_from_scheduler
-from rewardflow.pipelines.vae import vae_decode, vae_encode
 from rewardflow.pipelines.registry import register_generator
+from rewardflow.pipelines.vae import vae_decode, vae_encode
 
 
 def ddim_from(scheduler):
@@ -30,7 +30,7 @@ def ddim_from(scheduler):
 
     ``clip_sample`` / ``thresholding`` are off (the ODE/SDE steps in :class:`Generator` do not clip); the final
     alpha is 1 (chain ends at sigma 0) for Euler-type schedulers, else the source's ``set_alpha_to_one``."""
-    from diffusers import DDIMScheduler
+    from diffusers import DDIMScheduler  # lazy: diffusers is a heavy import
 
     if isinstance(scheduler, DDIMScheduler) and not scheduler.config.clip_sample and not scheduler.config.thresholding:
         return scheduler

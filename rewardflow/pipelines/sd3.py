@@ -53,7 +53,7 @@ class SD3Generator(FlowTransformerGenerator):
         """Load a ``StableDiffusion3Pipeline`` directory or hub id (e.g.
         ``stabilityai/stable-diffusion-3.5-medium``); ``load_options`` (offload, VAE slicing / tiling, gradient
         checkpointing, attention backend) go to :func:`rewardflow.pipelines.loading.load_diffusers_pipeline`."""
-        from diffusers import StableDiffusion3Pipeline
+        from diffusers import StableDiffusion3Pipeline  # lazy: diffusers is a heavy import
 
         pipe = load_diffusers_pipeline(StableDiffusion3Pipeline, path, dtype=dtype, device=device, **load_options)
         return cls(pipe, guidance_scale=guidance_scale, height=height, width=width,
@@ -74,7 +74,7 @@ class SD3Generator(FlowTransformerGenerator):
         if not cfg.get("use_dynamic_shifting", False):
             return {}
         from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import (
-            calculate_shift,
+            calculate_shift,  # lazy: diffusers is a heavy import
         )
 
         _, h, w = self.latent_shape

@@ -15,6 +15,7 @@ import torch
 from rewardflow.pipelines.base import Conditioning, Generator
 from rewardflow.pipelines.loading import check_pipeline_dir, parametrization_from_scheduler
 from rewardflow.pipelines.registry import register_generator
+from rewardflow.toy.assets import asset_path
 
 
 @register_generator("toy", pipeline_classes=("ToyFlowPipeline",), embedded=True,
@@ -39,7 +40,7 @@ class ToyGenerator(Generator):
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, **kwargs) -> "ToyGenerator":
         """Load from a ``save_pretrained`` directory (default: the shipped ``assets/toy/generator``)."""
-        from rewardflow.toy.assets import asset_path
+        # lazy: the toy pipeline imports transformers (~1 s), not needed to register the adapter
         from rewardflow.toy.pipeline import ToyFlowPipeline
 
         path = asset_path("generator") if path is None else path
