@@ -165,7 +165,8 @@ def test_reader_variants(tmp_path):
     (tmp_path / "hpd.csv").write_text('prompt,image_path,rank\nx,"[""a.png"", ""b.png""]","[2, 1]"\n')
     assert load_benchmark(tmp_path / "hpd.csv", "hpdv2").items[0].ranks == [2.0, 1.0]
     # media cells holding bytes / HF {"bytes", "path"} structs (as the Hub parquet stores images)
-    from rewardflow.eval.benchmarks import _Resolver, load_media, media_key
+    from rewardflow.eval.benchmark_readers import _Resolver
+    from rewardflow.eval.benchmarks import load_media, media_key
 
     raw = (tmp_path / "a.png").read_bytes()
     assert _Resolver(tmp_path)({"bytes": raw, "path": "a.png"}, "row") == raw

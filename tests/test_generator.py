@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import make_diffusion_gen
 
-from rewardflow.pipelines.base import gaussian_log_prob
+from rewardflow.pipelines.parametrization import gaussian_log_prob
 
 PROMPTS = ["a red circle", "two blue squares"]
 

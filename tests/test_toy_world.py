@@ -20,6 +20,7 @@ from rewardflow.toy.world import (
     oracle,
     oracle_batch,
     oracle_score,
+    oracles,
     parse_caption,
     render,
     render_batch,
@@ -195,13 +196,13 @@ def test_pixel_colors_separate():
         px = [base, 0.55 * base, 0.75 * base]
         px += [np.clip(base + rng.integers(-12, 13, size=3), 0, 255) for _ in range(200)]
         img = np.clip(np.round(np.array(px)), 0, 255).astype(np.uint8)[None]
-        lab = W._classify_pixels(img)[0]
+        lab = oracles._classify_pixels(img)[0]
         assert np.all(lab == i), (name, [names[j] if j >= 0 else None for j in lab if j != i])
-    assert W._classify_pixels(np.zeros((1, 1, 3), np.uint8))[0, 0] == -1
+    assert oracles._classify_pixels(np.zeros((1, 1, 3), np.uint8))[0, 0] == -1
     # dim pixels (< half intensity) are background; so is cyan, which is no palette colour
-    assert W._classify_pixels(np.array([[[90, 90, 90]]], np.uint8))[0, 0] == -1
-    assert W._classify_pixels(np.array([[[128, 128, 128]]], np.uint8))[0, 0] == names.index("white")
-    assert W._classify_pixels(np.array([[[0, 200, 200]]], np.uint8))[0, 0] == -1
+    assert oracles._classify_pixels(np.array([[[90, 90, 90]]], np.uint8))[0, 0] == -1
+    assert oracles._classify_pixels(np.array([[[128, 128, 128]]], np.uint8))[0, 0] == names.index("white")
+    assert oracles._classify_pixels(np.array([[[0, 200, 200]]], np.uint8))[0, 0] == -1
 
 
 def test_connected_components_match_bfs():
@@ -209,7 +210,7 @@ def test_connected_components_match_bfs():
     rng = np.random.default_rng(3)
     for _ in range(30):
         cls = rng.integers(-1, 3, size=(int(rng.integers(5, 40)), int(rng.integers(5, 40))))
-        lab = W._label_components(cls)
+        lab = oracles._label_components(cls)
         H, Wd = cls.shape
         ref = np.full(cls.shape, H * Wd)
         for y in range(H):

@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from PIL import Image
+
+from rewardflow.io.video import save_video
 
 LAYOUTS = ("plain", "geneval", "t2i-compbench", "vbench")
 VIDEO_LAYOUTS = ("vbench",)
@@ -26,8 +29,6 @@ VIDEO_LAYOUTS = ("vbench",)
 
 def save_png(img: torch.Tensor, path: str | Path) -> None:
     """``[3, H, W]`` float in [0, 1] -> 8-bit PNG."""
-    from PIL import Image
-
     arr = (img.detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy())
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(path)
@@ -73,8 +74,6 @@ def write_layout(images: torch.Tensor, prompts: Sequence[str], out: str | Path, 
             save_png(images[i], f)
             files.append(str(f))
     elif layout == "vbench":
-        from rewardflow.io.video import save_video
-
         for i, p in enumerate(prompts):
             name = f"{p}-{sample_index[i]}.mp4"
             if "/" in p or "\0" in p or len(name.encode()) > 255:

@@ -19,6 +19,8 @@ import math
 from pathlib import Path
 from typing import Sequence
 
+from rewardflow.eval.monitor import scan_records
+
 SECTIONS = ("summary", "hacking", "reward-curves", "samples", "config", "eval-tables")
 HELD_OUT_KEYS = ("oracle_accuracy", "oracle_partial")  # toy-world held-out signals; plus every heldout_* key
 
@@ -95,8 +97,6 @@ def svg_curves(series: dict[str, list[tuple[float, float]]], width: int = 640, h
 def hacking_flags(run_dir: Path, evals: list[dict]) -> list[dict]:
     """Warnings logged live (``hacking.jsonl``) plus an offline scan of ``eval.jsonl``: optimized ``eval_reward``
     against the held-out toy oracle and every ``heldout_*`` reward (deduplicated by step and reward)."""
-    from rewardflow.eval.monitor import scan_records
-
     flags = _read_jsonl(run_dir / "hacking.jsonl")
     held = [k for k in dict.fromkeys(k for r in evals for k in r)
             if k in HELD_OUT_KEYS or (k.startswith("heldout_") and not k.endswith("_ci"))]

@@ -21,6 +21,9 @@ from typing import Sequence
 
 import torch
 
+from rewardflow.io.images import save_image
+from rewardflow.io.video import save_video
+
 MANIFEST = "manifest.json"
 
 
@@ -35,8 +38,6 @@ def sample_to_files(gen, prompts: Sequence[str], out: str | Path, *, steps: int,
     """Generate ``n_per_prompt`` images (or videos) per prompt with ``gen`` and write PNGs (MP4s at ``fps``) +
     ``manifest.json`` into ``out``. ``info`` is merged into the manifest (model path, adapter, LoRA, ...). Returns the
     manifest."""
-    from rewardflow.io.images import save_image
-
     prompts = list(prompts)
     if not prompts:
         raise ValueError("sample_to_files needs at least one prompt")
@@ -55,8 +56,6 @@ def sample_to_files(gen, prompts: Sequence[str], out: str | Path, *, steps: int,
         for (i, k, p, s), img in zip(chunk, images):
             name = f"{i:05d}_{k:02d}.{'mp4' if video else 'png'}"
             if video:
-                from rewardflow.io.video import save_video
-
                 save_video(img, out / name, fps=fps)
             else:
                 save_image(img, out / name)

@@ -39,12 +39,15 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from rewardflow.io.images import to_uint8
 
@@ -152,7 +155,7 @@ def mjvideo_indices(total: int, n: int = 8) -> torch.Tensor:
 
 def _import_av():
     try:
-        import av
+        import av  # lazy: optional dependency (rewardflow[video])
     except ImportError:
         raise ImportError("reading/writing video needs PyAV: pip install 'rewardflow[video]' (or pip install av)") \
             from None
@@ -162,7 +165,7 @@ def _import_av():
 def available_backends() -> list[str]:
     out = []
     try:
-        import decord  # noqa: F401
+        import decord  # noqa: F401  (lazy: optional dependency, rewardflow[video])
 
         out.append("decord")
     except ImportError:
@@ -188,7 +191,7 @@ def _resolve(path, backend):
 
 
 def _decord_reader(path: Path):
-    import decord
+    import decord  # lazy: optional dependency (rewardflow[video])
 
     try:
         return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
@@ -228,8 +231,6 @@ def _pyav_frames(path: Path, keep: set[int] | None):
 def _decord_fallback(path: Path) -> None:
     # decord (0.6.0 and decord2 3.4.0) copies FFmpeg's padded rows for some frame widths (e.g. 48 px; decord2 also
     # 32 px) and then fails its size check or returns 4/6 "channels". Those files are decoded with PyAV instead.
-    import warnings
-
     warnings.warn(f"decord could not return RGB frames for {path}; decoding it with PyAV", RuntimeWarning,
                   stacklevel=3)
 
@@ -319,8 +320,6 @@ def save_video(video: torch.Tensor, path: str | os.PathLike, fps: float = 8.0, c
     path.parent.mkdir(parents=True, exist_ok=True)
     ext = path.suffix.lower()
     if ext == ".gif":
-        from PIL import Image
-
         ims = [Image.fromarray(f) for f in frames]
         ims[0].save(path, save_all=True, append_images=ims[1:], duration=max(int(round(1000 / fps)), 10), loop=0,
                     optimize=False, disposal=1)
@@ -332,8 +331,6 @@ def save_video(video: torch.Tensor, path: str | os.PathLike, fps: float = 8.0, c
         raise ValueError(f"save_video: yuv420p mp4 needs even height and width, got {h}x{w} "
                          "(resize or crop the video, or pass pix_fmt='yuv444p')")
     av = _import_av()
-    from fractions import Fraction
-
     with av.open(str(path), mode="w") as c:
         st = c.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
         st.width, st.height, st.pix_fmt = w, h, pix_fmt

@@ -1,18 +1,15 @@
 """Shared plumbing of the text-to-image rectified-flow transformer adapters (SD3 in ``sd3.py``, FLUX.1 in
 ``flux.py``): per-prompt text-encoder cache, differentiable VAE decode / encode with the VAE config's scaling and
-shift factors (``vae_decode`` / ``vae_encode`` of ``base.py``), and the image resolution. Not an adapter itself
+shift factors (``vae_decode`` / ``vae_encode`` of ``vae.py``), and the image resolution. Not an adapter itself
 (the leading underscore keeps the registry from importing it as one)."""
 
 from __future__ import annotations
 
 import torch
 
-from rewardflow.pipelines.base import (
-    Generator,
-    parametrization_from_scheduler,
-    vae_decode,
-    vae_encode,
-)
+from rewardflow.pipelines.base import Generator
+from rewardflow.pipelines.loading import parametrization_from_scheduler
+from rewardflow.pipelines.vae import vae_decode, vae_encode
 
 
 class FlowTransformerGenerator(Generator):

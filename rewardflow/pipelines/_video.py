@@ -12,7 +12,7 @@ What is common to the three families lives here, once:
   decoded (:meth:`VideoGenerator.decode_prefix`, one rule per VAE), then the requested frames are sliced out.
 * ``encode(videos)`` (editing mode, InstructVideo / SDEdit): ``[B, T, 3, H, W]`` in [0, 1] -> latents.
 
-The base :class:`~rewardflow.pipelines.base.Generator` helpers ``vae_decode`` / ``vae_encode`` assume images
+The image helpers ``vae_decode`` / ``vae_encode`` of :mod:`rewardflow.pipelines.vae` assume images
 (4-D latents, ``[B, 3, H, W]`` pixels), so the video versions are here.
 """
 

@@ -31,13 +31,14 @@ import os
 import torch
 
 from rewardflow.pipelines._video import VideoGenerator
-from rewardflow.pipelines.base import StepOutput, load_diffusers_pipeline
+from rewardflow.pipelines.base import StepOutput
+from rewardflow.pipelines.loading import load_diffusers_pipeline
 from rewardflow.pipelines.registry import register_generator
 
 
 def cogvideox_ddim_from(scheduler):
     """The pipeline's scheduler as a ``CogVideoXDDIMScheduler`` (same config; DPM -> DDIM for CogVideoX-5b)."""
-    from diffusers import CogVideoXDDIMScheduler
+    from diffusers import CogVideoXDDIMScheduler  # lazy: diffusers is a heavy import
 
     if isinstance(scheduler, CogVideoXDDIMScheduler):
         return scheduler

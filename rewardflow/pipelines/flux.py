@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from rewardflow.pipelines._flow_transformer import FlowTransformerGenerator
-from rewardflow.pipelines.base import Conditioning, load_diffusers_pipeline
+from rewardflow.pipelines.base import Conditioning
+from rewardflow.pipelines.loading import load_diffusers_pipeline
 from rewardflow.pipelines.registry import register_generator
 
 # LoRA targets: attention projections of both streams plus the feed-forwards of the double-stream blocks, the
@@ -59,8 +60,8 @@ class FluxGenerator(FlowTransformerGenerator):
                         **load_options) -> FluxGenerator:
         """Load a ``FluxPipeline`` directory or hub id (``black-forest-labs/FLUX.1-dev`` / ``-schnell``; use
         ``max_sequence_length=256`` for schnell as its model card does); ``load_options`` go to
-        :func:`rewardflow.pipelines.base.load_diffusers_pipeline`."""
-        from diffusers import FluxPipeline
+        :func:`rewardflow.pipelines.loading.load_diffusers_pipeline`."""
+        from diffusers import FluxPipeline  # lazy: diffusers is a heavy import
 
         pipe = load_diffusers_pipeline(FluxPipeline, path, dtype=dtype, device=device, **load_options)
         return cls(pipe, guidance_scale=guidance_scale, height=height, width=width,
@@ -77,7 +78,7 @@ class FluxGenerator(FlowTransformerGenerator):
         return (h // 2) * (w // 2)
 
     def _set_timesteps_kwargs(self, steps: int) -> dict:
-        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift  # lazy: diffusers is a heavy import
 
         cfg = self.scheduler.config
         sigmas = None if cfg.get("use_flow_sigmas", False) else np.linspace(1.0, 1 / steps, steps)
@@ -112,7 +113,7 @@ class FluxGenerator(FlowTransformerGenerator):
         return self._forward(x_t, self.model_time(t), embeds)
 
     def _forward(self, x, model_t, embeds):
-        from diffusers import FluxPipeline
+        from diffusers import FluxPipeline  # lazy: diffusers is a heavy import
 
         if "guidance" not in embeds and self.guidance_embeds:
             raise ValueError("this FLUX transformer has a guidance embedding: call predict(), which supplies it")

@@ -32,10 +32,7 @@ import numpy as np
 import torch
 
 from rewardflow.pipelines._video import VideoGenerator
-from rewardflow.pipelines.base import (
-    load_diffusers_pipeline,
-    parametrization_from_scheduler,
-)
+from rewardflow.pipelines.loading import load_diffusers_pipeline, parametrization_from_scheduler
 from rewardflow.pipelines.registry import register_generator
 
 
@@ -84,7 +81,7 @@ class LTXGenerator(VideoGenerator):
         return (int(self.denoiser.config.in_channels), self.latent_frames, self.height // s, self.width // s)
 
     def _set_timesteps_kwargs(self, steps: int) -> dict:
-        from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift
+        from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift  # lazy: diffusers is a heavy import
 
         cfg = self.scheduler.config
         _, f, h, w = self.latent_shape

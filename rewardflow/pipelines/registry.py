@@ -15,14 +15,18 @@ adapters with the same decorator.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import json
 import os
 import pkgutil
 
+import rewardflow.pipelines
 from rewardflow.plugins import load_plugins
 
 _ADAPTERS: dict[str, dict] = {}
+# modules of this package that are not adapters (everything else not starting with "_" is one)
+_SUPPORT_MODULES = ("base", "registry", "parametrization", "lora", "loading", "vae")
 
 
 def register_generator(name: str, *, pipeline_classes: tuple[str, ...] = (), description: str = "",
@@ -41,10 +45,8 @@ def register_generator(name: str, *, pipeline_classes: tuple[str, ...] = (), des
 
 
 def _import_builtin() -> None:
-    import rewardflow.pipelines as pkg
-
-    for m in pkgutil.iter_modules(pkg.__path__):
-        if m.name not in ("base", "registry") and not m.name.startswith("_"):
+    for m in pkgutil.iter_modules(rewardflow.pipelines.__path__):
+        if m.name not in _SUPPORT_MODULES and not m.name.startswith("_"):
             importlib.import_module(f"rewardflow.pipelines.{m.name}")
     load_plugins()
 
@@ -62,7 +64,7 @@ def _pipeline_class_name(path: str) -> str | None:
         with open(f) as fh:
             return json.load(fh).get("_class_name")
     try:  # a hub id: read model_index.json from the cache or the hub
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import hf_hub_download  # lazy: the hub client, only for a hub id (network path)
 
         with open(hf_hub_download(path, "model_index.json")) as fh:
             return json.load(fh).get("_class_name")
@@ -93,8 +95,6 @@ def resolve_adapter(path: str | os.PathLike | None, adapter: str | None = None) 
                                              for a in _ADAPTERS.values()))
             adapter = hits[0]["name"]
     if adapter not in _ADAPTERS:
-        import difflib
-
         close = difflib.get_close_matches(adapter, _ADAPTERS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise KeyError(f"unknown generator adapter {adapter!r}.{hint} Known: {', '.join(sorted(_ADAPTERS))}")

@@ -19,16 +19,10 @@ from typing import Sequence
 
 import torch
 
-from rewardflow.pipelines.base import (
-    Conditioning,
-    Generator,
-    StepOutput,
-    load_diffusers_pipeline,
-    parametrization_from_scheduler,
-    vae_decode,
-    vae_encode,
-)
+from rewardflow.pipelines.base import Conditioning, Generator, StepOutput
+from rewardflow.pipelines.loading import load_diffusers_pipeline, parametrization_from_scheduler
 from rewardflow.pipelines.registry import register_generator
+from rewardflow.pipelines.vae import vae_decode, vae_encode
 
 
 def ddim_from(scheduler):
@@ -36,7 +30,7 @@ def ddim_from(scheduler):
 
     ``clip_sample`` / ``thresholding`` are off (the ODE/SDE steps in :class:`Generator` do not clip); the final
     alpha is 1 (chain ends at sigma 0) for Euler-type schedulers, else the source's ``set_alpha_to_one``."""
-    from diffusers import DDIMScheduler
+    from diffusers import DDIMScheduler  # lazy: diffusers is a heavy import
 
     if isinstance(scheduler, DDIMScheduler) and not scheduler.config.clip_sample and not scheduler.config.thresholding:
         return scheduler
@@ -81,7 +75,7 @@ class StableDiffusionGenerator(Generator):
                         guidance_scale: float | None = None, height: int | None = None, width: int | None = None,
                         **load_options) -> "StableDiffusionGenerator":
         """Load from a local ``save_pretrained`` directory or a hub id. ``load_options`` go to
-        :func:`rewardflow.pipelines.base.load_diffusers_pipeline` (offload, VAE slicing/tiling, gradient
+        :func:`rewardflow.pipelines.loading.load_diffusers_pipeline` (offload, VAE slicing/tiling, gradient
         checkpointing, attention, ``variant``, component overrides)."""
         if path is None:
             raise ValueError(f"{cls.__name__} needs a model directory or hub id (e.g. stabilityai/sd-turbo)")

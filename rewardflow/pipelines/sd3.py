@@ -22,7 +22,8 @@ from collections.abc import Sequence
 import torch
 
 from rewardflow.pipelines._flow_transformer import FlowTransformerGenerator
-from rewardflow.pipelines.base import Conditioning, load_diffusers_pipeline
+from rewardflow.pipelines.base import Conditioning
+from rewardflow.pipelines.loading import load_diffusers_pipeline
 from rewardflow.pipelines.registry import register_generator
 
 # LoRA targets: the attention projections of both MMDiT streams (image: to_q/k/v/out, text: add_q/k/v, to_add_out),
@@ -51,8 +52,8 @@ class SD3Generator(FlowTransformerGenerator):
                         **load_options) -> SD3Generator:
         """Load a ``StableDiffusion3Pipeline`` directory or hub id (e.g.
         ``stabilityai/stable-diffusion-3.5-medium``); ``load_options`` (offload, VAE slicing / tiling, gradient
-        checkpointing, attention backend) go to :func:`rewardflow.pipelines.base.load_diffusers_pipeline`."""
-        from diffusers import StableDiffusion3Pipeline
+        checkpointing, attention backend) go to :func:`rewardflow.pipelines.loading.load_diffusers_pipeline`."""
+        from diffusers import StableDiffusion3Pipeline  # lazy: diffusers is a heavy import
 
         pipe = load_diffusers_pipeline(StableDiffusion3Pipeline, path, dtype=dtype, device=device, **load_options)
         return cls(pipe, guidance_scale=guidance_scale, height=height, width=width,
@@ -73,7 +74,7 @@ class SD3Generator(FlowTransformerGenerator):
         if not cfg.get("use_dynamic_shifting", False):
             return {}
         from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import (
-            calculate_shift,
+            calculate_shift,  # lazy: diffusers is a heavy import
         )
 
         _, h, w = self.latent_shape

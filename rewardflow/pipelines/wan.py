@@ -24,14 +24,14 @@ import os
 import torch
 
 from rewardflow.pipelines._video import VideoGenerator
-from rewardflow.pipelines.base import load_diffusers_pipeline
+from rewardflow.pipelines.loading import load_diffusers_pipeline
 from rewardflow.pipelines.registry import register_generator
 
 
 def flow_euler_from(scheduler):
     """A ``FlowMatchEulerDiscreteScheduler`` for a Wan scheduler: returned as is when already one, else built with
     the ``flow_shift`` of a ``UniPCMultistepScheduler(use_flow_sigmas=True)`` (the released Wan 2.1 configs)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers import FlowMatchEulerDiscreteScheduler  # lazy: diffusers is a heavy import
 
     if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
         return scheduler

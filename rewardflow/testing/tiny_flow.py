@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 
 import torch
 
@@ -26,14 +27,14 @@ _WORDS = ("a", "an", "the", "red", "blue", "green", "circle", "square", "two", "
 
 def _byte_chars() -> list[str]:
     """The 256 printable characters byte-level BPE maps bytes to (GPT-2 / CLIP convention)."""
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    from transformers.convert_slow_tokenizer import bytes_to_unicode  # lazy: transformers is a heavy import
 
     return list(bytes_to_unicode().values())
 
 
 def write_clip_tokenizer(out_dir: str | os.PathLike, max_length: int = 16) -> None:
     """``vocab.json`` + ``merges.txt`` of a character-level byte-BPE CLIP tokenizer (no merges)."""
-    from transformers import CLIPTokenizer
+    from transformers import CLIPTokenizer  # lazy: transformers is a heavy import
 
     os.makedirs(out_dir, exist_ok=True)
     chars = _byte_chars()
@@ -53,7 +54,7 @@ def write_clip_tokenizer(out_dir: str | os.PathLike, max_length: int = 16) -> No
 
 def write_t5_tokenizer(out_dir: str | os.PathLike) -> None:
     """A Unigram T5 tokenizer over a few words and the lowercase letters (``tokenizer.json``)."""
-    from transformers import T5TokenizerFast
+    from transformers import T5TokenizerFast  # lazy: transformers is a heavy import
 
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
     vocab += [("\u2581" + w, -1.0) for w in _WORDS]
@@ -62,7 +63,7 @@ def write_t5_tokenizer(out_dir: str | os.PathLike) -> None:
 
 
 def _clip_text(vocab_size: int, hidden: int, proj: int | None, max_len: int, seed: int):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection  # lazy: heavy import
 
     torch.manual_seed(seed)
     cfg = CLIPTextConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
@@ -72,7 +73,7 @@ def _clip_text(vocab_size: int, hidden: int, proj: int | None, max_len: int, see
 
 
 def _t5(vocab_size: int, d_model: int, seed: int):
-    from transformers import T5Config, T5EncoderModel
+    from transformers import T5Config, T5EncoderModel  # lazy: transformers is a heavy import
 
     torch.manual_seed(seed)
     return T5EncoderModel(T5Config(vocab_size=vocab_size, d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2,
@@ -81,7 +82,7 @@ def _t5(vocab_size: int, d_model: int, seed: int):
 
 
 def _vae(latent_channels: int, scaling: float, shift: float, blocks: int, seed: int):
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL  # lazy: diffusers is a heavy import
 
     torch.manual_seed(seed)
     return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * blocks,
@@ -92,7 +93,7 @@ def _vae(latent_channels: int, scaling: float, shift: float, blocks: int, seed: 
 
 
 def _tokenizers(tmp: str, clip_len: int):
-    from transformers import CLIPTokenizer, T5TokenizerFast
+    from transformers import CLIPTokenizer, T5TokenizerFast  # lazy: transformers is a heavy import
 
     write_clip_tokenizer(os.path.join(tmp, "clip_tok"), clip_len)
     write_t5_tokenizer(os.path.join(tmp, "t5_tok"))
@@ -105,9 +106,7 @@ def build_tiny_sd3(out_dir: str | os.PathLike | None = None, latent_size: int = 
                    head_dim: int = 8, heads: int = 4, shift: float = 3.0, seed: int = 0):
     """A random ``StableDiffusion3Pipeline``; images are ``2 * latent_size`` pixels (VAE factor 2).
     Saved with ``save_pretrained`` when ``out_dir`` is given. Returns the pipeline."""
-    import tempfile
-
-    from diffusers import (
+    from diffusers import (  # lazy: diffusers is a heavy import
         FlowMatchEulerDiscreteScheduler,
         SD3Transformer2DModel,
         StableDiffusion3Pipeline,
@@ -139,9 +138,7 @@ def build_tiny_flux(out_dir: str | os.PathLike | None = None, guidance_embeds: b
                     seed: int = 0):
     """A random ``FluxPipeline``: ``guidance_embeds=True`` is FLUX.1-dev-like (dynamic shifting, guidance
     embedding), ``False`` is FLUX.1-schnell-like (no guidance, shift 1). Images are ``2 * latent_size`` pixels."""
-    import tempfile
-
-    from diffusers import (
+    from diffusers import (  # lazy: diffusers is a heavy import
         FlowMatchEulerDiscreteScheduler,
         FluxPipeline,
         FluxTransformer2DModel,

@@ -19,6 +19,8 @@ import tempfile
 
 import torch
 
+from rewardflow.testing.tiny_flow import write_clip_tokenizer
+
 # official VAE scaling factors (vae/config.json of runwayml/stable-diffusion-v1-5 and stabilityai/sdxl-base-1.0)
 SD_VAE_SCALING = 0.18215
 SDXL_VAE_SCALING = 0.13025
@@ -26,9 +28,7 @@ CLIP_LEN = 16
 
 
 def _tokenizer():
-    from transformers import CLIPTokenizer
-
-    from rewardflow.testing.tiny_flow import write_clip_tokenizer
+    from transformers import CLIPTokenizer  # lazy: transformers is a heavy import
 
     with tempfile.TemporaryDirectory() as tmp:
         write_clip_tokenizer(tmp, CLIP_LEN)
@@ -36,7 +36,7 @@ def _tokenizer():
 
 
 def _text_encoder(vocab: int, hidden: int, projection: int | None, seed: int):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection  # lazy: heavy import
 
     torch.manual_seed(seed)
     cfg = CLIPTextConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
@@ -46,7 +46,7 @@ def _text_encoder(vocab: int, hidden: int, projection: int | None, seed: int):
 
 
 def _vae(scaling: float, seed: int):
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL  # lazy: diffusers is a heavy import
 
     torch.manual_seed(seed)
     return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
@@ -55,7 +55,7 @@ def _vae(scaling: float, seed: int):
 
 
 def _unet(latent_size: int, cross_dim: int, seed: int, sdxl_pooled_dim: int | None = None):
-    from diffusers import UNet2DConditionModel
+    from diffusers import UNet2DConditionModel  # lazy: diffusers is a heavy import
 
     torch.manual_seed(seed)
     kw = {}
@@ -74,7 +74,7 @@ def _unet(latent_size: int, cross_dim: int, seed: int, sdxl_pooled_dim: int | No
 
 
 def _scheduler(prediction_type: str, turbo: bool, ancestral: bool = False):
-    from diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+    from diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler  # lazy: heavy import
 
     # the scaled-linear training schedule of SD 1.x / 2.x / SDXL (scheduler/scheduler_config.json)
     common = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -88,7 +88,7 @@ def _scheduler(prediction_type: str, turbo: bool, ancestral: bool = False):
 def build_tiny_sd(out_dir: str | os.PathLike | None = None, prediction_type: str = "epsilon", turbo: bool = False,
                   latent_size: int = 8, seed: int = 0):
     """A random ``StableDiffusionPipeline`` (images ``2 * latent_size`` pixels), saved when ``out_dir`` is set."""
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline  # lazy: diffusers is a heavy import
 
     tok = _tokenizer()
     pipe = StableDiffusionPipeline(vae=_vae(SD_VAE_SCALING, seed + 1), text_encoder=_text_encoder(len(tok), 16, None,
@@ -105,7 +105,7 @@ def build_tiny_sdxl(out_dir: str | os.PathLike | None = None, latent_size: int =
                     force_zeros_for_empty_prompt: bool = True, seed: int = 0):
     """A random ``StableDiffusionXLPipeline``: CLIP-L stand-in (hidden 16) + CLIP-bigG stand-in with projection
     (hidden 16, pooled 16), cross-attention width 32. ``turbo``: SDXL-Turbo's Euler-ancestral trailing scheduler."""
-    from diffusers import StableDiffusionXLPipeline
+    from diffusers import StableDiffusionXLPipeline  # lazy: diffusers is a heavy import
 
     tok = _tokenizer()
     te1 = _text_encoder(len(tok), 16, None, seed + 2)

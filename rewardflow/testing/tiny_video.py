@@ -25,7 +25,7 @@ TEXT_LEN = 16  # tokens; the tiny pipelines are called with max_sequence_length=
 
 
 def _t5_tokenizer():
-    from transformers import T5TokenizerFast
+    from transformers import T5TokenizerFast  # lazy: transformers is a heavy import
 
     with tempfile.TemporaryDirectory() as tmp:
         write_t5_tokenizer(tmp)
@@ -33,7 +33,7 @@ def _t5_tokenizer():
 
 
 def _t5_encoder(vocab_size: int, d_model: int, seed: int, umt5: bool = False):
-    from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
+    from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel  # lazy: heavy import
 
     torch.manual_seed(seed)
     kw = {"vocab_size": vocab_size, "d_model": d_model, "d_kv": 8, "d_ff": 2 * d_model, "num_layers": 2, "num_heads": 4,
@@ -50,7 +50,7 @@ def _save(pipe, out_dir):
 def build_tiny_wan(out_dir: str | os.PathLike | None = None, seed: int = 0, unipc: bool = True):
     """A random ``WanPipeline`` (64 px = 8x8 latents, 9 frames = 3 latent frames). ``unipc``: ship the scheduler the
     released checkpoints use (``UniPCMultistepScheduler(use_flow_sigmas=True, flow_shift=3.0)``)."""
-    from diffusers import (
+    from diffusers import (  # lazy: diffusers is a heavy import
         AutoencoderKLWan,
         FlowMatchEulerDiscreteScheduler,
         UniPCMultistepScheduler,
@@ -80,7 +80,7 @@ def build_tiny_wan(out_dir: str | os.PathLike | None = None, seed: int = 0, unip
 def build_tiny_cogvideox(out_dir: str | os.PathLike | None = None, seed: int = 0):
     """A random ``CogVideoXPipeline`` (32 px = 8x8 latents with the x4 VAE; 17 frames = 5 latent frames; rotary
     embeddings), with the CogVideoX-2b scheduler (``CogVideoXDDIMScheduler``, v-prediction, zero-terminal-SNR, SNR shift 3, trailing)."""
-    from diffusers import (
+    from diffusers import (  # lazy: diffusers is a heavy import
         AutoencoderKLCogVideoX,
         CogVideoXDDIMScheduler,
         CogVideoXPipeline,
@@ -111,7 +111,7 @@ def build_tiny_cogvideox(out_dir: str | os.PathLike | None = None, seed: int = 0
 def build_tiny_ltx(out_dir: str | os.PathLike | None = None, seed: int = 0, decoder_causal: bool = False):
     """A random ``LTXPipeline`` (32 px = 8x8 latents, 9 frames = 3 latent frames; VAE x4 spatial, x4 temporal) with
     the LTX-Video scheduler (dynamic shift, ``shift_terminal=0.1``)."""
-    from diffusers import (
+    from diffusers import (  # lazy: diffusers is a heavy import
         AutoencoderKLLTXVideo,
         FlowMatchEulerDiscreteScheduler,
         LTXPipeline,

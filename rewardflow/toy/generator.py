@@ -12,8 +12,10 @@ from typing import Sequence
 
 import torch
 
-from rewardflow.pipelines.base import Conditioning, Generator, parametrization_from_scheduler
+from rewardflow.pipelines.base import Conditioning, Generator
+from rewardflow.pipelines.loading import check_pipeline_dir, parametrization_from_scheduler
 from rewardflow.pipelines.registry import register_generator
+from rewardflow.toy.assets import asset_path
 
 
 @register_generator("toy", pipeline_classes=("ToyFlowPipeline",), embedded=True,
@@ -38,15 +40,13 @@ class ToyGenerator(Generator):
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, **kwargs) -> "ToyGenerator":
         """Load from a ``save_pretrained`` directory (default: the shipped ``assets/toy/generator``)."""
-        from rewardflow.toy.assets import asset_path
+        # lazy: the toy pipeline imports transformers (~1 s), not needed to register the adapter
         from rewardflow.toy.pipeline import ToyFlowPipeline
 
         path = asset_path("generator") if path is None else path
         if not os.path.isdir(path):
             raise FileNotFoundError(f"toy generator directory not found: {path} "
                                     "(train one with `rewardflow toy train-generator --out DIR`)")
-        from rewardflow.pipelines.base import check_pipeline_dir
-
         check_pipeline_dir(path)  # a missing component / weight file is reported by name
         pipe = ToyFlowPipeline.from_pretrained(str(path), dtype=torch.float32)
         return cls(pipe, **kwargs)

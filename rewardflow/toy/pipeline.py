@@ -28,7 +28,10 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
     UNet2DConditionModel,
 )
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
+
+from rewardflow.toy.world import VOCAB
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")  # eos id 3 (CLIPTextModel treats eos id 2 as a legacy case)
 MAX_TOKENS = 20
@@ -36,11 +39,7 @@ MAX_TOKENS = 20
 
 def build_tokenizer(words: list[str] | None = None) -> PreTrainedTokenizerFast:
     """Word-level tokenizer over the toy grammar: ``<bos> words <eos> <pad>...`` (max 20 tokens)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-
     if words is None:
-        from rewardflow.toy.world import VOCAB
-
         words = list(VOCAB)
     vocab = {w: i for i, w in enumerate(list(SPECIAL_TOKENS) + list(words))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))

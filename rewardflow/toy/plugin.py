@@ -20,6 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# the adapter and reward modules register their names when imported (their decorators run on import)
+import rewardflow.toy.generator  # noqa: F401
+import rewardflow.toy.rewards  # noqa: F401
+import rewardflow.toy.video_generator  # noqa: F401
+import rewardflow.toy.video_rewards  # noqa: F401
 from rewardflow.eval.hooks import register_eval_hook
 from rewardflow.io.media_sources import register_media_source
 from rewardflow.io.prompts import PromptSource, register_prompt_source
@@ -28,6 +33,7 @@ from rewardflow.toy import world
 from rewardflow.toy.assets import asset_path
 from rewardflow.toy.evaluation import eval_prompts, oracle_report
 from rewardflow.toy.models import ToyCLIPModel
+from rewardflow.toy.video import render_clips
 
 
 class ToyPromptSource(PromptSource):
@@ -78,8 +84,6 @@ def _toy_reference_set(n: int, seed: int, image_size: int | None):
 
 
 def _toy_clips(prompts, frames: int, seed: int) -> torch.Tensor:
-    from rewardflow.toy.video import render_clips  # the video world: only needed by this source
-
     return render_clips(list(prompts), frames=frames, rng=np.random.default_rng(seed))
 
 
@@ -91,12 +95,6 @@ def register() -> None:
     if _registered:
         return
     _registered = True
-    # importing the adapter and reward modules registers them (their decorators run on import)
-    import rewardflow.toy.generator  # noqa: F401
-    import rewardflow.toy.rewards  # noqa: F401
-    import rewardflow.toy.video_generator  # noqa: F401
-    import rewardflow.toy.video_rewards  # noqa: F401
-
     register_prompt_source("toy", ToyPromptSource)
     register_eval_hook("toy_oracle")(oracle_metrics)
     register_encoder("toy_clip")(_toy_encoder("reward", "toy_clip"))

@@ -8,6 +8,9 @@ import os
 import torch
 
 from rewardflow.rewards.base import Reward, register_reward
+from rewardflow.toy import world
+from rewardflow.toy.assets import asset_path
+from rewardflow.toy.models import ToyCLIPModel
 
 
 class ToyCLIPReward(Reward):
@@ -18,9 +21,7 @@ class ToyCLIPReward(Reward):
 
     def __init__(self, path: str | os.PathLike, name: str = "toy_clip", device: str | torch.device = "cpu"):
         super().__init__()
-        from transformers import PreTrainedTokenizerFast
-
-        from rewardflow.toy.models import ToyCLIPModel
+        from transformers import PreTrainedTokenizerFast  # lazy: transformers is a heavy import
 
         if not os.path.isdir(path):
             raise FileNotFoundError(f"toy reward directory not found: {path} "
@@ -50,23 +51,17 @@ class ToyOracleReward(Reward):
     heads = ("score", "pass")
 
     def score_heads(self, media, prompts):
-        from rewardflow.toy import world
-
         partial = torch.as_tensor(world.oracle_score_batch(media.detach().cpu(), prompts), dtype=torch.float32)
         return {"score": partial, "pass": (partial >= 1.0).float()}
 
 
 @register_reward("toy_clip", description="tiny CLIP-style toy-world reward (shipped weights)")
 def _toy_clip(path: str | None = None, **kw) -> ToyCLIPReward:
-    from rewardflow.toy.assets import asset_path
-
     return ToyCLIPReward(path or asset_path("reward"), name="toy_clip", **kw)
 
 
 @register_reward("toy_clip_adv", description="toy CLIP reward trained with FGSM adversarial examples")
 def _toy_clip_adv(path: str | None = None, **kw) -> ToyCLIPReward:
-    from rewardflow.toy.assets import asset_path
-
     return ToyCLIPReward(path or asset_path("reward_adv"), name="toy_clip_adv", **kw)
 
 

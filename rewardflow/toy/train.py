@@ -16,6 +16,7 @@ gradient ascent on the reward change semantics instead of adding speckle.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -26,6 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from rewardflow.toy import world
+from rewardflow.toy.models import ToyCLIPModel
+from rewardflow.toy.pipeline import MAX_TOKENS, ToyFlowPipeline, build_scheduler, build_tokenizer
 
 
 def _to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -102,8 +105,6 @@ def train_generator(out: str | Path, steps: int = 700, batch: int = 128, lr: flo
     parametrization (or noise schedule) different from the saved one, its weights are the initialisation and its
     scheduler is replaced by the current ``build_scheduler(parametrization)``.
     ``save_every``: also save the current EMA weights every N steps (a usable model if the run is cut short)."""
-    from rewardflow.toy.pipeline import ToyFlowPipeline, build_scheduler
-
     if threads:
         torch.set_num_threads(threads)
     rng = np.random.default_rng(seed)
@@ -163,8 +164,6 @@ def train_generator(out: str | Path, steps: int = 700, batch: int = 128, lr: flo
 
 def _save_generator(pipe, modules: torch.nn.Module, ema: dict, out: str | Path, meta: dict) -> None:
     """Save the EMA weights in fp16 (the live training weights are left untouched) and ``training.json``."""
-    import copy
-
     live = copy.deepcopy(modules.state_dict())
     modules.load_state_dict(ema)
     out = Path(out)
@@ -199,9 +198,6 @@ def train_reward(out: str | Path, steps: int = 700, batch: int = 128, lr: float 
                  swap_negatives: int = 3, adv_eps: float = 0.0, log_every: int = 50,
                  threads: int | None = None) -> dict:
     """Train the tiny CLIP reward (``adv_eps > 0``: FGSM adversarial training with random start, TOYWORLD.md §3)."""
-    from rewardflow.toy.models import ToyCLIPModel
-    from rewardflow.toy.pipeline import MAX_TOKENS, build_tokenizer
-
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from rewardflow.toy import video as vworld
 from rewardflow.toy.train import _ema_update, _log, _lr, _optim_step, _save_generator
+from rewardflow.toy.video_pipeline import ToyVideoFlowPipeline
 
 
 def train_captions(split: str = "train") -> list[str]:
@@ -44,8 +45,6 @@ def train_video_generator(out: str | Path, steps: int = 900, batch: int = 24, lr
     ``save_every``: also save the EMA weights every N steps (a usable model if the run is cut short).
     ``init_from``: continue from a saved toy video pipeline (its EMA weights; a fresh optimizer, warm-up and
     cosine schedule) instead of starting from random weights; its frame count must equal ``frames``."""
-    from rewardflow.toy.video_pipeline import ToyVideoFlowPipeline
-
     if threads:
         torch.set_num_threads(threads)
     rng = np.random.default_rng(seed)
@@ -99,8 +98,6 @@ def generator_accuracy(pipe_or_path, split: str = "train", per_caption: int = 4,
     """Oracle accuracy of a toy video generator on one caption split: ``exact`` (content and motion both right),
     ``content`` (every frame shows the caption's object), ``motion`` (the detected direction is the caption's)
     and the mean partial-credit ``score``."""
-    from rewardflow.toy.video_pipeline import ToyVideoFlowPipeline
-
     pipe = pipe_or_path if isinstance(pipe_or_path, ToyVideoFlowPipeline) else \
         ToyVideoFlowPipeline.from_pretrained(str(pipe_or_path), dtype=torch.float32)
     caps = [c for c in train_captions(split) for _ in range(per_caption)]

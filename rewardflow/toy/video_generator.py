@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 
 from rewardflow.pipelines.registry import register_generator
+from rewardflow.toy.assets import asset_path
 from rewardflow.toy.generator import ToyGenerator
 
 
@@ -26,7 +27,7 @@ class ToyVideoGenerator(ToyGenerator):
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, **kwargs) -> "ToyVideoGenerator":
         """Load from a ``save_pretrained`` directory (default: the shipped ``assets/toy/video_generator``)."""
-        from rewardflow.toy.assets import asset_path
+        # lazy: the toy pipelines import transformers (~1 s), not needed to register the adapter
         from rewardflow.toy.video_pipeline import ToyVideoFlowPipeline
 
         path = asset_path("video_generator") if path in (None, "toy_video") else path

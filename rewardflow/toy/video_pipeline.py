@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 
 from rewardflow.toy.pipeline import ToyFlowPipeline, build_scheduler, build_text_encoder, build_tokenizer
+from rewardflow.toy.video import VIDEO_VOCAB
 
 FACTOR = 2  # pixel-unshuffle factor of every frame
 DEFAULT_FRAMES = 4
@@ -60,8 +61,6 @@ class ToyVideoFlowPipeline(ToyFlowPipeline):
     def from_config_dict(cls, frames: int = DEFAULT_FRAMES, width: int = 64, channels=(96, 96, 128),
                          image_size: int = 32, seed: int = 0, parametrization: str = "flow"):
         """A freshly initialised (random) toy video pipeline."""
-        from rewardflow.toy.video import VIDEO_VOCAB
-
         scheduler = build_scheduler(parametrization)
         torch.manual_seed(seed)
         tok = build_tokenizer(list(VIDEO_VOCAB))

@@ -32,6 +32,8 @@ from torch import nn
 
 from rewardflow.toy import video as vworld
 from rewardflow.toy.models import _stage
+from rewardflow.toy.pipeline import MAX_TOKENS, build_tokenizer
+from rewardflow.toy.train import _log, _lr, _optim_step
 
 
 class ToyVideoRewardModel(ModelMixin, ConfigMixin):
@@ -79,17 +81,12 @@ class ToyVideoRewardModel(ModelMixin, ConfigMixin):
 
 def build_video_tokenizer():
     """The toy word-level tokenizer over the image world's words plus ``moving``, ``up``, ``down``."""
-    from rewardflow.toy.pipeline import build_tokenizer
-
     return build_tokenizer(list(vworld.VIDEO_VOCAB))
 
 
 def train_video_reward(out: str | Path, steps: int = 300, batch: int = 32, frames: int = 8, lr: float = 2e-3,
                        seed: int = 0, log_every: int = 25, threads: int | None = None) -> dict:
     """Train :class:`ToyVideoRewardModel` on rendered clips of the ``train`` captions; save it to ``out``."""
-    from rewardflow.toy.pipeline import MAX_TOKENS
-    from rewardflow.toy.train import _log, _lr, _optim_step
-
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -148,8 +145,6 @@ def video_reward_accuracy(model: ToyVideoRewardModel, tokenizer, split: str = "h
                           frames: int = 8, seed: int = 123) -> dict:
     """Fraction of clips whose own caption outscores each of its direction / content negatives, and of captions
     for which the clip outscores its time-reversed copy."""
-    from rewardflow.toy.pipeline import MAX_TOKENS
-
     rng = np.random.default_rng(seed)
     caps = [c for c in vworld.all_video_captions() if split == "all" or vworld.video_caption_split(c) == split]
     caps = [c for c in caps for _ in range(per_caption)]

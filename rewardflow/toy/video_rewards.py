@@ -8,6 +8,8 @@ import os
 import torch
 
 from rewardflow.rewards.base import Reward, register_reward
+from rewardflow.toy.assets import asset_path
+from rewardflow.toy.video import video_oracle_score_batch
 
 
 class ToyVideoReward(Reward):
@@ -19,8 +21,9 @@ class ToyVideoReward(Reward):
 
     def __init__(self, path: str | os.PathLike, device: str | torch.device = "cpu"):
         super().__init__()
-        from transformers import PreTrainedTokenizerFast
+        from transformers import PreTrainedTokenizerFast  # lazy: transformers is a heavy import
 
+        # lazy: video_reward imports transformers through the toy pipeline, not needed to register the reward
         from rewardflow.toy.video_reward import ToyVideoRewardModel
 
         if not os.path.isdir(path):
@@ -44,16 +47,12 @@ class ToyVideoOracleReward(Reward):
     heads = ("score", "pass")
 
     def score_heads(self, media, prompts):
-        from rewardflow.toy.video import video_oracle_score_batch
-
         s = torch.as_tensor(video_oracle_score_batch(media.detach().cpu(), prompts), dtype=torch.float32)
         return {"score": s, "pass": (s >= 1.0).float()}
 
 
 @register_reward("toy_video", modality="video", description="tiny toy-world video reward (content + motion, shipped)")
 def _toy_video(path: str | None = None, **kw) -> ToyVideoReward:
-    from rewardflow.toy.assets import asset_path
-
     return ToyVideoReward(path or asset_path("video_reward"), **kw)
 
 
