@@ -11,10 +11,15 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import sys
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
 
 from rewardflow.eval import accuracy as acc
 from rewardflow.eval.benchmark_readers import (
@@ -30,6 +35,8 @@ from rewardflow.eval.benchmark_readers import (
     load_benchmark,
     read_table,
 )
+from rewardflow.io.images import open_image, pil_to_tensor
+from rewardflow.io.video import load_video
 
 __all__ = ["FORMATS", "MJBENCH_CONFIGS", "MJV_ASPECTS", "PRIMARY_METRIC", "TABLE_SUFFIXES", "VIDEOGEN_ASPECTS",
            "Benchmark", "PairItem", "RankItem", "evaluate_benchmark", "load_benchmark", "load_media", "media_key",
@@ -45,13 +52,7 @@ def decode_media(m: Media, modality: str):
     """Path or encoded bytes -> the media as decoded, what the official reward packages read: a ``PIL.Image`` in its
     stored mode, or a uint8 ``[T, 3, H, W]`` video (see ``Reward.score_files``)."""
     if modality == "video":
-        import torch
-
-        from rewardflow.io.video import load_video
-
         if isinstance(m, bytes):
-            import tempfile
-
             with tempfile.NamedTemporaryFile(suffix=".mp4") as t:
                 t.write(m)
                 t.flush()
@@ -60,13 +61,9 @@ def decode_media(m: Media, modality: str):
             video = load_video(m)
         return video.mul(255).round_().to(torch.uint8)  # the decoded 8-bit frames (load_video divided them by 255)
     if isinstance(m, bytes):
-        from PIL import Image
-
         im = Image.open(io.BytesIO(m))
         im.load()
         return im
-    from rewardflow.io.images import open_image
-
     return open_image(m)
 
 
@@ -75,8 +72,6 @@ def load_media(m: Media, modality: str):
     x = decode_media(m, modality)
     if modality == "video":
         return x.float().div_(255.0)
-    from rewardflow.io.images import pil_to_tensor
-
     return pil_to_tensor(x)
 
 
@@ -101,10 +96,6 @@ def score_benchmark(bench: Benchmark, reward, batch_size: int = 8, device: str =
     out: dict[tuple[str, str], dict[str, float]] = {}
     bar = None
     if progress:
-        import sys
-
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=len(units), unit=bench.modality, desc=f"scoring {reward.name}", file=sys.stderr)
     for s in range(0, len(units), batch_size):
         chunk = units[s:s + batch_size]

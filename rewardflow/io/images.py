@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -33,8 +34,6 @@ class ImageReadError(ValueError):
 
 def open_image(path: str | os.PathLike):
     """Decode an image file into a loaded ``PIL.Image`` in its stored mode (see the module docstring)."""
-    from PIL import Image, UnidentifiedImageError
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
@@ -72,8 +71,6 @@ def to_uint8(image: torch.Tensor) -> torch.Tensor:
 
 def to_pil(image: torch.Tensor):
     """One float ``[3, H, W]`` image in [0, 1] -> ``PIL.Image`` (RGB)."""
-    from PIL import Image
-
     if image.ndim != 3:
         raise ValueError(f"to_pil takes one [3, H, W] image, got {tuple(image.shape)}")
     return Image.fromarray(to_uint8(image).numpy())
