@@ -24,7 +24,7 @@ the tensor path (``reward(load_image(file)[None], [prompt])``, the differentiabl
 image pairs whose order differs from the official ranking.
 
 Default models: tiny random-weight ones of the real architectures at 224 px, in the official file formats
-(:mod:`rewardflow.rewards._tiny`), so the whole run takes a few minutes on one CPU thread and mostly measures the
+(:mod:`rewardflow.testing.tiny_rewards`), so the whole run takes a few minutes on one CPU thread and mostly measures the
 preprocessing. ``--weights NAME=PATH`` (repeatable) scores with a real checkpoint instead (``path=`` of the
 reward: ``HPS_v2.1_compressed.pt``, the ImageReward directory, the PickScore ``save_pretrained`` directory, ...);
 ``--kwarg NAME:KEY=VALUE`` passes any other factory keyword (``--kwarg pickscore:processor=/ckpt/laion-proc``,
@@ -82,7 +82,7 @@ def write_images(out: Path, n: int) -> list[tuple[Path, str]]:
 
 def tiny_kwargs(name: str, root: Path) -> dict:
     """Factory keywords of the tiny official-format model for reward ``name`` (written under ``root``)."""
-    from rewardflow.rewards import _tiny
+    from rewardflow.testing import tiny_rewards as _tiny
 
     clip_name = _tiny.register_tiny_open_clip(root / "open_clip_cfg")
     if name in ("hpsv2", "hpsv2.1"):
@@ -302,7 +302,7 @@ def main() -> None:
             t0 = time.perf_counter()
             results[name] = bench_reward(name, kw, files, batch_sizes, args.repeats, args.device)
             results[name]["model"] = ("checkpoint " + kw["path"] if "path" in given.get(name, {}) else
-                                      "tiny random weights (rewardflow.rewards._tiny)")
+                                      "tiny random weights (rewardflow.testing.tiny_rewards)")
             print(f"[{name}: {time.perf_counter() - t0:.0f}s]", file=sys.stderr)
 
     device = args.device if args.device == "cpu" else torch.cuda.get_device_name(0)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 from test_transforms import _hpsv2_reference, _toy_image
 
-from rewardflow.rewards._tiny import (random_open_clip, register_tiny_open_clip, write_hf_clip, write_hps_checkpoints,
+from rewardflow.testing.tiny_rewards import (random_open_clip, register_tiny_open_clip, write_hf_clip, write_hps_checkpoints,
                                      write_open_clip_checkpoint)
 from rewardflow.rewards.base import load_reward, reward_info
 from rewardflow.rewards.transforms import clip_preprocess

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from rewardflow.rewards._tiny import imagereward_med_config, imagereward_state_dict, mlp_head_state_dict
+from rewardflow.testing.tiny_rewards import imagereward_med_config, imagereward_state_dict, mlp_head_state_dict
 from rewardflow.rewards.base import load_reward, reward_info
 from rewardflow.rewards.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_preprocess
 
@@ -29,7 +29,7 @@ T_VOCAB = len(VOCAB) + 2  # + BLIP's [DEC] and [ENC]
 
 
 # ------------------------------------------------------------------------------------------------------------
-# official-format files (rewardflow.rewards._tiny)
+# official-format files (rewardflow.testing.tiny_rewards)
 # ------------------------------------------------------------------------------------------------------------
 SIZES = dict(vision_width=V_W, vision_depth=V_DEPTH, patch_size=PATCH, image_size=IMG, text_hidden=T_H,
              text_layers=T_LAYERS, text_intermediate=T_INTER, text_positions=T_POS, vocab_size=T_VOCAB)

@@ -1,7 +1,7 @@
 """File inputs score exactly as the official packages; the tensor (differentiable) path stays within a stated bound.
 
 One test per image reward. Each model is tiny and random, of the real architecture at the real input size (224),
-saved in the official file format (``rewardflow.rewards._tiny``) and loaded through the real loader. The reference
+saved in the official file format (``rewardflow.testing.tiny_rewards``) and loaded through the real loader. The reference
 is the official preprocessing written out step by step (``test_transforms``: PIL calls for the PIL pipelines,
 torchvision tensor ops for HPSv2 and VLM-RM) followed by the raw model, run on the same batch as the reward so that
 only the preprocessing can differ. The images cover the official geometry's edge cases: already 224 x 224, longest
@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 from test_transforms import _hpsv2_reference, hf_processor_reference, openai_clip_reference, vlm_rm_reference
 
 from rewardflow.io.images import pil_to_tensor
-from rewardflow.rewards import _tiny
+from rewardflow.testing import tiny_rewards as _tiny
 from rewardflow.rewards.base import load_reward
 
 IR_MEAN, IR_STD = 0.16717362830052426, 1.0333394966054072  # ImageReward/ImageReward.py
