@@ -10,7 +10,7 @@ report held-out oracle accuracy and reward before / after, samples used, wall ti
 Each method runs in its own subprocess (so ``peak_rss_mb`` is that method's own peak) from ``configs/toy/<name>.yaml``
 with ``max_steps`` = ceil(samples / new samples per step), unless ``--max-steps`` is given (with
 ``updates_per_rollout=K`` each rollout serves K steps, so a step draws 1/K of its samples). The evaluation is the trainer's
-own: ``eval_per_category`` held-out prompts per caption category (default 50, i.e. 250 prompts, TOYWORLD.md §4), fixed
+own: ``eval_per_category`` held-out prompts per caption category (default 50, i.e. 250 prompts, docs/toy-world.md#evaluation), fixed
 noise, the config's ``sample_steps`` and ``guidance_scale``; ``reward_*`` is the method's training reward on them.
 Writes ``benchmarks/results/toy_methods.json`` (merged with earlier entries) and ``toy_methods.md``.
 """

@@ -47,7 +47,7 @@ def _perturbed(gen):
 
 
 def _hand_errors(gen, unet, x0, noise, t, prompts):
-    """Independent computation straight from the math (ALGORITHMS.md §0.1, §0.2), calling the UNet directly."""
+    """Independent computation straight from the math (docs/algorithms.md#ddim-eta, docs/algorithms.md#rectified-flow), calling the UNet directly."""
     emb = gen.pipe.encode_prompt(prompts)
     if gen.parametrization == "flow":
         s = t.view(-1, 1, 1, 1)

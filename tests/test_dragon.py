@@ -178,7 +178,7 @@ def test_dragon_dpo_loss_equals_hand_computation(flow_gen):
     t = b["t"].view(-1, 1, 1, 1)
     cond = flow_gen.encode_prompts(b["prompts"])
 
-    def errs(x0):  # rectified flow: x_t = (1 - t) x0 + t eps, target eps - x0 (ALGORITHMS.md §0.2)
+    def errs(x0):  # rectified flow: x_t = (1 - t) x0 + t eps, target eps - x0 (docs/algorithms.md#rectified-flow)
         xt = (1 - t) * x0 + t * b["noise"]
         with torch.no_grad():
             e = ((flow_gen.predict(xt, b["t"], cond) - (b["noise"] - x0)) ** 2).flatten(1).mean(1)

@@ -1,4 +1,4 @@
-"""Each accuracy definition of REWARDS.md §14.1 on hand-made score tables (expected values worked out by hand in the
+"""Each accuracy definition of docs/rewards.md#accuracy on hand-made score tables (expected values worked out by hand in the
 comments), the reward-hacking monitor on constructed runs."""
 
 import math

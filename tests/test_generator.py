@@ -113,7 +113,7 @@ def test_recomputed_log_prob_equals_recorded(tiny_pipe_dir, flow_gen, ptype):
 
 
 def test_flow_grpo_sde_step_formula(flow_gen):
-    """One SDE step by hand (ALGORITHMS.md §6.1) at sigma=0.5 -> 0.25, a = 0.7."""
+    """One SDE step by hand (docs/algorithms.md#flow-grpo-sde) at sigma=0.5 -> 0.25, a = 0.7."""
     x, v = torch.randn(1, 12, 4, 4), torch.randn(1, 12, 4, 4)
     s, d, a = 0.5, 0.25, 0.7
     st = a * math.sqrt(s / (1 - s))

@@ -64,7 +64,7 @@ def test_grpo_loss_equals_hand_computation(flow_gen):
     _perturb_lora(flow_gen)
     for b in (batches[0], batches[1]):  # t = 1 (uses sigma_1 in the SDE's denominator) and an interior step
         loss, _ = m.loss(b, 0)
-        # independent evaluation of Flow-GRPO's SDE step (ALGORITHMS.md §6.1) and loss (§6.2)
+        # independent evaluation of Flow-GRPO's SDE step (docs/algorithms.md#flow-grpo-sde) and loss (docs/algorithms.md#flow-grpo-objective)
         x, xn = b["x"].float(), b["x_next"].float()
         sig, sig_n = float(b["t"][0]), float(b["t_next"][0])
         dt = sig - sig_n

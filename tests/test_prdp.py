@@ -67,7 +67,7 @@ def test_prdp_loss_equals_hand_computation(tiny_pipe_dir, base):
         logp = gen.log_prob(b["x"], b["x_next"], t, tn, cond, noise_level=1.0)
         with gen.reference():
             ref = gen.log_prob(b["x"], b["x_next"], t, tn, cond, noise_level=1.0)
-        # KL term: the DDIM step means of policy and reference, equal std (ALGORITHMS.md §0.3)
+        # KL term: the DDIM step means of policy and reference, equal std (docs/algorithms.md#log-probs)
         out, out_ref = gen.predict(b["x"], t, cond), None
         with gen.reference():
             out_ref = gen.predict(b["x"], t, cond)

@@ -1,5 +1,5 @@
 """``rewardflow eval-rewards``: accuracy of reward models against human preferences on a local benchmark copy,
-with each benchmark's official accuracy definition (REWARDS.md §14.1, :mod:`rewardflow.eval.accuracy`), bootstrap
+with each benchmark's official accuracy definition (docs/rewards.md#accuracy, :mod:`rewardflow.eval.accuracy`), bootstrap
 confidence intervals and a per-category breakdown. Prints a table; ``--out FILE.json`` writes everything."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Reward-model accuracy against human preferences, each definition exactly as its benchmark defines it
-(REWARDS.md §14.1). All functions are pure: they take human labels and model scores (lists / arrays) and return
+(docs/rewards.md#accuracy). All functions are pure: they take human labels and model scores (lists / arrays) and return
 numbers, so every definition is testable on a hand-made table.
 
 Conventions
@@ -166,7 +166,7 @@ def ties_stats(labels, deltas, eps: float) -> dict:
 
 
 def ties_matter_accuracy(labels, deltas) -> dict:
-    """Accuracy with ties after tie calibration (Deutsch, Foster, Freitag 2023, arXiv 2305.14324, §4; used by
+    """Accuracy with ties after tie calibration (Deutsch, Foster, Freitag 2023, arXiv 2305.14324, Sec. 4; used by
     VideoGen-RewardBench, ``KwaiVGI/VideoAlign`` ``calc_accuracy.py:calc_accuracy_with_ties``):
     ``acc(eps) = (C + T_hm) / (C + D + T_h + T_m + T_hm)`` with a model tie when ``|delta| <= eps``; the threshold
     is swept over the sorted distinct ``|delta|`` values and the maximum is reported (the smallest such eps on a

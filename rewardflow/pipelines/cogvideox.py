@@ -10,7 +10,7 @@ Mirrors ``diffusers/pipelines/cogvideo/pipeline_cogvideox.py``:
 * rotary position embeddings: computed by the pipeline's own ``_prepare_rotary_positional_embeddings`` for the
   video size (CogVideoX 1.0 "crop" grid / 1.5 "slice" grid), once per latent shape.
 * schedule: DDIM on the scheduler's training schedule (``CogVideoXDDIMScheduler``: scaled-linear betas, SNR shift 3
-  ``alpha_bar / (3 - 2 alpha_bar)``, zero terminal SNR, "trailing" spacing; CogVideoX paper §3). The deterministic
+  ``alpha_bar / (3 - 2 alpha_bar)``, zero terminal SNR, "trailing" spacing; CogVideoX paper, Sec. 3). The deterministic
   DDIM update of that scheduler, ``x' = a x + b x0_hat`` with ``a = sqrt((1-ab')/(1-ab))``, is the eta = 0 DDIM
   step of :meth:`Generator.step` (Song et al. 2021, eq. 12) rewritten; eta > 0 gives the DDPO-style Gaussian policy.
   A ``CogVideoXDPMScheduler`` (CogVideoX-5b) is replaced by the DDIM one with the same config (installed in ``pipe``

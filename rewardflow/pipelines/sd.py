@@ -5,7 +5,7 @@ The network is a ``UNet2DConditionModel`` conditioned on CLIP text hidden states
 Sampling uses DDIM (Song et al. 2021, eq. 12) on the model's own timestep spacing: the pipeline's scheduler is
 replaced by ``DDIMScheduler.from_config(...)`` (as DDPO does, kvablack/ddpo-pytorch ``scripts/train.py``), so
 ``pipe(...)`` and :meth:`Generator.sample` run the same chain. DDIM's deterministic update is the Euler method of
-the probability-flow ODE in the variance-exploding variables (Karras et al. 2022, §4 / eq. 4), so it reproduces
+the probability-flow ODE in the variance-exploding variables (Karras et al. 2022, Sec. 4 / eq. 4), so it reproduces
 ``EulerDiscreteScheduler`` exactly on the same grid when the chain ends at sigma 0 (``set_alpha_to_one=True`` for
 Euler-type source schedulers, e.g. SD-Turbo's trailing one-step sampler).
 

@@ -5,10 +5,10 @@ lives in :class:`rewardflow.pipelines.base.Generator`; this file only says how S
 transformer and decodes latents, exactly as ``pipeline_stable_diffusion_3.py`` of diffusers does:
 
 * text: CLIP-L and CLIP-G penultimate hidden states (concatenated, zero-padded to the T5 width) followed by the
-  T5 sequence; pooled projections = [CLIP-L text_embeds, CLIP-G text_embeds] (SD3 paper, Esser et al. 2024, §5.2;
+  T5 sequence; pooled projections = [CLIP-L text_embeds, CLIP-G text_embeds] (SD3 paper, Esser et al. 2024, Sec. 5.2;
   ``StableDiffusion3Pipeline.encode_prompt``). The unconditional branch is the empty prompt, as in the pipeline.
 * schedule: ``FlowMatchEulerDiscreteScheduler`` with its static ``shift`` (3.0 for SD3/3.5) applied by the
-  scheduler itself, ``sigma' = shift * sigma / (1 + (shift - 1) * sigma)`` (SD3 paper §5.3.2); if the scheduler
+  scheduler itself, ``sigma' = shift * sigma / (1 + (shift - 1) * sigma)`` (SD3 paper, Sec. 5.3.2; docs/algorithms.md#timestep-sampling); if the scheduler
   uses dynamic shifting, ``mu`` comes from ``calculate_shift`` of the SD3 pipeline module with its defaults.
 * guidance: true classifier-free guidance on the [uncond, cond] batch (base ``Generator.predict``).
 * VAE: ``x = vae.decode(z / scaling_factor + shift_factor)`` with both factors read from the VAE config.

@@ -3,7 +3,7 @@
 Differences from SD 1.x / 2.x (:mod:`rewardflow.pipelines.sd`, whose sampler, DDIM grid and VAE code this class
 reuses): two text encoders (CLIP ViT-L penultimate hidden states concatenated with OpenCLIP ViT-bigG's, whose
 projected pooled output is the extra ``text_embeds`` condition) and the micro-conditioning ``time_ids`` =
-``(original_h, original_w, crop_top, crop_left, target_h, target_w)`` (Podell et al. 2023, SDXL §2.2; diffusers
+``(original_h, original_w, crop_top, crop_left, target_h, target_w)`` (Podell et al. 2023, SDXL Sec. 2.2; diffusers
 ``StableDiffusionXLPipeline._get_add_time_ids``), here ``(H, W, 0, 0, H, W)`` as the pipeline's default call.
 The unconditional branch is zeros when the pipeline config has ``force_zeros_for_empty_prompt`` (the default, as
 ``pipe(prompt)`` with no negative prompt does), else the encoded empty prompt.

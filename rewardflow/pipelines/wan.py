@@ -5,7 +5,7 @@ Mirrors ``diffusers/pipelines/wan/pipeline_wan.py``:
 * text: UMT5 last hidden state, tokens past the prompt length zeroed, padded to ``max_sequence_length`` (512)
   (``WanPipeline._get_t5_prompt_embeds``); the unconditional branch is the empty negative prompt.
 * latents ``[B, 16, F, H/8, W/8]`` with ``F = (num_frames - 1) // 4 + 1`` (``WanPipeline.prepare_latents``).
-* schedule: flow matching with the static ``shift`` (Wan 2.1 paper §3 / official ``sample_shift``: 3.0 at 480p,
+* schedule: flow matching with the static ``shift`` (Wan 2.1 paper, Sec. 3 / official ``sample_shift``: 3.0 at 480p,
   5.0 at 720p). The released diffusers checkpoints ship ``UniPCMultistepScheduler(use_flow_sigmas=True,
   flow_shift=...)``; the adapter swaps in ``FlowMatchEulerDiscreteScheduler(shift=flow_shift)`` (the Euler ODE of
   the same flow, the policy of Flow-GRPO / DanceGRPO) and installs it in ``pipe`` too, so ``pipe(...)`` and

@@ -1,4 +1,4 @@
-"""Reward combinators: a weighted sum of rewards (ReNO-style multi-reward objective, ALGORITHMS.md §10.1)."""
+"""Reward combinators: a weighted sum of rewards (ReNO-style multi-reward objective, docs/algorithms.md#reno-objective)."""
 
 from __future__ import annotations
 

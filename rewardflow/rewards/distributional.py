@@ -1,4 +1,4 @@
-"""Distributional rewards (DRAGON, Bai et al., arXiv 2504.15217; ALGORITHMS.md §11, REWARDS.md §11).
+"""Distributional rewards (DRAGON, Bai et al., arXiv 2504.15217; docs/algorithms.md#dragon, docs/rewards.md#distributional).
 
 A reward that looks at a *set* of generations and/or a *reference exemplar set*, through an embedding encoder:
 
@@ -8,7 +8,7 @@ A reward that looks at a *set* of generations and/or a *reference exemplar set*,
   generated set's and the reference set's embeddings, FID/FAD-style) and :class:`VendiReward` (the Vendi diversity
   score of the generated set). These are *set-level*: ``score_set(media, prompts)`` returns one number for the
   batch, and the per-sample ``reward(media, prompts)`` returns each sample's leave-one-out contribution
-  ``R(D) - R(D \\ {i})`` (REWARDS.md §11), which is what DRAGON splits into positive and negative sets.
+  ``R(D) - R(D \\ {i})`` (docs/rewards.md#leave-one-out), which is what DRAGON splits into positive and negative sets.
 
 Math (implemented here with torch only, float64):
 
@@ -288,7 +288,7 @@ class _EmbeddingReward(Reward):
 
 class ExemplarSimilarityReward(_EmbeddingReward):
     """Instance-to-distribution: cosine similarity between a generation's embedding and the reference exemplars'
-    mean direction (DRAGON §11.1), per sample, in [-1, 1]."""
+    mean direction (docs/algorithms.md#dragon-rewards), per sample, in [-1, 1]."""
 
     name = "exemplar_similarity"
 

@@ -1,4 +1,4 @@
-"""JPEG compressibility / incompressibility (DDPO, Black et al. 2023, §6.1; REWARDS.md §13).
+"""JPEG compressibility / incompressibility (DDPO, Black et al. 2023; docs/rewards.md#jpeg).
 
 Definition (kvablack/ddpo-pytorch ``ddpo_pytorch/rewards.py``: ``jpeg_incompressibility`` / ``jpeg_compressibility``):
 quantize the image to uint8 (``(x * 255).round().clamp(0, 255)``), encode it with PIL as JPEG at quality 95 into a

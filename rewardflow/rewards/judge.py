@@ -1,4 +1,4 @@
-"""A black-box VLM judge over an OpenAI-compatible chat-completions API (REWARDS.md §12).
+"""A black-box VLM judge over an OpenAI-compatible chat-completions API (docs/rewards.md#judges).
 
 Serving shape as UnifiedReward (CodeGoat24/UnifiedReward ``vllm_server.sh``; Flow-GRPO
 ``flow_grpo/rewards.py:unifiedreward_score_sglang``): ``POST {base_url}/chat/completions`` with one user message

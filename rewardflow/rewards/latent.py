@@ -1,4 +1,4 @@
-"""Latent reward model on noisy latents, ``r_phi(x_t, t, c)`` (Flow-NRG's reward source (b); ALGORITHMS.md §3.4).
+"""Latent reward model on noisy latents, ``r_phi(x_t, t, c)`` (Flow-NRG's reward source (b); docs/algorithms.md#latent-reward).
 
 VideoAlign's Flow-NRG trains a reward model directly on noisy latents: its backbone is the first few blocks of the
 pretrained generator (which already reads noisy latents at any t and the prompt), followed by a small head, trained

@@ -1,8 +1,8 @@
 """Preference losses for training reward models on pairs.
 
-Bradley–Terry with ties (Rao & Kupper 1967), as VideoAlign trains VideoReward (REWARDS.md, VideoReward section;
+Bradley–Terry with ties (Rao & Kupper 1967), as VideoAlign trains VideoReward (docs/rewards.md#bt-with-ties;
 ``KwaiVGI/VideoAlign`` trainer, loss_type "btt", k = 5) and as Flow-NRG trains its latent reward model
-(ALGORITHMS.md §3.4):
+(docs/algorithms.md#latent-reward):
 
     P(A > B) = sigmoid(r_A - r_B - ln k),   P(B > A) = sigmoid(r_B - r_A - ln k),
     P(tie)   = (k^2 - 1) * sigmoid(r_A - r_B - ln k) * sigmoid(r_B - r_A - ln k)      (the three sum to 1)

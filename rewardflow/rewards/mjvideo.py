@@ -3,7 +3,7 @@
 Official code ``aiming-lab/MJ-Video``: ``scripts/model/moe_reward.py`` (``GatingNetwork``,
 ``InternVLChatRewardModeling.forward``), training ``scripts/train/{criteria,aspect,overall}_train.py``, data
 ``scripts/data_processor/data.py`` (``get_index``: 8 frames). The released backbone is InternVL2-2B; no public
-checkpoint exists (REWARDS.md §7), so this module ships the head/routing architecture on a configurable backbone.
+checkpoint exists (docs/rewards.md#mjvideo), so this module ships the head/routing architecture on a configurable backbone.
 
 Structure
 ---------

@@ -1,6 +1,6 @@
 """Segmental video reward with temporal attenuation: any image reward lifted to video (InstructVideo).
 
-Source: InstructVideo (Yuan et al., CVPR 2024, arXiv 2312.12490) §3 "Segmental Video Reward" (SegVR) and
+Source: InstructVideo (Yuan et al., CVPR 2024, arXiv 2312.12490) Sec. 3 "Segmental Video Reward" (SegVR) and
 "Temporally Attenuated Reward" (TAR); official ``ali-vilab/VGen`` ``utils/reward/reward.py``
 (``DiffRewardModel.reward_scorer``), defaults from ``tools/modules/config.py`` and the InstructVideo config
 (16 frames, ``segments = 4``, ``selection_method = 'TSN'``, ``lambda_TAR = 1.0``).

@@ -34,7 +34,7 @@ Text: the Qwen2-VL chat format with the video first in the user turn
 ``<|video_pad|>`` + ``<|vision_end|>`` + prompt + ``<|im_end|>\\n<|im_start|>assistant\\n`` where ``n = t * h * w /
 4`` (the merged visual tokens), as the official processor's ``apply_chat_template`` + token expansion produce.
 
-Checkpoint layout (HF ``KwaiVGI/VideoReward``; file list partly unverified, REWARDS.md §6) read by
+Checkpoint layout (HF ``KwaiVGI/VideoReward``; file list partly unverified, docs/rewards.md#videoreward) read by
 :meth:`VideoReward.from_pretrained`:
 
 * ``model_config.json``: ``data_config`` (``fps``, ``num_frames``, ``max_frame_pixels``, ``prompt_template_type``),
@@ -68,7 +68,7 @@ from rewardflow.rewards.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, nor
 
 SPECIAL_TOKENS = ("<|VQ_reward|>", "<|MQ_reward|>", "<|TA_reward|>")
 HEADS = ("VQ", "MQ", "TA", "Overall")
-# inference_config of the released checkpoint (REWARDS.md §6; DanceGRPO README quotes VQ and MQ).
+# inference_config of the released checkpoint (docs/rewards.md#videoreward; DanceGRPO README quotes VQ and MQ).
 NORM = {"VQ_mean": 3.6757, "VQ_std": 2.2476, "MQ_mean": 1.1646, "MQ_std": 1.3811, "TA_mean": 2.8105, "TA_std": 2.5121}
 FPS = 2.0
 MAX_PIXELS = 200704  # VideoAlign train.sh max_frame_pixels (448 x 448)

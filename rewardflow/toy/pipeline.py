@@ -62,12 +62,12 @@ PARAMETRIZATIONS = ("flow", "epsilon")
 
 def build_scheduler(parametrization: str = "flow"):
     """``flow``: ``FlowMatchEulerDiscreteScheduler`` (shift 1), the shipped ``assets/toy/generator``.
-    ``epsilon``: ``DDIMScheduler`` over the DDPM ``linear`` betas 1e-4..0.02 (Ho et al. 2020 §4), so alpha_bar at
+    ``epsilon``: ``DDIMScheduler`` over the DDPM ``linear`` betas 1e-4..0.02 (Ho et al. 2020, Sec. 4), so alpha_bar at
     t = 999 is 4e-5 and x_999 keeps only 0.6% of the signal. (The SD ``scaled_linear`` betas keep 6.9%: on the mostly
     black toy images that shifts the noise mean by -0.06, a brightness cue that pure zero-mean noise lacks at
-    sampling time; "Common Diffusion Noise Schedules and Sample Steps are Flawed", Lin et al. 2024, §3.1. Changing
+    sampling time; "Common Diffusion Noise Schedules and Sample Steps are Flawed", Lin et al. 2024, Sec. 3.1. Changing
     the betas alone did not fix the grey samples of the first epsilon model; ``eps_skip`` below did.)
-    ``trailing`` spacing (a 4-step grid starts at t = 999, ibid. §3.3) and ``set_alpha_to_one`` so the last step
+    ``trailing`` spacing (a 4-step grid starts at t = 999, ibid. Sec. 3.3) and ``set_alpha_to_one`` so the last step
     returns the x0 prediction: ``assets/toy/generator_eps``."""
     if parametrization == "flow":
         return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
@@ -103,8 +103,8 @@ class ToyFlowPipeline(DiffusionPipeline):
         self.register_modules(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
         # eps_skip (epsilon models; saved in model_index.json): the denoiser's output is still the noise prediction,
         # computed as eps = sqrt(alpha_bar) F + sqrt(1 - alpha_bar) x_t from the network output F (the skip
-        # preconditioning of Karras et al. 2022, "Elucidating the Design Space", §5 / Table 1, here with the
-        # coefficients of the v-parametrization, Salimans & Ho 2022 §4). Without it the tiny UNet has to copy x_t
+        # preconditioning of Karras et al. 2022, "Elucidating the Design Space", Sec. 5 / Table 1, here with the
+        # coefficients of the v-parametrization, Salimans & Ho 2022, Sec. 4). Without it the tiny UNet has to copy x_t
         # to its output to predict eps at high noise; it does so with an error of ~0.1 per pixel, which the DDIM
         # x0 estimate amplifies by sqrt(1 - alpha_bar) / sqrt(alpha_bar) (~150 at t = 999): grey samples, 0% oracle.
         self.register_to_config(eps_skip=bool(eps_skip))

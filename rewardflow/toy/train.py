@@ -3,12 +3,12 @@
 Both budget by optimizer steps (not minutes), use fixed seeds and fresh renders every step, and save in the
 official formats (a diffusers pipeline directory; a ``ModelMixin`` directory + tokenizer).
 
-Generator (TOYWORLD.md §2, §6): rectified flow, logit-normal t, AdamW lr 2e-3 (0.9, 0.99), 100 warm-up steps, grad
+Generator (docs/toy-world.md#generator): rectified flow, logit-normal t, AdamW lr 2e-3 (0.9, 0.99), 100 warm-up steps, grad
 clip 1, EMA 0.995, 10% caption dropout for classifier-free guidance. The base model is made *misaligned by its
 data*, as real models are: a fraction ``caption_noise`` of training captions is corrupted with a minimal false edit
 (wrong colour / shape / position / count, swapped attributes), so training longer does not fix it.
 
-Reward (TOYWORLD.md §3): symmetric InfoNCE over true captions plus minimal-edit hard negatives (swap negatives
+Reward (docs/toy-world.md#toy-clip): symmetric InfoNCE over true captions plus minimal-edit hard negatives (swap negatives
 up-weighted so the reward sees attribute binding), false negatives masked with the semantic ground truth,
 blur / noise augmentation, and optionally FGSM adversarial training with a random start (``adv_eps``), which makes
 gradient ascent on the reward change semantics instead of adding speckle.
@@ -197,7 +197,7 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 def train_reward(out: str | Path, steps: int = 700, batch: int = 128, lr: float = 2e-3, seed: int = 1,
                  swap_negatives: int = 3, adv_eps: float = 0.0, log_every: int = 50,
                  threads: int | None = None) -> dict:
-    """Train the tiny CLIP reward (``adv_eps > 0``: FGSM adversarial training with random start, TOYWORLD.md §3)."""
+    """Train the tiny CLIP reward (``adv_eps > 0``: FGSM adversarial training with random start, docs/toy-world.md#toy-clip)."""
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)

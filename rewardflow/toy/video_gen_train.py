@@ -1,6 +1,6 @@
 """Reproduce the shipped toy video generator: ``rewardflow toy train-video-generator --out DIR``.
 
-Recipe (the image toy's, TOYWORLD.md §2 / :mod:`rewardflow.toy.train`, on clips): rectified flow
+Recipe (the image toy's, docs/toy-world.md#generator / :mod:`rewardflow.toy.train`, on clips): rectified flow
 (``x_t = (1 - t) x0 + t eps``, target ``eps - x0``, logit-normal t), AdamW (0.9, 0.99), linear warm-up then cosine to
 10% of the lr, grad clip 1, EMA 0.995, 10% caption dropout (classifier-free guidance), fresh renders every step
 (:func:`rewardflow.toy.video.render_clips`, train split only, so the held-out (colour, shape) pairs stay unseen).
@@ -79,7 +79,7 @@ def train_video_generator(out: str | Path, steps: int = 900, batch: int = 24, lr
         x0 = pipe.encode_videos(videos)
         noise = torch.randn(x0.shape, generator=g)
         emb = pipe.encode_prompt(train_caps, "cpu")
-        t = torch.sigmoid(torch.randn(batch, generator=g))  # logit-normal t (SD3 §3.1)
+        t = torch.sigmoid(torch.randn(batch, generator=g))  # logit-normal t (SD3 paper, Sec. 3.1; docs/algorithms.md#timestep-sampling)
         s_ = t.view(-1, 1, 1, 1)
         loss = F.mse_loss(pipe.denoise((1 - s_) * x0 + s_ * noise, t * 1000, emb), noise - x0)
         if _optim_step(opt, loss, _lr(step, lr, warmup, steps)):

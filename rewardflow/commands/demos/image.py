@@ -5,7 +5,7 @@ On the shipped toy generator and rewards, over a fixed set of held-out prompts (
 1. **before**: one sample per prompt from a fixed noise;
 2. **best-of-N start**: N candidate noises per prompt (candidate 0 is the "before" noise), keep the one the reward
    ensemble scores highest;
-3. **ReNO** (ALGORITHMS.md §10) from that noise: gradient ascent on the reward ensemble (the standard and the
+3. **ReNO** (docs/algorithms.md#reno) from that noise: gradient ascent on the reward ensemble (the standard and the
    adversarially trained toy CLIP; an ensemble is harder to hack than one reward, as the ReNO paper argues) plus the
    chi-norm prior on the noise; the best iterate is kept.
 

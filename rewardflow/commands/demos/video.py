@@ -6,7 +6,7 @@ Over the held-out video captions (colour/shape pairs never seen in training), fr
 1. **before**: one sample per caption;
 2. **best-of-N**: N candidate noises per caption (candidate 0 is the "before" noise), keep the one the reward scores
    highest (:func:`rewardflow.align.inference.best_of_n.best_of_n`);
-3. **ReNO** (ALGORITHMS.md §10, :class:`rewardflow.align.inference.reno.ReNO`) from the best-of-N noise: gradient ascent on
+3. **ReNO** (docs/algorithms.md#reno, :class:`rewardflow.align.inference.reno.ReNO`) from the best-of-N noise: gradient ascent on
    the differentiable video reward through the whole (few-step) chain plus the chi-norm prior; best iterate kept.
 
 The reward is the tiny video reward ``toy_video`` (content and motion). Writes ``summary.json`` (oracle content /
