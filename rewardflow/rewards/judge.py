@@ -20,13 +20,18 @@ the scale, and the marker must appear once; a pairwise reply must end with exact
 request that still times out or fails after the retries, or a malformed response is **NaN** (Flow-GRPO's fallback
 of 0.0 silently biases RL); consumers drop NaN samples with :func:`rewardflow.rewards.base.finite_mask`.
 
-Transport: ``urllib`` from the standard library, a thread pool of ``max_concurrency`` workers, a socket timeout of
-``timeout`` seconds per request (connect and each read), and up to ``max_retries`` retries with exponential backoff
-``min(backoff * 2**k, backoff_max)`` (a ``Retry-After`` header is honored up to ``backoff_max``) on timeouts,
-connection errors, HTTP 408, 429 and 5xx. 401/403/404 are configuration errors and raise at once.
+Transport: ``urllib`` from the standard library, a thread pool of ``max_concurrency`` workers, ``timeout`` seconds
+as a **total deadline** per request (connect, headers and body together: when it passes, the request's socket is shut
+down, so a server that drips bytes cannot hold a request longer), and up to ``max_retries`` retries with
+exponential backoff ``min(backoff * 2**k, backoff_max)`` (a ``Retry-After`` header is honored up to ``backoff_max``)
+on timeouts, connection errors, HTTP 408, 429 and 5xx. 401/403/404 are configuration errors and raise at once, and
+so is a redirect (3xx): no redirect is ever followed, so the API key and the images only go to ``base_url``.
+A reply body over 16 MiB is a failed request.
 
 The API key is read from the environment variable named by ``api_key_env`` at each request (it is never stored on
-the object, so it cannot show up in a repr, a pickle or a checkpoint) and is redacted from every log line and error.
+the object, so it cannot show up in a repr, a pickle or a checkpoint). Surrounding whitespace (a trailing newline
+from ``$(cat key.txt)``) is stripped; a key with whitespace, control or non-ASCII characters inside is refused at
+construction without echoing it; the key is redacted from every log line and error.
 """
 
 from __future__ import annotations
@@ -41,11 +46,13 @@ import os
 import random
 import re
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import torch
 
@@ -146,8 +153,102 @@ class JudgeReply:
     error: str | None = None
 
 
+MAX_REPLY_BYTES = 16 * 2 ** 20
+
+
+def read_api_key(env: str | None) -> str | None:
+    """The API key in environment variable ``env``, surrounding whitespace stripped; None when unset or blank.
+    A key with whitespace, control or non-ASCII characters inside is refused (the message never shows it)."""
+    raw = os.environ.get(env) if env else None
+    key = raw.strip() if raw else ""
+    if not key:
+        return None
+    bad = [c for c in key if not 0x21 <= ord(c) <= 0x7E]
+    if bad:
+        kinds = sorted({"whitespace" if c.isspace() else "control" if ord(c) < 32 or ord(c) == 127 else "non-ASCII"
+                        for c in bad})
+        raise JudgeConfigError(f"vlm_judge: the API key in ${env} has {len(bad)} {'/'.join(kinds)} character(s) "
+                               f"inside it ({len(key)} characters in all); set ${env} to the key alone")
+    return key
+
+
+class _Deadline:
+    """A request's total time limit: when it passes, every socket the request opened is shut down, which ends
+    any blocked read at once (a per-read socket timeout cannot stop a server that drips one byte at a time)."""
+
+    def __init__(self, seconds: float):
+        self.expired = False
+        self._socks: list = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    @staticmethod
+    def _kill(sock) -> None:
+        try:
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the raw fd (also under an SSL wrapper)
+        except OSError:
+            pass
+
+    def watch(self, sock) -> None:
+        with self._lock:
+            self._socks.append(sock)
+            if self.expired:
+                self._kill(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for s in self._socks:
+                self._kill(s)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+class _DeadlineConnections:
+    """Handler mixin: every connection the request opens is watched by the request's :class:`_Deadline`."""
+
+    def __init__(self, deadline: _Deadline):
+        super().__init__()
+        self.deadline = deadline
+
+    def do_open(self, http_class, req, **kwargs):
+        deadline = self.deadline
+
+        class Watched(http_class):
+            def connect(self):
+                super().connect()
+                deadline.watch(self.sock)
+
+        return super().do_open(Watched, req, **kwargs)
+
+
+class _HTTPHandler(_DeadlineConnections, urllib.request.HTTPHandler):
+    pass
+
+
+class _HTTPSHandler(_DeadlineConnections, urllib.request.HTTPSHandler):
+    pass
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Follow no redirect: the 3xx reply reaches the caller as an ``HTTPError`` (a followed redirect would carry
+    the ``Authorization`` header to whatever server the reply names)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url or "")
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}" if parts.scheme else repr(url)
+
+
 class ChatClient:
-    """Minimal OpenAI-compatible ``/chat/completions`` client: retries, backoff, timeout, thread-pool fan-out."""
+    """Minimal OpenAI-compatible ``/chat/completions`` client: retries, backoff, a total deadline per request,
+    thread-pool fan-out; follows no redirect."""
 
     def __init__(self, base_url: str, model: str, api_key_env: str | None = "OPENAI_API_KEY",
                  timeout: float = 60.0, max_retries: int = 3, backoff: float = 1.0, backoff_max: float = 30.0,
@@ -155,15 +256,22 @@ class ChatClient:
         if not base_url or not model:
             raise ValueError("vlm_judge needs base_url (e.g. http://localhost:8000/v1) and model (the served "
                              "model name)")
-        if max_concurrency < 1 or max_retries < 0 or timeout <= 0:
-            raise ValueError("max_concurrency >= 1, max_retries >= 0 and timeout > 0 are required")
+        if urlsplit(base_url).scheme not in ("http", "https"):
+            raise ValueError(f"vlm_judge base_url must start with http:// or https://, got {base_url!r}")
+        numbers = {"timeout": timeout, "backoff": backoff, "backoff_max": backoff_max, "temperature": temperature}
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers.values()):
+            raise ValueError(f"vlm_judge: timeout, backoff, backoff_max and temperature must be finite numbers, "
+                             f"got {numbers}")
+        if max_concurrency < 1 or max_retries < 0 or timeout <= 0 or backoff < 0 or backoff_max < 0:
+            raise ValueError("vlm_judge: max_concurrency >= 1, max_retries >= 0, timeout > 0 and backoff, "
+                             "backoff_max >= 0 are required")
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model, self.api_key_env = model, api_key_env
         self.timeout, self.max_retries = float(timeout), int(max_retries)
         self.backoff, self.backoff_max = float(backoff), float(backoff_max)
         self.max_concurrency = int(max_concurrency)
         self.temperature, self.max_tokens = float(temperature), int(max_tokens)
-        if api_key_env and not os.environ.get(api_key_env):
+        if api_key_env and read_api_key(api_key_env) is None:  # also refuses a malformed key, here at load
             logger.warning("vlm_judge: environment variable %s is not set; sending requests without an API key",
                            api_key_env)
 
@@ -172,11 +280,14 @@ class ChatClient:
                 f"timeout={self.timeout}, max_retries={self.max_retries}, max_concurrency={self.max_concurrency})")
 
     def _key(self) -> str | None:
-        return os.environ.get(self.api_key_env) if self.api_key_env else None
+        return read_api_key(self.api_key_env)
 
     def redact(self, text: str) -> str:
-        key = self._key()
-        return text.replace(key, "***") if key else text
+        raw = os.environ.get(self.api_key_env) if self.api_key_env else None
+        for secret in sorted({raw or "", (raw or "").strip()}, key=len, reverse=True):
+            if secret.strip():
+                text = text.replace(secret, "***")
+        return text
 
     def _post(self, content: list[dict]) -> str:
         payload = {"model": self.model, "messages": [{"role": "user", "content": content}],
@@ -186,33 +297,32 @@ class ChatClient:
         if key:
             headers["Authorization"] = f"Bearer {key}"
         req = urllib.request.Request(self.url, data=json.dumps(payload).encode(), headers=headers, method="POST")
+        deadline = _Deadline(self.timeout)
+        opener = urllib.request.build_opener(_NoRedirect, _HTTPHandler(deadline), _HTTPSHandler(deadline))
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                body = resp.read()
+            with opener.open(req, timeout=self.timeout) as resp:
+                body = resp.read(MAX_REPLY_BYTES + 1)
+                # read(n) returns a body cut short by a closed connection without complaint
+                if resp.length and len(body) <= MAX_REPLY_BYTES:
+                    raise http.client.IncompleteRead(body, resp.length)
+            if deadline.expired:
+                raise TimeoutError
         except urllib.error.HTTPError as e:
-            detail = self.redact(e.read()[:200].decode("utf-8", "replace")) if e.fp is not None else ""
-            if e.code in (408, 429) or e.code >= 500:
-                retry_after = e.headers.get("Retry-After") if e.headers else None
-                try:
-                    retry_after = float(retry_after) if retry_after is not None else None
-                except ValueError:
-                    retry_after = None
-                raise _Retryable(f"HTTP {e.code}", retry_after) from None
-            if e.code in (401, 403, 404):
-                raise JudgeConfigError(
-                    f"vlm_judge: {self.url} answered HTTP {e.code} ({detail.strip()!r}); check base_url, model "
-                    f"{self.model!r} and the API key in ${self.api_key_env}") from None
-            raise _Failed(f"HTTP {e.code}: {detail.strip()!r}") from None
-        except urllib.error.URLError as e:
-            if isinstance(e.reason, (TimeoutError, socket.timeout)):
+            if deadline.expired:
                 raise _Retryable(f"timed out after {self.timeout:g}s") from None
-            if isinstance(e.reason, (ConnectionError, OSError)):
-                raise _Retryable(f"connection error: {type(e.reason).__name__}") from None
-            raise _Failed(f"request error: {self.redact(str(e.reason))}") from None
-        except (TimeoutError, socket.timeout):
-            raise _Retryable(f"timed out after {self.timeout:g}s") from None
-        except (ConnectionError, http.client.HTTPException) as e:
-            raise _Retryable(f"connection error: {type(e).__name__}") from None
+            self._http_error(e)
+        except Exception as e:  # noqa: BLE001 - every transport failure is classified below
+            if deadline.expired or isinstance(e, (TimeoutError, socket.timeout)) or (
+                    isinstance(e, urllib.error.URLError) and isinstance(e.reason, (TimeoutError, socket.timeout))):
+                raise _Retryable(f"timed out after {self.timeout:g}s") from None
+            reason = e.reason if isinstance(e, urllib.error.URLError) else e
+            if isinstance(reason, (ConnectionError, OSError, http.client.HTTPException)):
+                raise _Retryable(f"connection error: {type(reason).__name__}") from None
+            raise _Failed(f"request error: {type(e).__name__}: {self.redact(str(reason))}") from None
+        finally:
+            deadline.cancel()
+        if len(body) > MAX_REPLY_BYTES:
+            raise _Failed(f"reply larger than {MAX_REPLY_BYTES // 2 ** 20} MiB")
         try:
             message = json.loads(body)["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError):
@@ -223,6 +333,32 @@ class ChatClient:
         if not isinstance(message, str):
             raise _Failed("malformed chat-completions response: message content is not text")
         return message
+
+    def _http_error(self, e: urllib.error.HTTPError):
+        try:
+            detail = self.redact(e.read()[:200].decode("utf-8", "replace")) if e.fp is not None else ""
+        except Exception:  # noqa: BLE001 - the body of an error reply is only a hint
+            detail = ""
+        if 300 <= e.code < 400:
+            target = _origin(e.headers.get("Location", "")) if e.headers else "?"
+            raise JudgeConfigError(
+                f"vlm_judge: {self.url} answered HTTP {e.code}, a redirect to {self.redact(target)}; the judge "
+                "follows no redirect (it would send the API key and the images to another address): set base_url "
+                "to the address that serves /chat/completions") from None
+        if e.code in (408, 429) or e.code >= 500:
+            retry_after = e.headers.get("Retry-After") if e.headers else None
+            try:
+                retry_after = float(retry_after) if retry_after is not None else None
+            except ValueError:
+                retry_after = None
+            if retry_after is not None and not math.isfinite(retry_after):
+                retry_after = None
+            raise _Retryable(f"HTTP {e.code}", retry_after) from None
+        if e.code in (401, 403, 404):
+            raise JudgeConfigError(
+                f"vlm_judge: {self.url} answered HTTP {e.code} ({detail.strip()!r}); check base_url, model "
+                f"{self.model!r} and the API key in ${self.api_key_env}") from None
+        raise _Failed(f"HTTP {e.code}: {detail.strip()!r}") from None
 
     def complete(self, content: list[dict]) -> str:
         """One chat completion with retries; raises ``_Failed`` (or ``JudgeConfigError``) when it gives up."""
