@@ -29,9 +29,17 @@ def _setup_env() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument error is one ``rewardflow: error: ...`` line (naming the flag, e.g. ``argument --steps:
+    expected an integer >= 1, got '0'``) and exit status 2, like every other bad input."""
+
+    def error(self, message):
+        self.exit(2, f"rewardflow: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rewardflow", description="Align diffusion and rectified-flow image and video "
-                                "generators with reward models: score, train, optimize the noise, evaluate.")
+    p = _Parser(prog="rewardflow", description="Align diffusion and rectified-flow image and video "
+                "generators with reward models: score, train, optimize the noise, evaluate.")
     sub = p.add_subparsers(dest="command", required=True)
     for cmd in COMMANDS:
         cmd.register(sub)
@@ -39,12 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 done; 1 the work ran but every item failed (e.g. every judge query of `score`); 2 bad input
+    or an expected failure (the one-line message names the fix); 130 interrupted (Ctrl-C)."""
     _setup_env()
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args) or 0)
-    except (OSError, ValueError, KeyError) as e:  # OSError: missing files, a full disk (CheckpointWriteError), ...
-        print(f"rewardflow: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C: no traceback from wherever the interrupt landed (diffusers, torch, ...)
+        print("\nrewardflow: interrupted", file=sys.stderr)
+        return 130
+    except (OSError, ValueError, KeyError, ImportError) as e:  # OSError: missing files, a full disk, ...
+        msg = e.args[0] if isinstance(e, KeyError) and len(e.args) == 1 else str(e)
+        print(f"rewardflow: error: {msg}", file=sys.stderr)
         return 2
 
 

@@ -221,18 +221,22 @@ def test_score_cli_prompt_mappings_and_weights(image_dir, ref, tmp_path, tiny_re
 
 @pytest.mark.parametrize("argv, msg", [
     (["--prompt", "x", "--out", "s.txt"], "--out must end in .csv or .json"),
-    (["--prompts", "PROMPTS"], "has 2 prompts (non-blank lines) but 6 images"),
+    (["--prompts", "PROMPTS"], "has 2 prompts (lines that are not blank or '#' comments) but 6 images"),
     (["--prompt", "x", "--reward", "toy_oracle,jpeg_compressibility", "--weights", "w.pt"], "NAME=PATH"),
     (["--prompt", "x", "--reward", "toy_oracle", "--weights", "w.pt"], "cannot build reward 'toy_oracle'"),
     (["--prompt", "x", "--reward", "nope"], "unknown reward 'nope'"),
-    (["--prompt", "x", "--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--prompt", "x", "--batch-size", "0"], "argument --batch-size: expected an integer >= 1, got '0'"),
 ])
 def test_score_cli_errors(image_dir, tmp_path, capsys, argv, msg):
     d, _ = image_dir
     (tmp_path / "p.txt").write_text("a\nb\n")
     argv = [str(tmp_path / "p.txt") if a == "PROMPTS" else str(tmp_path / a) if a == "s.txt" else a for a in argv]
     base = ["score", "--images", str(d)] + ([] if "--reward" in argv else ["--reward", "toy_oracle"])
-    assert main(base + argv) == 2
+    try:
+        rc = main(base + argv)
+    except SystemExit as e:  # argparse: a flag's value refused while parsing
+        rc = e.code
+    assert rc == 2
     assert msg in capsys.readouterr().err
 
 

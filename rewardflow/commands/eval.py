@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 from pathlib import Path
+from rewardflow.commands._args import nonneg_float, nonneg_int, positive_int, resolve_device
 
 
 def register(subparsers) -> None:
@@ -32,16 +33,16 @@ def register(subparsers) -> None:
     p.add_argument("--prompts", required=True, metavar="FILE|SOURCE",
                    help="a prompts file (one per line, or .jsonl with 'prompt') or a registered source "
                         "(toy:heldout / toy:train)")
-    p.add_argument("--per-category", type=int, default=10,
+    p.add_argument("--per-category", type=positive_int, default=10,
                    help="prompts per group of a grouped source (the toy's caption categories)")
     p.add_argument("--reward", required=True, action="append", metavar="NAMES",
                    help="comma-separated rewards, each reported on its own (a weighted spec is one reward)")
-    p.add_argument("--n-per-prompt", type=int, default=1)
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model family's, 4 for toy)")
-    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--n-per-prompt", type=positive_int, default=1)
+    p.add_argument("--steps", type=positive_int, default=None, help="sampler steps (default: the model family's, 4 for toy)")
+    p.add_argument("--guidance", type=nonneg_float, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CI (0 = none)")
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--bootstrap", type=nonneg_int, default=1000, help="bootstrap resamples for the 95%% CI (0 = none)")
     p.add_argument("--diversity-encoder", default=None, metavar="NAME",
                    help="image encoder for the Vendi score (clip, toy_clip, ...; default: the model family's, "
                         "toy_clip for the toy model, none otherwise)")
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
 
     prompts, source = resolve_prompts(args.prompts, args.per_category)
     specs = split_reward_specs(args.reward)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     gen = load_generator(args.model, adapter=args.adapter, device=device)
     if args.lora:
         gen.load_lora(args.lora, trainable=False)

@@ -8,6 +8,7 @@ import argparse
 import json
 import math
 from pathlib import Path
+from rewardflow.commands._args import nonneg_float, nonneg_int, positive_int, resolve_device
 
 
 def register(subparsers) -> None:
@@ -23,12 +24,12 @@ def register(subparsers) -> None:
                    help="comma-separated reward names, each evaluated on its own (a weighted spec such as "
                         "hpsv2.1:5,imagereward:1 is one combined reward); repeatable")
     p.add_argument("--out", default=None, metavar="FILE.json", help="write all metrics as JSON")
-    p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples for the 95%% CI "
+    p.add_argument("--bootstrap", type=nonneg_int, default=1000, metavar="N", help="bootstrap resamples for the 95%% CI "
                    "(0 = no CI; default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    p.add_argument("--tie-threshold", type=float, default=None,
+    p.add_argument("--tie-threshold", type=nonneg_float, default=None,
                    help="pickapic: fixed tie threshold instead of tuning it on validation_unique")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--device", default="cpu")
     p.set_defaults(fn=run)
 
@@ -83,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.bootstrap < 0:
         raise ValueError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    args.device = resolve_device(args.device)
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix.lower() != ".json":
         raise ValueError(f"--out must end in .json, got {out}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from rewardflow.commands._args import finite_float, nonneg_float, positive_float, positive_int, resolve_device
 
 
 def register(sub) -> None:
@@ -21,27 +22,27 @@ def register(sub) -> None:
     g.add_argument("--prompts", help="text file, one prompt per line, or a GenEval metadata .jsonl")
     p.add_argument("--out", default="noise_opt_out")
     p.add_argument("--method", choices=("reno", "best-of-n", "nrg"), default="reno")
-    p.add_argument("--steps", type=int, default=None,
+    p.add_argument("--steps", type=positive_int, default=None,
                    help="sampler steps (default: 1 for reno, 4 otherwise; an embedded model's own, 4 for the toy)")
-    p.add_argument("--iterations", type=int, default=50, help="ReNO iterations")
-    p.add_argument("--lr", type=float, default=5.0, help="ReNO learning rate")
+    p.add_argument("--iterations", type=positive_int, default=50, help="ReNO iterations")
+    p.add_argument("--lr", type=positive_float, default=5.0, help="ReNO learning rate")
     p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
-    p.add_argument("--grad-clip", type=float, default=0.1)
-    p.add_argument("--reg-weight", type=float, default=0.01)
+    p.add_argument("--grad-clip", type=positive_float, default=0.1)
+    p.add_argument("--reg-weight", type=nonneg_float, default=0.01)
     p.add_argument("--autocast", choices=("none", "fp16", "bf16"), default="none")
     p.add_argument("--reward-checkpointing", action="store_true", help="checkpoint reward backbones (memory)")
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="checkpoint the generator's denoiser blocks (memory; ReNO and Flow-NRG backpropagate "
                         "through it)")
-    p.add_argument("--n", type=int, default=4, help="best-of-N candidates")
-    p.add_argument("--nrg-scale", type=float, default=None,
+    p.add_argument("--n", type=positive_int, default=4, help="best-of-N candidates")
+    p.add_argument("--nrg-scale", type=finite_float, default=None,
                    help="Flow-NRG guidance scale (default: 30 with a pixel reward; the trained value stored in "
                         "latent_reward.json with --latent-reward)")
     p.add_argument("--latent-reward", default=None, metavar="DIR",
                    help="Flow-NRG on a latent reward model (a `rewardflow train configs/toy/latent_reward.yaml` "
                         "OUTPUT_DIR/final): guidance without VAE decode; --reward then only scores the results")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
-    p.add_argument("--batch-size", type=int, default=1, help="prompts optimized together")
+    p.add_argument("--guidance", type=nonneg_float, default=None, help="classifier-free guidance scale")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="prompts optimized together")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     p.add_argument("--device", default=None)
@@ -91,6 +92,7 @@ def run(args) -> int:
     from tqdm.auto import tqdm
 
     from rewardflow.align.inference.reno import RENO_PAPER_REWARDS, ReNO, ReNOConfig
+    from rewardflow.commands.eval_rewards import _json_safe
     from rewardflow.eval.layouts import write_layout
     from rewardflow.rewards.combine import build_reward
 
@@ -103,7 +105,7 @@ def run(args) -> int:
     defaults = entry["cls"].run_defaults
     spec = args.reward or defaults.get("reward", RENO_PAPER_REWARDS)
     steps = args.steps or defaults.get("noise_opt_steps") or (1 if args.method == "reno" else 4)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     dtype = getattr(torch, args.dtype)
     kw = {"device": device}
     if args.guidance is not None:
@@ -183,14 +185,14 @@ def run(args) -> int:
     finals_t, initials_t = torch.cat(finals), torch.cat(initials)
     write_layout(finals_t, prompts, out / "final", args.layout, metadata=meta)
     write_layout(initials_t, prompts, out / "initial", "plain")
-    (out / "curve.json").write_text(json.dumps(curves))
+    (out / "curve.json").write_text(json.dumps(_json_safe(curves), allow_nan=False))
     if curves:
         _curve_png(curves, out / "curve.png")
     summary = {"method": args.method, "model": args.model, "reward": spec, "steps": steps, "prompts": len(prompts),
                "seconds": round(time.time() - t0, 2),
                "mean_initial_reward": sum(r["initial_reward"] for r in rows) / len(rows),
                "mean_final_reward": sum(r["final_reward"] for r in rows) / len(rows), "per_prompt": rows}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out / "summary.json").write_text(json.dumps(_json_safe(summary), indent=1, allow_nan=False))  # NaN -> null
     print(f"{args.method}: mean reward {summary['mean_initial_reward']:.4f} -> {summary['mean_final_reward']:.4f} "
           f"over {len(prompts)} prompts in {summary['seconds']:.1f} s; wrote {out}")
     return 0

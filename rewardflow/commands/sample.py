@@ -3,6 +3,8 @@ and a JSON manifest, through :func:`rewardflow.eval.sampling.sample_to_files` (t
 
 from __future__ import annotations
 
+from rewardflow.commands._args import nonneg_float, positive_int, resolve_device
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -18,14 +20,14 @@ def register(subparsers) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--prompt", metavar="TEXT", help="one prompt")
     g.add_argument("--prompts", metavar="FILE", help="one prompt per line, or a .jsonl with a 'prompt' field")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model family's, e.g. 4 for toy)")
-    p.add_argument("--guidance", type=float, default=None,
+    p.add_argument("--steps", type=positive_int, default=None, help="sampler steps (default: the model family's, e.g. 4 for toy)")
+    p.add_argument("--guidance", type=nonneg_float, default=None,
                    help="classifier-free guidance scale (default: the adapter's; 1 = off, use 1 for Turbo models)")
     p.add_argument("--seed", type=int, default=0, help="image j uses noise seed SEED + j")
-    p.add_argument("--n-per-prompt", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--height", type=int, default=None, help="image height (real models; default: the model's)")
-    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--n-per-prompt", type=positive_int, default=1)
+    p.add_argument("--batch-size", type=positive_int, default=4)
+    p.add_argument("--height", type=positive_int, default=None, help="image height (real models; default: the model's)")
+    p.add_argument("--width", type=positive_int, default=None)
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     p.add_argument("--device", default=None, help="torch device (default: cuda if available else cpu)")
     p.add_argument("--offload", action="store_true", help="model CPU offload (real diffusers models)")
@@ -42,8 +44,11 @@ def run_sample(args) -> int:
 
     prompts = [args.prompt] if args.prompt is not None else read_prompt_file(args.prompts)
     entry = resolve_adapter(args.model, args.adapter)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     kw: dict = {"device": device}
+    if entry["embedded"] and (args.height is not None or args.width is not None):
+        raise ValueError(f"--height/--width: {entry['name']} is an embedded model with one fixed image size; leave "
+                         "them out (they apply to diffusers models)")
     if not entry["embedded"]:  # embedded models (the toy) ship one size and dtype
         kw.update(dtype=args.dtype, offload=args.offload)
         if args.height is not None:

@@ -7,11 +7,13 @@ Decisions (documented in docs/usage/score.md):
   preprocessing to the file's pixels (PIL where the official package uses PIL), so the scores equal the official
   package's; images are never resized here.
 * ``--prompts FILE``: a ``.csv`` (columns ``file,prompt``) or ``.jsonl`` (``{"file": ..., "prompt": ...}``) maps
-  files to prompts (``file`` is the file name or the path as listed); any other file is one prompt per line
-  (blank lines ignored), matched in order to the sorted image files.
+  files to prompts (``file`` is the file name or the path as listed); any other file is one prompt per line,
+  matched in order to the sorted image files, read as every prompt file is (:mod:`rewardflow.io.prompts`: UTF-8
+  with an optional byte-order mark; blank lines and lines starting with ``#`` are skipped).
 * An unreadable image is reported on stderr, listed under ``skipped`` in JSON output, and the rest are scored.
 * A score that is NaN (a black-box judge that could not score) is written as ``nan`` in CSV and ``null`` in JSON
-  and left out of the summary statistics (the ``nan`` column counts them).
+  and left out of the summary statistics (the ``nan`` column counts them). When no image got a finite total, the
+  rows are still written, and the command exits with status 1 (work failed) instead of 0.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import json
 import math
 import sys
 from pathlib import Path
+
+from rewardflow.commands._args import positive_int
 
 
 def register(subparsers) -> None:
@@ -42,7 +46,7 @@ def register(subparsers) -> None:
                    help="checkpoint path passed as path= to the reward (NAME=PATH when the spec has several; "
                         "repeatable)")
     p.add_argument("--out", default=None, metavar="FILE", help="write per-image scores to FILE (.csv or .json)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per reward call (default 16)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per reward call (default 16)")
     p.add_argument("--device", default="cpu", help="torch device for the rewards (default cpu)")
     p.set_defaults(fn=run_score)
 
@@ -56,7 +60,7 @@ def read_prompts(path: str | Path, files: list[Path]) -> list[str]:
     suffix = path.suffix.lower()
     if suffix in (".csv", ".jsonl"):
         mapping: dict[str, str] = {}
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             if suffix == ".csv":
                 reader = csv.DictReader(f)
                 if not reader.fieldnames or not {"file", "prompt"} <= set(reader.fieldnames):
@@ -85,10 +89,12 @@ def read_prompts(path: str | Path, files: list[Path]) -> list[str]:
             raise ValueError(f"{path} has no prompt for {len(missing)} image(s): {', '.join(missing[:5])}"
                              f"{' ...' if len(missing) > 5 else ''}")
         return prompts
-    lines = [ln.rstrip("\r\n") for ln in path.read_text(encoding="utf-8").splitlines()]
-    lines = [ln for ln in lines if ln.strip()]
+    from rewardflow.io.prompts import read_prompt_file
+
+    lines = read_prompt_file(path)
     if len(lines) != len(files):
-        raise ValueError(f"{path} has {len(lines)} prompts (non-blank lines) but {len(files)} images were found; "
+        raise ValueError(f"{path} has {len(lines)} prompts (lines that are not blank or '#' comments) but "
+                         f"{len(files)} images were found; "
                          "give one prompt per image in sorted file order, or a .csv/.jsonl with file,prompt")
     return lines
 
@@ -226,4 +232,8 @@ def run_score(args: argparse.Namespace) -> int:
     if out is not None:
         write_rows(out, scored, columns, summary, skipped, args.reward)
         print(f"wrote {len(scored)} rows to {out}")
+    if not any(math.isfinite(r["total"]) for r in scored):
+        print(f"rewardflow: error: none of the {len(scored)} scored image(s) got a score (all NaN): the reward "
+              "failed on every one (a judge: see the warnings above for why its queries failed)", file=sys.stderr)
+        return 1
     return 0

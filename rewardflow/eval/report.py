@@ -33,16 +33,40 @@ th{background:#f0f0f0}pre{background:#f6f6f6;padding:10px;font-size:12px;overflo
 
 
 def _read_jsonl(path: Path) -> list[dict]:
+    """The JSON objects of a run log, one per line. A torn last line (a run still being written, or killed
+    mid-write) is left out; any other line that is not a JSON object is an error naming the file and line."""
     if not path.is_file():
         return []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    last = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
     out = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue  # a torn last line of a run still being written
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            if i == last:
+                continue
+            raise ValueError(f"{path}:{i + 1}: not a JSON object ({e}); the run log is damaged: fix or delete that "
+                             "line and run `rewardflow report` again") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{i + 1}: expected a JSON object ({{\"step\": ...}}), got "
+                             f"{type(row).__name__} {line.strip()[:40]!r}; fix or delete that line")
+        out.append(row)
     return out
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8", errors="replace"))
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); fix or delete the file") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(doc).__name__}; fix or delete the file")
+    return doc
 
 
 def _img(path: Path, alt: str, width: int | None = None) -> str:
@@ -119,7 +143,7 @@ def render_report(run_dir: str | Path, out: str | Path | None = None, max_metric
                                 f"{', '.join(markers)} or samples/ found)")
     out = Path(out) if out is not None else run_dir / "report.html"
     metrics, evals = _read_jsonl(run_dir / "metrics.jsonl"), _read_jsonl(run_dir / "eval.jsonl")
-    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+    summary = _read_json(run_dir / "summary.json")
     S: dict[str, str] = {}
 
     # summary

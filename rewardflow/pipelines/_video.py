@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
-from rewardflow.pipelines.base import Conditioning, Generator
+from rewardflow.pipelines.base import Conditioning, Generator, prompt_list
 
 
 def latent_frame_count(num_frames: int, ratio: int) -> int:
@@ -94,9 +94,7 @@ class VideoGenerator(Generator):
     def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
         """Text embeddings cached per prompt; the unconditional branch is the empty prompt (the pipelines'
         negative prompt when none is given). Guidance is applied inside :meth:`Generator.predict`."""
-        prompts = list(prompts)
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise ValueError("encode_prompts needs a non-empty list of strings")
+        prompts = prompt_list(prompts)
         return Conditioning(prompts, self._encode(prompts), self._encode([""] * len(prompts)))
 
     def clear_prompt_cache(self) -> None:

@@ -31,7 +31,19 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from rewardflow.pipelines.lora import LoraMixin
 from rewardflow.pipelines.parametrization import ParametrizationMixin, StepOutput
 
-__all__ = ["Conditioning", "Generator", "StepOutput", "Trajectory"]
+__all__ = ["Conditioning", "Generator", "StepOutput", "Trajectory", "prompt_list"]
+
+
+def prompt_list(prompts: Sequence[str]) -> list[str]:
+    """``prompts`` as a non-empty list of strings. A bare string is refused: iterating it would give one prompt
+    per character (and one image each)."""
+    if isinstance(prompts, (str, bytes)):
+        raise TypeError(f"prompts must be a list of strings, got the string {prompts[:40]!r}; wrap one prompt in a "
+                        "list: [prompt]")
+    prompts = list(prompts)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError("encode_prompts needs a non-empty list of strings")
+    return prompts
 
 
 @dataclass
@@ -237,6 +249,6 @@ class Generator(ParametrizationMixin, LoraMixin):
     def generate(self, prompts: Sequence[str], steps: int, noise: torch.Tensor | None = None,
                  generator: torch.Generator | None = None, guidance_scale: float | None = None) -> torch.Tensor:
         """Convenience: prompts -> pixels in [0, 1] (ODE sampling)."""
-        cond = self.encode_prompts(list(prompts))
+        cond = self.encode_prompts(prompt_list(prompts))
         traj = self.sample(cond, steps, noise=noise, generator=generator, guidance_scale=guidance_scale)
         return self.decode(traj.final)

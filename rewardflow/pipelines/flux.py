@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from rewardflow.pipelines._flow_transformer import FlowTransformerGenerator
-from rewardflow.pipelines.base import Conditioning
+from rewardflow.pipelines.base import Conditioning, prompt_list
 from rewardflow.pipelines.loading import load_diffusers_pipeline
 from rewardflow.pipelines.registry import register_generator
 
@@ -93,9 +93,7 @@ class FluxGenerator(FlowTransformerGenerator):
         return {"prompt_embeds": embeds, "pooled_projections": pooled}
 
     def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
-        prompts = list(prompts)
-        if not prompts:
-            raise ValueError("encode_prompts needs at least one prompt")
+        prompts = prompt_list(prompts)
         # no unconditional branch: [dev] is guidance-distilled and [schnell] is unguided
         return Conditioning(prompts, self._encode(prompts), None)
 

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import torch
 
-from rewardflow.pipelines.base import Conditioning, Generator, StepOutput
+from rewardflow.pipelines.base import Conditioning, Generator, StepOutput, prompt_list
 from rewardflow.pipelines.loading import load_diffusers_pipeline, parametrization_from_scheduler
 from rewardflow.pipelines.registry import register_generator
 from rewardflow.pipelines.vae import vae_decode, vae_encode
@@ -110,9 +110,7 @@ class StableDiffusionGenerator(Generator):
     def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
         """Text embeddings, cached per prompt; the unconditional branch is the empty prompt, as the pipeline
         uses when no negative prompt is given."""
-        prompts = list(prompts)
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise ValueError("encode_prompts needs a non-empty list of strings")
+        prompts = prompt_list(prompts)
         return Conditioning(prompts, self._embeds(prompts), self._uncond(len(prompts)))
 
     def _uncond(self, n: int) -> dict[str, torch.Tensor]:

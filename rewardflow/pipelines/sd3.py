@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 
 from rewardflow.pipelines._flow_transformer import FlowTransformerGenerator
-from rewardflow.pipelines.base import Conditioning
+from rewardflow.pipelines.base import Conditioning, prompt_list
 from rewardflow.pipelines.loading import load_diffusers_pipeline
 from rewardflow.pipelines.registry import register_generator
 
@@ -91,9 +91,7 @@ class SD3Generator(FlowTransformerGenerator):
         return {"prompt_embeds": embeds, "pooled_projections": pooled}
 
     def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
-        prompts = list(prompts)
-        if not prompts:
-            raise ValueError("encode_prompts needs at least one prompt")
+        prompts = prompt_list(prompts)
         # the pipeline's negative prompt is "" for all three encoders: encoded once, cached
         return Conditioning(prompts, self._encode(prompts), self._encode([""] * len(prompts)))
 

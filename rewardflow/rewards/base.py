@@ -71,6 +71,11 @@ class Reward(nn.Module):
         if len(prompts) != media.shape[0]:
             raise ValueError(f"{self.name}: {media.shape[0]} media but {len(prompts)} prompts")
         with torch.no_grad():
+            bad = int((~torch.isfinite(media)).flatten(1).any(1).sum())
+            if bad:  # a NaN compares False with everything: the range check below would let it through
+                raise ValueError(f"{self.name}: {bad} of {media.shape[0]} media contain NaN or inf values; a reward "
+                                 "cannot score them (check the generator's output, e.g. fp16 overflow or a diverged "
+                                 "run)")
             lo, hi = float(media.min()), float(media.max())
         if lo < -1e-3 or hi > 1 + 1e-3:
             raise ValueError(f"{self.name}: media must be in [0, 1], got range [{lo:.3f}, {hi:.3f}] "

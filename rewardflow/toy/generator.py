@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from rewardflow.pipelines.base import Conditioning, Generator
+from rewardflow.pipelines.base import Conditioning, Generator, prompt_list
 from rewardflow.pipelines.loading import check_pipeline_dir, parametrization_from_scheduler
 from rewardflow.pipelines.registry import register_generator
 from rewardflow.toy.assets import asset_path
@@ -26,6 +26,8 @@ class ToyGenerator(Generator):
     run_defaults = {"steps": 4, "reward": "toy_clip:1,toy_clip_adv:1", "prompts": "toy:train",
                     "eval_prompts": "toy:heldout", "diversity_encoder": "toy_clip", "noise_opt_steps": 4,
                     "noise_opt_guidance_scale": 2.0}
+
+    shipped_asset = "generator"  # the weights loaded when no path is given (assets/toy/generator)
 
     def __init__(self, pipe, guidance_scale: float = 1.0, device: str | torch.device = "cpu"):
         self.pipe = pipe.to(device)
@@ -43,7 +45,7 @@ class ToyGenerator(Generator):
         # lazy: the toy pipeline imports transformers (~1 s), not needed to register the adapter
         from rewardflow.toy.pipeline import ToyFlowPipeline
 
-        path = asset_path("generator") if path is None else path
+        path = asset_path(cls.shipped_asset) if path is None else path
         if not os.path.isdir(path):
             raise FileNotFoundError(f"toy generator directory not found: {path} "
                                     "(train one with `rewardflow toy train-generator --out DIR`)")
@@ -65,9 +67,7 @@ class ToyGenerator(Generator):
         return {k: torch.stack([self._cache[p][k] for p in prompts]) for k in self._cache[prompts[0]]}
 
     def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
-        prompts = list(prompts)
-        if not prompts:
-            raise ValueError("encode_prompts needs at least one prompt")
+        prompts = prompt_list(prompts)
         # the unconditional ("") branch is always encoded (cached once), so guidance can be changed per call
         return Conditioning(prompts, self._encode(prompts), self._encode([""] * len(prompts)))
 
@@ -79,3 +79,13 @@ class ToyGenerator(Generator):
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         return self.pipe.encode_images(images)
+
+
+@register_generator("toy_eps", embedded=True,
+                    description="the embedded toy epsilon-prediction (DDPM/DDIM) text-to-image model (shipped "
+                                "weights, assets/toy/generator_eps)")
+class ToyEpsGenerator(ToyGenerator):
+    """The same toy network and text encoder as ``toy``, trained for epsilon prediction and sampled with DDIM: the
+    diffusion-parametrization methods (Diffusion-DPO, DDPO) run on it by name, from any working directory."""
+
+    shipped_asset = "generator_eps"

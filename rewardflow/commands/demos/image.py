@@ -39,6 +39,9 @@ class DemoConfig:
     rewards: tuple[str, ...] = ("toy_clip", "toy_clip_adv")
     weights: tuple[float, ...] = (1.0, 1.0)
 
+    value_ranges = {"per_category": ">=1", "steps": ">=1", "guidance_scale": ">=0", "n_candidates": ">=1",
+                    "iterations": ">=1", "lr": ">0", "grad_clip": ">0", "reg_weight": ">=0", "weights": ">=0"}
+
 
 def _grid(before: torch.Tensor, after: torch.Tensor, passed_b, passed_a, path: Path, cols: int = 10,
           scale: int = 3) -> None:

@@ -36,6 +36,9 @@ class VideoDemoConfig:
     reward: str = "toy_video"
     seed: int = 0
 
+    value_ranges = {"per_caption": ">=1", "steps": ">=1", "n_candidates": ">=1", "iterations": ">=1", "lr": ">0",
+                    "grad_clip": ">0", "reg_weight": ">=0"}
+
 
 def _bar(video: torch.Tensor, ok: bool) -> torch.Tensor:
     """[T, 3, H, W] -> [T, 3, H + 3, W] with a green (pass) or red (fail) bar underneath."""
