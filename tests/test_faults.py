@@ -7,6 +7,7 @@ tests/test_bad_input_table.py.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import socket
@@ -247,3 +248,55 @@ def test_judge_failure_modes_give_nan_or_a_config_error_and_never_show_the_key(s
         assert all("connection error" in x.error for x in r.last_replies), [x.error for x in r.last_replies]
         assert srv.connections == 4  # retried once per image
     assert KEY not in caplog.text
+
+
+def test_score_exits_1_when_every_judge_query_failed(servers, monkeypatch, tmp_path, capsys):
+    from PIL import Image
+
+    from rewardflow.cli import main
+
+    for i in range(3):
+        Image.new("RGB", (16, 16), (40 * i, 0, 0)).save(tmp_path / f"{i}.png")
+    srv = Recorder(lambda h: (400, {}, b"model overloaded"))  # not retried: every query fails at once
+    servers.append(srv)
+    monkeypatch.setenv("REWARDFLOW_JUDGE_URL", srv.url + "/v1")
+    monkeypatch.setenv("REWARDFLOW_JUDGE_MODEL", "judge")
+    out = tmp_path / "scores.json"
+    argv = ["score", "--reward", "vlm_judge", "--images", str(tmp_path), "--prompt", "a red square", "--out", str(out)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "rewardflow: error: none of the 3 scored image(s) got a score (all NaN)" in err
+    assert len(srv.requests) == 3
+    doc = json.loads(out.read_text())  # the rows are still written, as JSON null
+    assert [r["vlm_judge"] for r in doc["rows"]] == [None] * 3 and doc["summary"]["total"]["nan"] == 3
+
+    count = itertools.count()  # next() is atomic: exactly one of the three queries fails
+    srv.respond = lambda h: (200, {}, chat_reply("Final Score: 10") if next(count) % 2 == 0 else b"x")
+    assert main(argv) == 0  # some scores: the run did its work, the NaN one is counted
+    assert json.loads(out.read_text())["summary"]["total"]["nan"] == 1
+
+
+# ------------------------------------------------------------------------------------------------ signals
+def test_ctrl_c_during_sampling_exits_130_without_a_traceback(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "p.txt").write_text("a red circle\n" * 200)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "rewardflow", "sample", "--model", "toy", "--prompts",
+                             str(tmp_path / "p.txt"), "--batch-size", "2", "--out", str(out)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    while not list(out.glob("*.png")) and proc.poll() is None and time.monotonic() - t0 < 120:
+        time.sleep(0.1)  # interrupt in the middle of sampling (inside torch / diffusers)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert err.strip().splitlines()[-1] == "rewardflow: interrupted"

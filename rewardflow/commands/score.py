@@ -25,7 +25,7 @@ import math
 import sys
 from pathlib import Path
 
-from rewardflow.commands._args import positive_int
+from rewardflow.commands._args import positive_int, resolve_device
 
 
 def register(subparsers) -> None:
@@ -183,6 +183,7 @@ def run_score(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    args.device = resolve_device(args.device)
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix.lower() not in (".csv", ".json"):
         raise ValueError(f"--out must end in .csv or .json, got {out}")

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 # the file name diffusers' ``save_lora_weights`` writes and ``load_lora_weights`` looks for
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -112,8 +112,13 @@ class LoraMixin:
             raise ValueError(f"the denoiser already has a LoRA adapter named {adapter_name!r}; pass another "
                              "adapter_name")
         weight_name = weight_name or LORA_WEIGHT_NAME
-        with safe_open(os.path.join(path, weight_name), framework="pt") as fh:
-            prefixes = {k.split(".", 1)[0] for k in fh.keys()}
+        file = os.path.join(path, weight_name)
+        try:
+            with safe_open(file, framework="pt") as fh:
+                prefixes = {k.split(".", 1)[0] for k in fh.keys()}
+        except SafetensorError as e:  # garbage, truncated or not a safetensors file
+            raise ValueError(f"{file} is not a readable safetensors LoRA file ({e}); save one with gen.save_lora(DIR) "
+                             "or pipe.save_lora_weights(DIR, ...)") from None
         if self.lora_component not in prefixes:
             raise ValueError(f"{os.path.join(path, weight_name)} holds no LoRA weights for the "
                              f"{self.lora_component!r} component (key prefixes: {sorted(prefixes)}); files in other "
@@ -121,8 +126,11 @@ class LoraMixin:
         if prefixes - {self.lora_component}:
             warnings.warn(f"{os.path.join(path, weight_name)}: only the {self.lora_component} LoRA is loaded; "
                           f"the weights for {sorted(prefixes - {self.lora_component})} are ignored", stacklevel=2)
-        self.denoiser.load_lora_adapter(path, prefix=self.lora_component, adapter_name=adapter_name,
-                                        weight_name=weight_name)
+        try:
+            self.denoiser.load_lora_adapter(path, prefix=self.lora_component, adapter_name=adapter_name,
+                                            weight_name=weight_name)
+        except (SafetensorError, RuntimeError) as e:  # tensors cut short, or shaped for another model
+            raise ValueError(f"cannot load the LoRA {file} into this {type(self.denoiser).__name__}: {e}") from None
         self.denoiser.requires_grad_(False)
         if trainable:
             for n, p in self.denoiser.named_parameters():
