@@ -1,4 +1,4 @@
-"""ReNO: reward-based initial-noise optimization (Eyring et al., NeurIPS 2024; ALGORITHMS.md §10).
+"""ReNO: reward-based initial-noise optimization (Eyring et al., NeurIPS 2024; docs/algorithms.md#reno).
 
 The generator is frozen; the initial noise eps is the parameter:
 
@@ -40,7 +40,7 @@ class ReNOConfig:
     seed: int = 0
 
 
-# ReNO's paper reward set and weights (ALGORITHMS.md §10.1): losses "offset - score" with these weights; our rewards
+# ReNO's paper reward set and weights (docs/algorithms.md#reno-defaults): losses "offset - score" with these weights; our rewards
 # return the scores (HPS cos, standardized IR, PickScore s*cos, CLIP s*cos), so the same weights apply to them.
 RENO_PAPER_REWARDS = "hpsv2.1:5,imagereward:1,pickscore:0.05,clip:0.01"
 
