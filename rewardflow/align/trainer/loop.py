@@ -81,8 +81,6 @@ class Trainer(CheckpointMixin):
                                   target_modules=c.lora_targets or None)
             else:
                 self.gen.denoiser.requires_grad_(True)
-            if c.lora_rank == 0 and self.method_cls.uses_reference:
-                self.gen.snapshot_reference()
             if c.gradient_checkpointing:
                 self.gen.enable_gradient_checkpointing()
             self.gen.denoiser.train()
@@ -105,6 +103,10 @@ class Trainer(CheckpointMixin):
                                  process_index=acc.process_index, num_processes=acc.num_processes,
                                  gather=self._gather, log=self._ctx_log)
         self.method = self.method_cls(method_config, self.ctx)
+        if self.trains_generator and c.lora_rank == 0 and self.method.uses_reference:
+            # full fine-tuning: the reference is a frozen copy of the initial weights; taken after the method is
+            # built because some methods need it only for some settings (DRaFT with kl_weight > 0)
+            self.gen.snapshot_reference()
         module = self.gen.denoiser if self.trains_generator else self.method.trainable_module()
         if module is None:
             raise TypeError(f"method {c.method!r} sets trains_generator=False but trainable_module() returned None")
