@@ -14,6 +14,7 @@ and loads with ``LatentRewardModel.from_pretrained(gen, dir)``.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,18 @@ class LatentRewardConfig:
     tie_tol: float = option(0.0, "|judge(A) - judge(B)| <= tie_tol -> tie")
     t_per_pair: int = option(4, "random noise levels per pair per step")
     nrg_scale: float = option(1.0, "guidance scale stored with the head (used by `noise-opt --method nrg` defaults)")
+
+    def __post_init__(self) -> None:
+        if self.n_blocks < 1 or self.hidden < 1 or self.t_per_pair < 1:
+            raise ValueError(f"latent_reward: n_blocks, hidden and t_per_pair must be >= 1, got {self.n_blocks}, "
+                             f"{self.hidden}, {self.t_per_pair}")
+        if not (self.k > 1 and math.isfinite(self.k)):
+            raise ValueError(f"latent_reward: k must be > 1 (BT-with-ties gives ties probability 0 at k = 1), "
+                             f"got {self.k}")
+        if not (self.tie_tol >= 0 and math.isfinite(self.tie_tol)):
+            raise ValueError(f"latent_reward: tie_tol must be >= 0, got {self.tie_tol}")
+        if not math.isfinite(self.nrg_scale):
+            raise ValueError(f"latent_reward: nrg_scale must be a finite number, got {self.nrg_scale}")
 
 
 @register_method("latent_reward")
