@@ -51,7 +51,8 @@ class MethodContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     rng: torch.Generator | None = None  # per-process sampling RNG, checkpointed by the trainer
     sample_steps: int = 4               # sampling steps for on-policy rollouts
-    batch_size: int = 8                 # prompts per process per optimizer step
+    batch_size: int = 8                 # prompts per process per collect() call
+    grad_accum: int = 1                 # collect() calls per optimizer step (a RolloutReuse keeps one rollout per call)
     process_index: int = 0
     num_processes: int = 1
     # gather a tensor from all processes (identity on one process); methods use it for group statistics
@@ -83,7 +84,7 @@ class Method:
 
     def collected_new_samples(self) -> bool:
         """Whether the last :meth:`collect` drew new samples (False when it re-served a cached rollout)."""
-        return self.reuse is None or self.reuse.served == 1
+        return self.reuse is None or self.reuse.fresh
 
     def trainable_module(self) -> torch.nn.Module | None:
         """The module whose parameters the trainer optimizes when ``trains_generator`` is False."""

@@ -98,7 +98,7 @@ class Trainer(CheckpointMixin):
         # -- method
         self._log_buffer: dict[str, list[float]] = {}
         self.ctx = MethodContext(generator=self.gen, reward=self.reward, device=acc.device, rng=self.sample_rng,
-                                 sample_steps=c.sample_steps, batch_size=c.batch_size,
+                                 sample_steps=c.sample_steps, batch_size=c.batch_size, grad_accum=c.grad_accum,
                                  process_index=acc.process_index, num_processes=acc.num_processes,
                                  gather=self._gather, log=self._ctx_log)
         self.method = self.method_cls(method_config, self.ctx)
