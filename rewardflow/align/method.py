@@ -1,17 +1,22 @@
 """The contract between the shared trainer (:mod:`rewardflow.align.trainer`) and a training method.
 
-A method file (``rewardflow/align/<method>.py``) holds three things and nothing else:
+A method file (``rewardflow/align/methods/<method>.py``) holds three things and nothing else:
 
-1. its config dataclass (method hyper-parameters only; trainer keys such as ``max_steps``, ``lr``,
-   ``output_dir`` belong to :class:`rewardflow.align.trainer.TrainConfig`);
+1. its config dataclass (method hyper-parameters only, each with its help text; trainer keys such as
+   ``max_steps``, ``lr``, ``output_dir`` belong to :class:`rewardflow.align.trainer.TrainConfig`); its
+   ``__post_init__`` checks the values, so a bad one fails when the config is read, before any model loads;
 2. how it collects data: :meth:`Method.collect` — offline pairs from disk, on-policy samples, groups per prompt;
 3. its loss: :meth:`Method.loss` on one micro-batch.
 
 The trainer owns everything else (accelerate, LoRA, EMA, optimizer, NaN guard, checkpoints, logging, eval).
-Per optimizer step the trainer calls ``collect`` once (under ``torch.no_grad`` unless the method says
-``collect_needs_grad``) and then ``loss`` on each micro-batch it returned, accumulating gradients over them
-(PPO-style methods return several micro-batches and may set ``inner_epochs``). A method never branches on the
-model: it uses only the :class:`~rewardflow.pipelines.base.Generator` and
+Per optimizer step the trainer calls ``collect`` ``grad_accum`` times (under ``torch.no_grad`` unless the method
+says ``collect_needs_grad``) and then ``loss`` on each micro-batch they returned, accumulating gradients over all of
+them (PPO-style methods return several micro-batches). Besides these two calls the trainer reads only what
+:class:`Method` declares: the flags below, ``samples_per_prompt`` (to count samples), ``updates_per_rollout`` and
+``collected_new_samples()`` (a method whose rollout serves several optimizer steps holds a
+:class:`~rewardflow.align.common.policy.RolloutReuse` in ``reuse``), ``state_dict`` / ``load_state_dict`` and, for a
+method that trains its own module, ``trainable_module`` / ``save_pretrained`` / ``evaluate``. A method never
+branches on the model: it uses only the :class:`~rewardflow.pipelines.base.Generator` and
 :class:`~rewardflow.rewards.base.Reward` interfaces.
 
 Register a method with ``@register_method("flow_dpo")`` on the class.
@@ -20,14 +25,21 @@ Register a method with ``@register_method("flow_dpo")`` on the class.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import importlib
+import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
+import rewardflow.align.methods
+from rewardflow.align.common.policy import RolloutReuse
 from rewardflow.plugins import load_plugins
+from rewardflow.rewards.base import require_differentiable
 
-_METHODS: dict[str, type["Method"]] = {}
+_METHODS: dict[str, type[Method]] = {}
 
 
 @dataclass
@@ -39,7 +51,8 @@ class MethodContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     rng: torch.Generator | None = None  # per-process sampling RNG, checkpointed by the trainer
     sample_steps: int = 4               # sampling steps for on-policy rollouts
-    batch_size: int = 8                 # prompts per process per optimizer step
+    batch_size: int = 8                 # prompts per process per collect() call
+    grad_accum: int = 1                 # collect() calls per optimizer step (a RolloutReuse keeps one rollout per call)
     process_index: int = 0
     num_processes: int = 1
     # gather a tensor from all processes (identity on one process); methods use it for group statistics
@@ -57,9 +70,21 @@ class Method:
     needs_reward_grad: bool = False      # True: refuse black-box rewards at construction (require_differentiable)
     collect_needs_grad: bool = False     # True: collect() runs with grad enabled (e.g. DRaFT collects nothing)
     uses_reference: bool = False         # True: the loss calls generator.reference()
-    inner_epochs: int = 1                # passes of loss() over the collected micro-batches per step
     trains_generator: bool = True        # False: the method trains its own module (e.g. a reward model); the
                                          # trainer then neither adds LoRA nor unfreezes the generator
+    samples_per_prompt: int = 1          # samples one collect() draws per prompt (the trainer counts samples with it)
+    # a RolloutReuse (rewardflow.align.common.policy) when each rollout serves several optimizer steps (DDPO's inner
+    # epochs, PRDP's proximal steps); None: every step collects afresh
+    reuse: RolloutReuse | None = None
+
+    @property
+    def updates_per_rollout(self) -> int:
+        """Optimizer steps one rollout serves."""
+        return self.reuse.updates if self.reuse is not None else 1
+
+    def collected_new_samples(self) -> bool:
+        """Whether the last :meth:`collect` drew new samples (False when it re-served a cached rollout)."""
+        return self.reuse is None or self.reuse.fresh
 
     def trainable_module(self) -> torch.nn.Module | None:
         """The module whose parameters the trainer optimizes when ``trains_generator`` is False."""
@@ -77,8 +102,6 @@ class Method:
         self.config = config
         self.ctx = ctx
         if self.needs_reward_grad:
-            from rewardflow.rewards.base import require_differentiable
-
             if ctx.reward is None:
                 raise ValueError(f"{self.name} needs a reward")
             require_differentiable(ctx.reward, self.name)
@@ -118,13 +141,9 @@ def register_method(name: str):
 
 
 def _import_builtin() -> None:
-    import importlib
-    import pkgutil
-
-    import rewardflow.align.methods as pkg
-
-    # every module of rewardflow/align/methods/ is one training method; plugins register more
-    for m in pkgutil.iter_modules(pkg.__path__):
+    # every module of rewardflow/align/methods/ is one training method (importing it registers it); plugins
+    # register more
+    for m in pkgutil.iter_modules(rewardflow.align.methods.__path__):
         importlib.import_module(f"rewardflow.align.methods.{m.name}")
     load_plugins()
 
@@ -132,8 +151,6 @@ def _import_builtin() -> None:
 def get_method(name: str) -> type[Method]:
     _import_builtin()
     if name not in _METHODS:
-        import difflib
-
         close = difflib.get_close_matches(name, _METHODS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise KeyError(f"unknown method {name!r}.{hint} Known methods: {', '.join(sorted(_METHODS))}")

@@ -27,8 +27,6 @@ class ToyGenerator(Generator):
                     "eval_prompts": "toy:heldout", "diversity_encoder": "toy_clip", "noise_opt_steps": 4,
                     "noise_opt_guidance_scale": 2.0}
 
-    shipped_asset = "generator"  # the weights loaded when no path is given (assets/toy/generator)
-
     def __init__(self, pipe, guidance_scale: float = 1.0, device: str | torch.device = "cpu"):
         self.pipe = pipe.to(device)
         self.denoiser = pipe.unet
@@ -45,7 +43,7 @@ class ToyGenerator(Generator):
         # lazy: the toy pipeline imports transformers (~1 s), not needed to register the adapter
         from rewardflow.toy.pipeline import ToyFlowPipeline
 
-        path = asset_path(cls.shipped_asset) if path is None else path
+        path = asset_path("generator") if path is None else path
         if not os.path.isdir(path):
             raise FileNotFoundError(f"toy generator directory not found: {path} "
                                     "(train one with `rewardflow toy train-generator --out DIR`)")
@@ -79,13 +77,3 @@ class ToyGenerator(Generator):
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         return self.pipe.encode_images(images)
-
-
-@register_generator("toy_eps", embedded=True,
-                    description="the embedded toy epsilon-prediction (DDPM/DDIM) text-to-image model (shipped "
-                                "weights, assets/toy/generator_eps)")
-class ToyEpsGenerator(ToyGenerator):
-    """The same toy network and text encoder as ``toy``, trained for epsilon prediction and sampled with DDIM: the
-    diffusion-parametrization methods (Diffusion-DPO, DDPO) run on it by name, from any working directory."""
-
-    shipped_asset = "generator_eps"

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rewardflow.config import check_numbers
+
 
 @dataclass
 class DemoConfig:
@@ -39,8 +41,9 @@ class DemoConfig:
     rewards: tuple[str, ...] = ("toy_clip", "toy_clip_adv")
     weights: tuple[float, ...] = (1.0, 1.0)
 
-    value_ranges = {"per_category": ">=1", "steps": ">=1", "guidance_scale": ">=0", "n_candidates": ">=1",
-                    "iterations": ">=1", "lr": ">0", "grad_clip": ">0", "reg_weight": ">=0", "weights": ">=0"}
+    def __post_init__(self) -> None:
+        check_numbers(self, at_least_1=("per_category", "steps", "n_candidates", "iterations"),
+                      positive=("lr", "grad_clip"), non_negative=("guidance_scale", "reg_weight", "weights"))
 
 
 def _grid(before: torch.Tensor, after: torch.Tensor, passed_b, passed_a, path: Path, cols: int = 10,

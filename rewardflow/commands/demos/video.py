@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from rewardflow.config import check_numbers
+
 
 @dataclass
 class VideoDemoConfig:
@@ -36,8 +38,9 @@ class VideoDemoConfig:
     reward: str = "toy_video"
     seed: int = 0
 
-    value_ranges = {"per_caption": ">=1", "steps": ">=1", "n_candidates": ">=1", "iterations": ">=1", "lr": ">0",
-                    "grad_clip": ">0", "reg_weight": ">=0"}
+    def __post_init__(self) -> None:
+        check_numbers(self, at_least_1=("per_caption", "steps", "n_candidates", "iterations"),
+                      positive=("lr", "grad_clip"), non_negative=("reg_weight",))
 
 
 def _bar(video: torch.Tensor, ok: bool) -> torch.Tensor:
