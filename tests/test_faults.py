@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import torch
@@ -282,7 +283,6 @@ def test_ctrl_c_during_sampling_exits_130_without_a_traceback(tmp_path):
     import signal
     import subprocess
     import sys
-    from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
     (tmp_path / "p.txt").write_text("a red circle\n" * 200)
@@ -300,3 +300,286 @@ def test_ctrl_c_during_sampling_exits_130_without_a_traceback(tmp_path):
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert err.strip().splitlines()[-1] == "rewardflow: interrupted"
+
+
+# ------------------------------------------------------------------------------------------------ a judge outage
+class _AllNaN:
+    """Rewards of a judge outage: every sample NaN (an image and a video variant)."""
+
+    @staticmethod
+    def make(modality: str):
+        from rewardflow.rewards.base import Reward
+
+        class AllNaN(Reward):
+            name = "all_nan"
+            differentiable = True
+
+            def score(self, media, prompts):
+                return media.flatten(1).mean(1) * float("nan")
+
+        AllNaN.modality = modality
+        return AllNaN()
+
+
+def _method_names():
+    from rewardflow.align.method import list_methods
+
+    return list_methods()
+
+
+@pytest.mark.parametrize("method", _method_names())
+def test_every_method_skips_a_step_whose_rewards_are_all_nan(method, tmp_path, tiny_pipe_dir, monkeypatch):
+    """A judge outage (every reward NaN) skips the step with the weights, the optimizer and the schedule unchanged,
+    for every registered method (GRPO, DDPO and DRAGON used to stop with "range() arg 3 must not be zero")."""
+    from rewardflow.rewards import base as reward_base
+    from rewardflow.toy.generator import ToyGenerator
+    from tests.trainer_utils import make_trainer, read_metrics
+
+    video = method == "instructvideo"
+    if video:
+        from rewardflow.toy.video_generator import ToyVideoGenerator
+
+        gen = ToyVideoGenerator.from_pretrained()
+    else:
+        gen = ToyGenerator.from_pretrained(tiny_pipe_dir)
+    reward = _AllNaN.make("video" if video else "image")
+    monkeypatch.setitem(reward_base._REGISTRY, "all_nan", lambda **kw: _AllNaN.make("image"))  # latent_reward's judge
+    root = Path(__file__).resolve().parents[1]
+    extra = {"latent_reward": {"judge": "all_nan"}, "grpo": {"group_size": 2}, "prdp": {"group_size": 2},
+             "dragon": {"group_size": 2}, "ddpo": {"samples_per_prompt": 2},
+             "instructvideo": {"prompts": str(root / "configs/toy/video_prompts_train.txt")}}.get(method, {})
+    tr = make_trainer(tmp_path, tiny_pipe_dir, method, reward=reward, generator=gen, max_steps=1, weight_decay=0.1,
+                      **extra)
+    with torch.no_grad():  # non-zero weights, so that weight decay alone would change them if a step were taken
+        for p in tr.params:
+            p.add_(0.01)
+    before = [p.detach().clone() for p in tr.params]
+    tr.train()
+    assert all(torch.equal(a, b) for a, b in zip(before, tr.params)), method
+    rec = read_metrics(tmp_path)[-1]
+    assert rec["skipped"] == 1 and rec["skip_reason"] in ("no gradient", "non-finite loss"), rec
+    assert not getattr(tr.optimizer, "optimizer", tr.optimizer).state  # Adam took no step: no moments yet
+
+
+# ------------------------------------------------------------------------------------------------ a full disk
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 4 MiB filesystem (tmpfs) when this process may mount one (root in a container with the rights),
+    else None: the tests then raise the exceptions a full disk raises (RuntimeError from torch.save, SafetensorError
+    from safetensors) where the write happens."""
+    import os
+    import subprocess
+
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    ok = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
+                                              capture_output=True).returncode == 0
+    yield mnt if ok else None
+    if ok:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def _fill(disk: Path, leave: int) -> Path:
+    """Fill ``disk`` until ``leave`` bytes are free; returns the filler file."""
+    import shutil
+
+    filler = disk / "filler.bin"
+    with open(filler, "wb") as fh:
+        todo = shutil.disk_usage(disk).free - leave
+        while todo > 0:
+            n = min(todo, 1 << 20)
+            fh.write(b"\0" * n)
+            todo -= n
+    return filler
+
+
+@pytest.mark.parametrize("victim", ["trainable.safetensors", "state.pt"])
+def test_disk_full_on_checkpoint_removes_the_partial_one_and_keeps_the_earlier(victim, small_disk, tmp_path,
+                                                                              tiny_pipe_dir, monkeypatch):
+    """A full disk is not always an OSError: torch.save raises RuntimeError, safetensors SafetensorError. Any
+    failed write removes the partial checkpoint, keeps the earlier ones, and stops with one message naming the
+    path and the free space; with space freed, the same command continues with each step recorded once."""
+    import safetensors
+    import safetensors.torch
+
+    from rewardflow.align.trainer import CheckpointWriteError, verify_checkpoint
+    from tests.trainer_utils import make_trainer, read_metrics
+
+    run = (small_disk or tmp_path) / "run"
+    kw = {"save_every": 1, "keep_checkpoints": 5}
+    make_trainer(run, tiny_pipe_dir, "rwr", max_steps=2, **kw).train()
+    ck = run / "checkpoints"
+    before = {p.name: (p / "trainable.safetensors").read_bytes() for p in ck.glob("step_*")}
+    if small_disk is not None:  # the real thing: leave room for less than the victim file
+        trainable = (ck / "step_0000002" / "trainable.safetensors").stat().st_size
+        filler = _fill(small_disk, 16 << 10 if victim == "trainable.safetensors" else trainable + (40 << 10))
+    else:
+        exc = (safetensors.SafetensorError("Error while serializing: I/O error: No space left on device (os error "
+                                           "28)") if victim == "trainable.safetensors" else
+               RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"))
+
+        def full(*a, **k):
+            raise exc
+
+        monkeypatch.setattr("safetensors.torch.save_file" if victim == "trainable.safetensors" else "torch.save",
+                            full)
+    tr = make_trainer(run, tiny_pipe_dir, "rwr", max_steps=4, resume="auto", **kw)
+    with pytest.raises(CheckpointWriteError) as e:
+        tr.train()
+    msg = str(e.value)
+    assert f"could not write the checkpoint of step 3: writing {ck / '.tmp_step_0000003' / victim} failed (" in msg
+    assert ("SafetensorError" in msg and "[ENOSPC]" in msg) if victim == "trainable.safetensors" else (
+        "RuntimeError" in msg)
+    assert " free of " in msg and "on that filesystem" in msg  # the free space
+    assert "earlier checkpoints are intact (step_0000001, step_0000002" in msg and "resume=auto" in msg
+    assert sorted(p.name for p in ck.iterdir()) == ["step_0000001", "step_0000002"]  # no partial directory
+    for name, data in before.items():
+        assert verify_checkpoint(ck / name) is None and (ck / name / "trainable.safetensors").read_bytes() == data
+    if small_disk is not None:
+        filler.unlink()
+    monkeypatch.undo()
+    make_trainer(run, tiny_pipe_dir, "rwr", max_steps=4, resume="auto", **kw).train()
+    assert [r["step"] for r in read_metrics(run)] == [1, 2, 3, 4]
+    assert verify_checkpoint(ck / "step_0000004") is None
+
+
+@pytest.mark.parametrize("name", ["final", "best"])
+def test_a_failed_final_or_best_write_keeps_the_earlier_one(name, tmp_path, tiny_pipe_dir, monkeypatch):
+    from rewardflow.align.trainer import CheckpointWriteError
+    from tests.trainer_utils import make_trainer
+
+    kw = {"max_steps": 1, "eval_prompts": "toy:heldout", "eval_per_category": 1, "eval_at_start": True,
+          "best_metric": "eval_reward", "best_mode": "min"}  # min: the first evaluation is the best so far
+    make_trainer(tmp_path, tiny_pipe_dir, "rwr", **kw).train()
+    kept = (tmp_path / name / "pytorch_lora_weights.safetensors").read_bytes()
+    tr = make_trainer(tmp_path, tiny_pipe_dir, "rwr", **kw)
+    real = tr.gen.save_lora
+
+    def save_lora(path, *a, **k):
+        if Path(path).name == f".{name}.tmp":  # the disk fills while this directory is written
+            real(path, *a, **k)
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4096 vs 120")
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(tr.gen, "save_lora", save_lora)
+    with pytest.raises(CheckpointWriteError, match=rf"could not write {name}/: writing {tmp_path / f'.{name}.tmp'} "
+                                                    r"failed \(RuntimeError: .*\); .* free of .*The partial "
+                                                    rf"{name}/ was removed; the earlier {tmp_path / name} is intact"):
+        tr.train()
+    assert not (tmp_path / f".{name}.tmp").exists() and not (tmp_path / f".{name}.old").exists()
+    assert (tmp_path / name / "pytorch_lora_weights.safetensors").read_bytes() == kept
+
+
+# ------------------------------------------------------------------------------------------------ records
+class Killed(BaseException):
+    """A simulated kill -9: a BaseException, so no ``except Exception`` cleans up after it."""
+
+
+RECORD_KW = {"max_steps": 6, "save_every": 2, "eval_every": 2, "eval_at_start": True, "eval_prompts": "toy:heldout",
+             "eval_per_category": 1, "report_to": "tensorboard", "keep_checkpoints": 5}
+
+
+def _records(run: Path) -> dict:
+    """Every run log as comparable data: jsonl rows without wall-clock fields, tensorboard (tag -> steps)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rows = {}
+    for f in ("metrics.jsonl", "eval.jsonl"):
+        rows[f] = [{k: v for k, v in json.loads(ln).items() if k != "seconds"}
+                   for ln in (run / f).read_text().splitlines() if ln.strip()]
+    ea = EventAccumulator(str(run / "tensorboard"))
+    ea.Reload()
+    rows["tensorboard"] = {t: [e.step for e in ea.Scalars(t)] for t in ("loss", "eval_reward")}
+    return rows
+
+
+def _same_records(a: dict, b: dict) -> None:
+    assert [r["step"] for r in b["metrics.jsonl"]] == [r["step"] for r in a["metrics.jsonl"]]
+    assert [r["step"] for r in b["eval.jsonl"]] == [r["step"] for r in a["eval.jsonl"]]
+    for f in ("metrics.jsonl", "eval.jsonl"):
+        for ra, rb in zip(a[f], b[f]):
+            assert rb == pytest.approx(ra, rel=1e-5, abs=1e-6), (f, ra, rb)
+    assert b["tensorboard"] == a["tensorboard"]
+
+
+@pytest.fixture(scope="module")
+def reference_records(tmp_path_factory, tiny_pipe_dir):
+    from tests.trainer_utils import make_trainer
+
+    run = tmp_path_factory.mktemp("reference")
+    make_trainer(run, tiny_pipe_dir, "rwr", **RECORD_KW).train()
+    rec = _records(run)
+    assert [r["step"] for r in rec["eval.jsonl"]] == [0, 2, 4, 6] and len(rec["metrics.jsonl"]) == 6
+    return rec
+
+
+KILL_POINTS = {
+    # where the kill lands -> (function of the Trainer, which call of it)
+    "before the first checkpoint": ("train_step", 2),
+    "while writing a checkpoint": ("_write_checkpoint", 2),
+    "between an eval and its checkpoint": ("save_checkpoint", 2),
+    "right after a checkpoint": ("train_step", 5),
+    "in the final evaluation": ("evaluate", 4),
+    "while writing final/": ("save_final", 1),
+}
+
+
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_each_step_is_recorded_exactly_once_after_a_kill_and_a_restart(point, reference_records, tmp_path,
+                                                                      tiny_pipe_dir, monkeypatch):
+    from rewardflow.align.trainer import Trainer
+    from tests.trainer_utils import make_trainer
+
+    fn, nth = KILL_POINTS[point]
+    real, calls = getattr(Trainer, fn), []
+
+    def dying(self, *a, **k):
+        calls.append(1)
+        if len(calls) == nth:
+            raise Killed(point)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Trainer, fn, dying)
+    with pytest.raises(Killed):
+        make_trainer(tmp_path, tiny_pipe_dir, "rwr", **RECORD_KW).train()
+    monkeypatch.undo()
+    make_trainer(tmp_path, tiny_pipe_dir, "rwr", resume="auto", **RECORD_KW).train()
+    _same_records(reference_records, _records(tmp_path))
+    # a finished run run again appends nothing
+    make_trainer(tmp_path, tiny_pipe_dir, "rwr", resume="auto", **RECORD_KW).train()
+    _same_records(reference_records, _records(tmp_path))
+
+
+def test_all_damaged_checkpoints_stop_the_run_until_resume_never(reference_records, tmp_path, tiny_pipe_dir,
+                                                                 capsys):
+    from rewardflow.align.trainer import Trainer
+    from tests.trainer_utils import make_trainer
+
+    with pytest.raises(Killed):
+        tr = make_trainer(tmp_path, tiny_pipe_dir, "rwr", **RECORD_KW)
+        real = tr.train_step
+        tr.train_step = lambda: (_ for _ in ()).throw(Killed()) if tr.step == 5 else real()
+        tr.train()
+    ck = tmp_path / "checkpoints"
+    for p in ck.glob("step_*"):  # every checkpoint damaged on disk
+        (p / "state.pt").write_bytes(b"torn")
+    with pytest.warns(RuntimeWarning, match="skipping checkpoint"), pytest.raises(
+            ValueError, match=rf"every checkpoint in {ck} is damaged \(step_0000002: state.pt has 4 bytes but the "
+                              r"manifest says .*\); .*Rerun with resume=never to start over"):
+        make_trainer(tmp_path, tiny_pipe_dir, "rwr", resume="auto", **RECORD_KW).train()
+    assert Trainer is not None and sorted(p.name for p in ck.glob("step_*")) == ["step_0000002", "step_0000004"]
+    make_trainer(tmp_path, tiny_pipe_dir, "rwr", resume="never", **RECORD_KW).train()
+    assert "resume=never: starting over; removed the earlier run's checkpoints (step_0000002, step_0000004)" in (
+        capsys.readouterr().out)
+    _same_records(reference_records, _records(tmp_path))
+
+
+def test_resuming_with_another_lora_rank_names_the_tensor(tmp_path, tiny_pipe_dir):
+    from tests.trainer_utils import make_trainer
+
+    make_trainer(tmp_path, tiny_pipe_dir, "rwr", max_steps=1, lora_rank=4).train()
+    tr = make_trainer(tmp_path, tiny_pipe_dir, "rwr", max_steps=2, lora_rank=8, resume="auto")
+    with pytest.raises(ValueError, match=r"checkpoint .*step_0000001: tensor \S+lora_A\S* has shape \(4, \d+\) but "
+                                         r"this run's has \(8, \d+\): it was saved with a different lora_rank / "
+                                         r"lora_targets / model \(this run: lora_rank=8\)"):
+        tr.train()

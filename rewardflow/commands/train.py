@@ -27,6 +27,7 @@ def _run(a) -> int:
     import dataclasses
     import json
     import os
+    import sys
 
     from rewardflow.align.method import list_methods
 
@@ -38,14 +39,19 @@ def _run(a) -> int:
         return 0
     if a.config is None:
         raise ValueError("give a config file: rewardflow train CONFIG [key=value ...] (see configs/)")
-    from rewardflow.align.trainer import Trainer, load_train_config
+    from rewardflow.align.trainer import Trainer, TrainingInterrupted, load_train_config
 
     tcfg, mcfg = load_train_config(a.config, a.overrides)
     if a.print_config:
         print(json.dumps({**dataclasses.asdict(tcfg), **dataclasses.asdict(mcfg)}, indent=1, default=list))
         return 0
     tcfg = preflight(tcfg)  # cheap input checks before a (possibly large) model loads
-    summary = Trainer(tcfg, mcfg).train()
+    try:
+        summary = Trainer(tcfg, mcfg).train()
+    except TrainingInterrupted as e:  # SIGTERM / SIGINT: the checkpoint is written; one line, no traceback
+        if int(os.environ.get("RANK", "0") or 0) == 0:
+            print(f"rewardflow: {e}", file=sys.stderr)
+        return e.exit_code
     if int(os.environ.get("RANK", "0") or 0) != 0:  # several processes: the run's summary is printed once
         return 0
     print(json.dumps({k: v for k, v in summary.items() if k not in ("before", "after")}, indent=1))

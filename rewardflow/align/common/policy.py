@@ -302,6 +302,10 @@ def train_step_indices(num_steps: int, fraction: float) -> int:
 
 
 def chunks(n: int, size: int | None) -> list[torch.Tensor]:
+    """Index chunks of ``range(n)`` of at most ``size`` (all in one when ``size`` is 0 / None); none when ``n`` is 0
+    (every reward of the step non-finite: no micro-batch, so the trainer skips the step)."""
+    if n <= 0:
+        return []
     size = n if not size or size <= 0 else size
     return [torch.arange(i, min(n, i + size)) for i in range(0, n, size)]
 

@@ -29,7 +29,7 @@ import torch
 
 from rewardflow.align.common import policy as P
 from rewardflow.align.method import Method, MethodContext, register_method
-from rewardflow.config import option
+from rewardflow.config import check_numbers, option
 
 
 @dataclass
@@ -50,6 +50,8 @@ class DDPOConfig:
     updates_per_rollout: int = option(1, "optimizer steps on each rollout (>1: stale old log-probs, the clip binds)")
 
     def __post_init__(self) -> None:
+        check_numbers(self, where="ddpo: ",
+                      positive=("adv_clip_max",), non_negative=("stat_min_count", "micro_batch_size"))
         if self.shuffle_timesteps not in ("per_sample", "shared", "none"):
             raise ValueError(f"ddpo: shuffle_timesteps must be 'per_sample', 'shared' or 'none', "
                              f"got {self.shuffle_timesteps!r}")

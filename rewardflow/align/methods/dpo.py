@@ -43,7 +43,7 @@ from rewardflow.align.common.samples import (
     sample_and_score,
 )
 from rewardflow.align.method import Method, register_method
-from rewardflow.config import option
+from rewardflow.config import check_numbers, option
 from rewardflow.io.images import load_image
 from rewardflow.rewards.base import finite_mask
 
@@ -66,6 +66,7 @@ class DPOConfig:
     sft_weight: float = option(0.0, "optional denoising loss on the winners (Diffusion-DPO ``--sft``-style)")
 
     def __post_init__(self) -> None:
+        check_numbers(self, where="dpo: ", non_negative=("min_reward_gap", "resolution", "sft_weight"))
         if not (math.isfinite(self.beta) and self.beta > 0):
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if self.beta_schedule not in BETA_SCHEDULES:

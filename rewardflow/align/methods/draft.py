@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from rewardflow.align.method import Method, register_method
-from rewardflow.config import option
+from rewardflow.config import check_numbers, option
 from rewardflow.rewards.base import finite_mask
 
 VARIANTS = ("draft", "lv")
@@ -39,6 +39,7 @@ class DRaFTConfig:
     checkpoint: bool = option(True, "per-step gradient checkpointing")
 
     def __post_init__(self) -> None:
+        check_numbers(self, where="draft: ", at_least_1=("lv_samples",), positive=("loss_scale",))
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         if self.k < 1:

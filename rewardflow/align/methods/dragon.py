@@ -42,7 +42,7 @@ from rewardflow.align.common.samples import (
 )
 from rewardflow.align.method import Method, MethodContext, register_method
 from rewardflow.align.methods.dpo import dpo_loss
-from rewardflow.config import option
+from rewardflow.config import check_numbers, option
 from rewardflow.rewards.base import finite_mask
 
 
@@ -57,6 +57,7 @@ class DRAGONConfig:
     train_guidance_scale: float = option(1.0, "CFG inside the loss (1: conditional branch only, as Diffusion-DPO)")
 
     def __post_init__(self) -> None:
+        check_numbers(self, where="dragon: ", non_negative=("micro_batch_size", "train_guidance_scale"))
         if self.loss not in ("auto", "dpo", "kto"):
             raise ValueError(f"dragon: loss must be 'auto', 'dpo' or 'kto', got {self.loss!r}")
         if self.split not in ("auto", "prompt", "batch"):

@@ -29,7 +29,7 @@ import torch
 
 from rewardflow.align.common import policy as P
 from rewardflow.align.method import Method, MethodContext, register_method
-from rewardflow.config import option
+from rewardflow.config import check_numbers, option
 
 
 @dataclass
@@ -56,6 +56,7 @@ class FlowGRPOConfig:
     updates_per_rollout: int = option(1, "optimizer steps on each rollout (>1: stale old log-probs, the clip binds)")
 
     def __post_init__(self) -> None:
+        check_numbers(self, where="grpo: ", non_negative=("micro_batch_size",))
         if self.rollout_steps < 0:
             raise ValueError(f"grpo: rollout_steps must be >= 0 (0: the trainer's sample_steps), "
                              f"got {self.rollout_steps}")

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from rewardflow.align.method import Method, register_method
-from rewardflow.config import option
+from rewardflow.config import check_numbers, option
 from rewardflow.io.media_sources import get_media_source, media_source_names
 from rewardflow.rewards.base import finite_mask
 from rewardflow.rewards.segmental import SegmentalVideoReward, tar_weights
@@ -56,6 +56,7 @@ class InstructVideoConfig:
     checkpoint: bool = option(True, "per-step gradient checkpointing of the steps with gradients")
 
     def __post_init__(self) -> None:
+        check_numbers(self, where="instructvideo: ", positive=("loss_scale",))
         if not 0.0 < self.t0 <= 1.0:
             raise ValueError(f"t0 must be in (0, 1] (fraction of the chain to noise to; official 0.6), got {self.t0}")
         if self.k < 1:

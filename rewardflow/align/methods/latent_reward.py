@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from rewardflow.align.method import Method, MethodContext, register_method
-from rewardflow.config import option
+from rewardflow.config import check_numbers, option
 from rewardflow.rewards.base import load_reward
 from rewardflow.rewards.latent import LatentRewardModel
 from rewardflow.rewards.losses import bt_with_ties_loss
@@ -39,6 +39,7 @@ class LatentRewardConfig:
     nrg_scale: float = option(1.0, "guidance scale stored with the head (used by `noise-opt --method nrg` defaults)")
 
     def __post_init__(self) -> None:
+        check_numbers(self, where="latent_reward: ", non_negative=("nrg_scale",))
         if self.n_blocks < 1 or self.hidden < 1 or self.t_per_pair < 1:
             raise ValueError(f"latent_reward: n_blocks, hidden and t_per_pair must be >= 1, got {self.n_blocks}, "
                              f"{self.hidden}, {self.t_per_pair}")

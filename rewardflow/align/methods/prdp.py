@@ -35,7 +35,7 @@ import torch
 
 from rewardflow.align.common import policy as P
 from rewardflow.align.method import Method, MethodContext, register_method
-from rewardflow.config import option
+from rewardflow.config import check_numbers, option
 
 
 @dataclass
@@ -55,6 +55,7 @@ class PRDPConfig:
     updates_per_rollout: int = option(1, "optimizer steps on each rollout (>1: stale old log-probs, the clip binds)")
 
     def __post_init__(self) -> None:
+        check_numbers(self, where="prdp: ", non_negative=("kl_beta", "micro_batch_groups"))
         if self.group_size < 2:
             raise ValueError(f"prdp: group_size must be >= 2 to form pairs, got {self.group_size}")
         if self.base not in ("old", "reference"):

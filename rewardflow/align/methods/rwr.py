@@ -27,7 +27,7 @@ from rewardflow.align.common.samples import (
     sample_and_score,
 )
 from rewardflow.align.method import Method, register_method
-from rewardflow.config import option
+from rewardflow.config import check_numbers, option
 from rewardflow.rewards.base import finite_mask
 
 WEIGHTINGS = ("exp", "rejection")
@@ -47,6 +47,7 @@ class RWRConfig:
     noise_level: float = option(0.7, "SDE noise level a (flow) or DDIM eta (diffusion) when sde is true")
 
     def __post_init__(self) -> None:
+        check_numbers(self, where="rwr: ", non_negative=("kl_weight", "noise_level"))
         if self.weighting not in WEIGHTINGS or self.normalize not in NORMALIZE:
             rwr_weights(torch.zeros(1), 1, 1.0, self.weighting, self.normalize)  # raises the clear error
         if self.beta <= 0 or self.num_samples_per_prompt < 1 or self.timesteps_per_sample < 1:

@@ -23,6 +23,8 @@ What the trainer does:
 * a NaN/inf guard: a non-finite loss or gradient norm skips the optimizer step (logged as ``skipped``); weights
   are never written from a non-finite value; non-finite rewards are masked by the methods
   (:func:`rewardflow.rewards.base.finite_mask`);
+* SIGTERM / SIGINT finish the current step, write a checkpoint and raise :class:`TrainingInterrupted` (a second
+  signal stops at once); every run log keeps exactly one record per step across kills and restarts;
 * atomic checkpoints (written to a temporary directory with a ``manifest.json`` of sizes and sha256 written last,
   fsynced, renamed) holding the trainable weights, the optimizer, lr schedule, EMA, every RNG state, the step and
   ``method.state_dict()``; ``resume="auto"`` continues from the newest checkpoint that verifies (a corrupt one is
@@ -57,8 +59,9 @@ from rewardflow.align.trainer.distributed import (
 from rewardflow.align.trainer.loop import Trainer, train
 from rewardflow.align.trainer.reporting import plot_reward_curve, save_image_grid
 from rewardflow.align.trainer.selection import BestTracker
+from rewardflow.align.trainer.signals import TrainingInterrupted
 
 __all__ = ["CHECKPOINT_FILES", "MANIFEST", "BestTracker", "CheckpointWriteError", "TrainConfig", "Trainer",
-           "apply_model_defaults", "find_latest_checkpoint", "load_train_config", "make_accelerator",
-           "per_process_batch_size", "plot_reward_curve", "save_image_grid", "split_config", "train",
-           "verify_checkpoint", "write_manifest"]
+           "TrainingInterrupted", "apply_model_defaults", "find_latest_checkpoint", "load_train_config",
+           "make_accelerator", "per_process_batch_size", "plot_reward_curve", "save_image_grid", "split_config",
+           "train", "verify_checkpoint", "write_manifest"]

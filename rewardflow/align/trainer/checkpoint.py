@@ -11,9 +11,11 @@ A failed write (disk full, ...) removes the partial directory, keeps the earlier
 
 from __future__ import annotations
 
+import errno as errno_mod
 import hashlib
 import json
 import os
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -49,12 +51,50 @@ def fsync_tree(path: Path) -> None:
 
 MANIFEST = "manifest.json"  # written last inside a checkpoint: every other file with its size and sha256
 CHECKPOINT_FILES = ("trainable.safetensors", "state.pt", "trainer.json")
+RUN_LOGS = ("metrics.jsonl", "eval.jsonl", "hacking.jsonl")  # one record per step: trimmed on every (re)start
 
 
 class CheckpointWriteError(OSError):
-    """A checkpoint could not be written (disk full, permissions, ...). The partial checkpoint was removed and the
-    earlier checkpoints are intact; ``errno`` is the one of the underlying error (``errno.ENOSPC`` for a full
-    disk)."""
+    """A checkpoint (or ``final/``, ``best/``) could not be written: disk full, permissions, ... Any exception of the
+    write counts (a full disk raises ``RuntimeError`` in ``torch.save`` and ``SafetensorError`` in safetensors, not
+    only ``OSError``). The partial directory was removed and the earlier checkpoints are intact; ``errno`` is the
+    underlying one when known (``errno.ENOSPC`` for a full disk)."""
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} bytes"
+
+
+def free_space(path: Path) -> str:
+    """``"12.0 MiB free of 1.0 GiB"`` on the filesystem holding ``path`` (its nearest existing parent)."""
+    for p in (Path(path), *Path(path).parents):
+        if p.exists():
+            try:
+                u = shutil.disk_usage(p)
+            except OSError:
+                break
+            return f"{_size(u.free)} free of {_size(u.total)} on that filesystem"
+    return "free space unknown"
+
+
+def write_error(e: BaseException, what: str, path: Path, kept: str) -> CheckpointWriteError:
+    """The :class:`CheckpointWriteError` for exception ``e`` raised while writing ``path`` (naming the free space
+    and what was kept)."""
+    code = e.errno if isinstance(e, OSError) and e.errno else None
+    if code is None:  # safetensors: "I/O error: No space left on device (os error 28)"
+        m = re.search(r"os error (\d+)", str(e))
+        code = int(m.group(1)) if m else None
+    reason = (e.strerror if isinstance(e, OSError) and e.strerror else
+              f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else 'no message'}")
+    if code is not None and not (isinstance(e, OSError) and e.strerror):
+        reason += f" [{errno_mod.errorcode.get(code, code)}]"
+    msg = (f"could not write {what}: writing {path} failed ({reason}); {free_space(path)}. {kept} Free disk space "
+           "(or fix the permissions) and rerun the same command with resume=auto to continue from the latest one.")
+    return CheckpointWriteError(code, msg) if code is not None else CheckpointWriteError(msg)
 
 
 def _sha256(path: Path) -> str:
@@ -146,6 +186,20 @@ def trim_jsonl(path: Path, last_step: int) -> int:
     return dropped
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """The records (JSON objects with a ``step``) of a run log; other lines are left out."""
+    out = []
+    if path.is_file():
+        for ln in path.read_text().splitlines():
+            try:
+                rec = json.loads(ln)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and "step" in rec:
+                out.append(rec)
+    return out
+
+
 class CheckpointMixin:
     """The :class:`~rewardflow.align.trainer.loop.Trainer`'s checkpoint methods (it provides ``config``,
     ``accelerator``, ``method``, ``params``, ``param_names``, ``optimizer``, ``lr_scheduler``, ``ema``, the RNGs,
@@ -154,11 +208,20 @@ class CheckpointMixin:
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {n: p.detach().cpu().contiguous().clone() for n, p in zip(self.param_names, self.params)}
 
-    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+    def load_trainable_state(self, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+        fix = (f"it was saved with a different lora_rank / lora_targets / model (this run: lora_rank="
+               f"{self.config.lora_rank}); resume with the settings it was saved with, or start over with "
+               "resume=never or another output_dir")
         missing = [n for n in self.param_names if n not in state]
         if missing:
-            raise ValueError(f"checkpoint lacks {len(missing)} trainable tensors (e.g. {missing[0]}): it was saved "
-                             "with a different lora_rank / lora_targets / model")
+            raise ValueError(f"{source} lacks {len(missing)} trainable tensors (e.g. {missing[0]}): {fix}")
+        extra = sorted(set(state) - set(self.param_names))
+        if extra:
+            raise ValueError(f"{source} has {len(extra)} tensors this run does not train (e.g. {extra[0]}): {fix}")
+        for n, p in zip(self.param_names, self.params):
+            if tuple(state[n].shape) != tuple(p.shape):
+                raise ValueError(f"{source}: tensor {n} has shape {tuple(state[n].shape)} but this run's has "
+                                 f"{tuple(p.shape)}: {fix}")
         with torch.no_grad():
             for n, p in zip(self.param_names, self.params):
                 p.copy_(state[n].to(p.device, p.dtype))
@@ -196,6 +259,7 @@ class CheckpointMixin:
         if failed is not None:
             msg = f"process 0 failed to write the checkpoint: {failed[1]}"
             raise CheckpointWriteError(failed[0], msg) if failed[0] is not None else CheckpointWriteError(msg)
+        self.checkpointed_step = self.step
         return final
 
     def _write_checkpoint(self, mine: dict, method_state: dict, per_process: list) -> Path:
@@ -228,16 +292,14 @@ class CheckpointMixin:
                 os.replace(final, old)
             os.replace(tmp, final)
             fsync_dir(self.ckpt_dir)
-        except OSError as e:
+        except Exception as e:  # noqa: BLE001 - a full disk raises RuntimeError (torch) / SafetensorError too
             shutil.rmtree(tmp, ignore_errors=True)
             if old.exists() and not final.exists():
                 os.replace(old, final)
             kept = sorted(p.name for p in self.ckpt_dir.glob("step_*"))
-            raise CheckpointWriteError(
-                e.errno, f"could not write the checkpoint of step {self.step}: writing {cur} failed "
-                f"({e.strerror or e}). The partial checkpoint was removed; the earlier checkpoints are intact "
-                f"({', '.join(kept) if kept else 'none yet'} in {self.ckpt_dir}). Free disk space (or fix the "
-                "permissions) and rerun the same command with resume=auto to continue from the latest one.") from e
+            raise write_error(e, f"the checkpoint of step {self.step}", cur,
+                              "The partial checkpoint was removed; the earlier checkpoints are intact "
+                              f"({', '.join(kept) if kept else 'none yet'} in {self.ckpt_dir}).") from e
         shutil.rmtree(old, ignore_errors=True)
         # prune: keep the newest `keep_checkpoints` up to this step (newer ones are stale leftovers of a run that was
         # resumed from an earlier step; they are overwritten as this run reaches them)
@@ -269,7 +331,8 @@ class CheckpointMixin:
         if meta.get("method") != self.config.method:
             raise ValueError(f"checkpoint {path} was written by method {meta.get('method')!r}, "
                              f"not {self.config.method!r}")
-        self.load_trainable_state(safetensors.torch.load_file(str(path / "trainable.safetensors")))
+        self.load_trainable_state(safetensors.torch.load_file(str(path / "trainable.safetensors")),
+                                  source=f"checkpoint {path}")
         st = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
         self.optimizer.load_state_dict(st["optimizer"])
         self.lr_scheduler.load_state_dict(st["lr_scheduler"])
@@ -302,18 +365,57 @@ class CheckpointMixin:
                   "deterministic but not the uninterrupted run's)", flush=True)
 
     def maybe_resume(self) -> bool:
-        r = self.config.resume
-        if r == "never":
-            return False
-        path = self.latest_checkpoint() if r == "auto" else Path(r)
-        if path is None:
-            return False
-        self.load_checkpoint(path)
-        if self.accelerator.is_main_process:  # the steps after the checkpoint are redone: drop their old records
-            for f in ("metrics.jsonl", "eval.jsonl", "hacking.jsonl"):
-                trim_jsonl(self.run_dir / f, self.step)
-        print(f"[rewardflow] resumed from {path} at step {self.step}", flush=True)
-        return True
+        """Resume as ``config.resume`` says, then trim every run log to the resumed step (a fresh start: to
+        nothing), so that each step has exactly one record however often the run was restarted. ``resume=auto``
+        with checkpoints that are all damaged stops (it does not silently start over); ``resume=never`` starts over,
+        removing the earlier run's checkpoints."""
+        r, main = self.config.resume, self.accelerator.is_main_process
+        path = None
+        if r == "auto":
+            path = self.latest_checkpoint()
+            if path is None:
+                self._refuse_all_damaged()
+        elif r == "never":
+            old = sorted(self.ckpt_dir.glob("step_*")) if self.ckpt_dir.is_dir() else []
+            if old and main:
+                for p in old:
+                    shutil.rmtree(p, ignore_errors=True)
+                print(f"[rewardflow] resume=never: starting over; removed the earlier run's checkpoints "
+                      f"({', '.join(p.name for p in old)}) and records in {self.run_dir}", flush=True)
+        else:
+            path = Path(r)
+        if path is not None:
+            self.load_checkpoint(path)
+        self.checkpointed_step = self.step if path is not None else None
+        if main:  # the steps after the checkpoint (all of them, without one) are redone: drop their old records
+            for f in RUN_LOGS:
+                trim_jsonl(self.run_dir / f, self.step if path is not None else -1)
+        if path is not None:
+            print(f"[rewardflow] resumed from {path} at step {self.step}", flush=True)
+        return path is not None
+
+    def _refuse_all_damaged(self) -> None:
+        damaged = [(p.name, verify_checkpoint(p)) for p in sorted(self.ckpt_dir.glob("step_*")) if p.is_dir()]
+        if damaged:
+            detail = "; ".join(f"{n}: {why}" for n, why in damaged[-3:])
+            raise ValueError(f"every checkpoint in {self.ckpt_dir} is damaged ({detail}), so resume=auto has nothing "
+                             "to continue from. Rerun with resume=never to start over (this deletes them), or "
+                             "resume=PATH to load one that you know is complete")
+
+    def _save_everywhere(self, name: str, save):
+        """Run ``save()`` (a write of process 0's: ``best/``, ``final/``) and stop every process with the same
+        :class:`CheckpointWriteError` when it fails, instead of leaving the others in the next collective."""
+        err, out = None, None
+        try:
+            out = save()
+        except CheckpointWriteError as e:
+            err = e
+        failed = self._main_value(None if err is None else str(err))
+        if err is not None:
+            raise err
+        if failed is not None:
+            raise CheckpointWriteError(f"process 0 failed to write {name}/: {failed}")
+        return out
 
     def save_final(self, name: str = "final", info: dict | None = None) -> Path | None:
         """``final/`` (or ``name/``): the LoRA (``gen.save_lora``, peft format) or the trainable weights as
@@ -322,22 +424,29 @@ class CheckpointMixin:
         if not self.accelerator.is_main_process:
             return None
         out, tmp, old = (self.run_dir / name, self.run_dir / f".{name}.tmp", self.run_dir / f".{name}.old")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        with self._ema_weights():
-            if not self.trains_generator:
-                self.method.save_pretrained(tmp)
-            elif self.config.lora_rank > 0 and hasattr(self.gen, "save_lora"):
-                self.gen.save_lora(str(tmp))
-            else:
-                safetensors.torch.save_file(self.trainable_state(), str(tmp / "trainable.safetensors"))
-        if info is not None:
-            (tmp / f"{name}.json").write_text(json.dumps(info, indent=1))
-        fsync_tree(tmp)
-        shutil.rmtree(old, ignore_errors=True)
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            with self._ema_weights():
+                if not self.trains_generator:
+                    self.method.save_pretrained(tmp)
+                elif self.config.lora_rank > 0 and hasattr(self.gen, "save_lora"):
+                    self.gen.save_lora(str(tmp))
+                else:
+                    safetensors.torch.save_file(self.trainable_state(), str(tmp / "trainable.safetensors"))
+            if info is not None:
+                (tmp / f"{name}.json").write_text(json.dumps(info, indent=1))
+            fsync_tree(tmp)
+            shutil.rmtree(old, ignore_errors=True)
+            if out.exists():
+                os.replace(out, old)
+            os.replace(tmp, out)
+        except Exception as e:  # noqa: BLE001 - any failed write (a full disk is not always an OSError)
+            shutil.rmtree(tmp, ignore_errors=True)
+            if old.exists() and not out.exists():
+                os.replace(old, out)
+            kept = f"The partial {name}/ was removed" + (f"; the earlier {out} is intact." if out.exists() else ".")
+            raise write_error(e, f"{name}/", tmp, kept + f" The checkpoints in {self.ckpt_dir} are intact.") from e
         shutil.rmtree(old, ignore_errors=True)
         return out
 

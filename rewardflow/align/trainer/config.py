@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, get_type_hints
 
 from rewardflow.align.method import get_method, list_methods
-from rewardflow.config import coerce_value, option, path_fields, read_config_dict
+from rewardflow.config import check_numbers, coerce_value, option, path_fields, read_config_dict
 
 REPORT_TO = ("tensorboard", "wandb", "none")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -128,6 +128,11 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
+        # the numbers where 0, a negative value (or, for every float, NaN / inf) means nothing
+        check_numbers(c, at_least_1=("eval_per_category", "sample_steps", "keep_checkpoints", "log_every"),
+                      positive=("adam_eps",), unit=("adam_beta1", "adam_beta2"),
+                      non_negative=("save_every", "eval_every", "grad_clip", "weight_decay", "lora_alpha",
+                                    "guidance_scale"))
 
 
 def split_config(data: dict[str, Any]) -> tuple[TrainConfig, Any]:

@@ -120,3 +120,12 @@ def broadcast_from_main(tensors: list[torch.Tensor], acc, bucket_numel: int = 1 
         flat = torch.cat([t.detach().reshape(-1) for t in bucket])
         torch.distributed.broadcast(flat, src=0)
         _unflatten_into(flat, bucket)
+
+
+def max_over_processes(value: int, acc) -> int:
+    """The largest ``value`` over all processes (the same answer on each; e.g. a stop signal any one received)."""
+    if acc.num_processes == 1:
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.int64, device=acc.device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return int(t.item())

@@ -16,12 +16,13 @@ import yaml
 from tqdm.auto import tqdm
 
 from rewardflow.align.method import MethodContext, get_method
-from rewardflow.align.trainer.checkpoint import CheckpointMixin
+from rewardflow.align.trainer.checkpoint import CheckpointMixin, read_jsonl
 from rewardflow.align.trainer.config import TrainConfig, apply_model_defaults
 from rewardflow.align.trainer.distributed import (
     allreduce_mean,
     broadcast_from_main,
     make_accelerator,
+    max_over_processes,
     per_process_batch_size,
 )
 from rewardflow.align.trainer.reporting import (
@@ -31,6 +32,7 @@ from rewardflow.align.trainer.reporting import (
 )
 from rewardflow.align.trainer.rng import seed_process
 from rewardflow.align.trainer.selection import BestTracker
+from rewardflow.align.trainer.signals import GracefulStop, TrainingInterrupted
 from rewardflow.eval.hooks import check_eval_hooks, run_eval_hooks
 from rewardflow.eval.monitor import RewardHackingMonitor
 from rewardflow.io.prompts import load_prompt_source
@@ -148,6 +150,7 @@ class Trainer(CheckpointMixin):
                                                 log_file=self.run_dir / "hacking.jsonl")
         self.step = 0
         self.samples_seen = 0
+        self.checkpointed_step: int | None = None  # the step of the last checkpoint written or resumed from
         self.reporter = None
 
     # ------------------------------------------------------------------ construction helpers
@@ -323,6 +326,10 @@ class Trainer(CheckpointMixin):
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> dict[str, Any]:
+        """Run to ``max_steps`` (resuming as ``config.resume`` says). Every step has exactly one record in each run
+        log however often the run is killed and restarted: a (re)start trims the logs to the step it continues
+        from, and an evaluation at a checkpoint step is written before that checkpoint. SIGTERM / SIGINT finish the
+        step, write a checkpoint and raise :class:`TrainingInterrupted` (a second one stops at once)."""
         c, acc = self.config, self.accelerator
         resumed = self.maybe_resume()
         if acc.is_main_process:
@@ -333,20 +340,33 @@ class Trainer(CheckpointMixin):
                     f"{e['batch_size']} prompts/process x {e['grad_accum']} grad_accum x {e['num_processes']} "
                     f"processes = {e['prompts_per_step']} prompts per optimizer step\n")
             (self.run_dir / "config.yaml").write_text(head + yaml.safe_dump(resolved, sort_keys=False))
+        # tensorboard drops the events of the steps this run redoes (all of them on a fresh start)
         self.reporter = Reporter(self.run_dir, c.report_to, {**dataclasses.asdict(c)}, c.run_name,
-                                  acc.is_main_process, resume_step=self.step if resumed else None)
+                                  acc.is_main_process, resume_step=self.step if resumed else -1)
         if acc.is_main_process:
             print(self.describe(), flush=True)
         # open for the whole run
         eval_file = open(self.run_dir / "eval.jsonl", "a") if acc.is_main_process else None  # noqa: SIM115
+        try:
+            with GracefulStop() as stop:
+                return self._run(resumed, eval_file, stop)
+        finally:
+            if eval_file is not None:
+                eval_file.close()
+            self.reporter.close()
+
+    def _run(self, resumed: bool, eval_file, stop: GracefulStop) -> dict[str, Any]:
+        c, acc = self.config, self.accelerator
         history: list[dict] = []
+        # the evaluations already on record (kept by the resume): the one at the resumed step is not redone
+        recorded = {int(r["step"]): r for r in read_jsonl(self.run_dir / "eval.jsonl")} if resumed else {}
         best = BestTracker(c.best_metric, c.best_mode, c.early_stop_patience) if c.best_metric else None
         if best is not None and resumed and acc.is_main_process:
             best.replay(self.run_dir / "eval.jsonl")
         if self.monitor is not None and resumed:  # peaks and flags as the uninterrupted run had them, no re-logging
             self.monitor.replay(self.run_dir / "eval.jsonl")
 
-        def do_eval(tag=None):
+        def do_eval(tag=None):  # on every process (process 0 evaluates; a failed best/ write stops them all)
             ev = self.evaluate(tag)
             if ev and self.monitor is not None:
                 ev["hacking_warnings"] = len(self.monitor.update(ev["step"], ev))
@@ -355,16 +375,19 @@ class Trainer(CheckpointMixin):
                 history.append(ev)
                 print("[rewardflow] eval " + json.dumps({k: round(v, 4) if isinstance(v, float) else v
                                                          for k, v in ev.items()}), flush=True)
-            if ev and best is not None and best.update(ev):
-                self.save_final("best", info={**best.summary(), "eval": ev})
+            improved = bool(ev) and best is not None and best.update(ev)
+            self._save_everywhere("best", lambda: self.save_final("best", info={**best.summary(), "eval": ev})
+                                  if improved else None)
             return ev
 
-        first = do_eval() if (c.eval_at_start and not resumed) else {}
+        first = do_eval() if (c.eval_at_start and not resumed) else recorded.get(0, {})
         t0 = time.time()
         bar = tqdm(total=c.max_steps, initial=self.step, desc=c.method, disable=not acc.is_main_process,
                    dynamic_ncols=True)
-        skipped, stopped_early = 0, False
-        while self.step < c.max_steps:
+        skipped = 0
+        # an early-stopped run that is run again stays stopped (its evaluations were replayed above)
+        stopped_early = bool(best is not None and resumed and self._main_flag(best.should_stop))
+        while self.step < c.max_steps and not stopped_early:
             rec = self.train_step()
             self.step += 1
             skipped += rec["skipped"]
@@ -376,26 +399,31 @@ class Trainer(CheckpointMixin):
                 self.reporter.log(rec, self.step)
             bar.update(1)
             bar.set_postfix({k: f"{rec[k]:.4g}" for k in ("loss", "reward_mean") if k in rec})
-            if c.save_every and self.step % c.save_every == 0 and self.step < c.max_steps:
-                self.save_checkpoint()
+            signum = max_over_processes(stop.signum or 0, self.accelerator) or None
             if c.eval_every and self.step % c.eval_every == 0 and self.step < c.max_steps:
-                do_eval()
-                if best is not None and self._main_flag(best.should_stop):
-                    stopped_early = True
-                    if acc.is_main_process:
-                        where = ("no finite value yet" if best.value is None else
-                                 f"best {best.value:.4g} at step {best.step}; weights in {self.run_dir / 'best'}")
-                        print(f"[rewardflow] early stop at step {self.step}: {c.best_metric} did not improve for "
-                              f"{best.bad} evaluations ({where})", flush=True)
-                    break
+                do_eval()  # before the checkpoint: a kill in between redoes this eval on resume, never loses it
+                stopped_early = bool(best is not None and self._main_flag(best.should_stop))
+            if signum or (c.save_every and self.step % c.save_every == 0 and self.step < c.max_steps):
+                self.save_checkpoint()
+            if signum:
+                bar.close()
+                raise TrainingInterrupted(signum, self.step, self.ckpt_dir / f"step_{self.step:07d}")
+            if stopped_early and acc.is_main_process:
+                where = ("no finite value yet" if best.value is None else
+                         f"best {best.value:.4g} at step {best.step}; weights in {self.run_dir / 'best'}")
+                print(f"[rewardflow] early stop at step {self.step}: {c.best_metric} did not improve for "
+                      f"{best.bad} evaluations ({where})", flush=True)
         bar.close()
-        self.save_checkpoint()
-        # an early stop has just evaluated these weights
-        last = history[-1] if stopped_early and history else do_eval()
-        final_dir = self.save_final()
-        if eval_file is not None:
-            eval_file.close()
-        self.reporter.close()
+        # the last evaluation (an early stop has just made it; a finished run run again has it on record)
+        if stopped_early:
+            last = history[-1] if history else recorded.get(max(recorded, default=-1), {})
+        elif self._main_flag(self.step in recorded):
+            last = recorded.get(self.step, {})
+        else:
+            last = do_eval()
+        if self.checkpointed_step != self.step:
+            self.save_checkpoint()
+        final_dir = self._save_everywhere("final", self.save_final)
         curve = plot_reward_curve(self.run_dir) if acc.is_main_process else None
         summary = {"run_dir": str(self.run_dir), "steps": self.step, "samples": self.samples_seen,
                    "skipped_steps": skipped, "seconds": round(time.time() - t0, 1), "final": str(final_dir),
@@ -403,8 +431,8 @@ class Trainer(CheckpointMixin):
                    "num_processes": acc.num_processes, "effective_batch": self.effective_batch(),
                    "before": first, "after": last, "early_stopped": stopped_early}
         if best is not None and acc.is_main_process:
-            summary["best"] = {**best.summary(), "dir": str(self.run_dir / "best"),
-                               "eval": next((h for h in history if h.get("step") == best.step), None)}
+            evals = {**recorded, **{h.get("step"): h for h in history}}
+            summary["best"] = {**best.summary(), "dir": str(self.run_dir / "best"), "eval": evals.get(best.step)}
         if acc.is_main_process:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         return summary
