@@ -31,6 +31,7 @@ def inputs(tmp_path, tiny_pipe_dir):
     p = {"tmp": tmp_path}
     cfg = ROOT / "configs" / "toy" / "rwr.yaml"
     p["cfg"] = cfg
+    p["draft_cfg"] = ROOT / "configs" / "toy" / "draft.yaml"
     text = cfg.read_text()
     p["tab_yaml"] = tmp_path / "tab.yaml"
     p["tab_yaml"].write_text("method: rwr\nmodel: toy\n\tlr: 1.0e-4\n")
@@ -75,6 +76,12 @@ TABLE = [
     ("yaml-bool-for-float", ["train", "{cfg}", "lr=yes"], ["config key 'lr' expects float, got the boolean True"]),
     ("config-nan", ["train", "{cfg}", "lr=.nan"], ["config key 'lr' must be a finite number, got nan"]),
     ("config-inf", ["train", "{cfg}", "guidance_scale=.inf"], ["config key 'guidance_scale' must be a finite number"]),
+    ("save-every-negative", ["train", "{cfg}", "save_every=-1"], ["save_every must be >= 0, got -1"]),
+    ("keep-checkpoints-0", ["train", "{cfg}", "keep_checkpoints=0"], ["keep_checkpoints must be >= 1, got 0"]),
+    ("log-every-0", ["train", "{cfg}", "log_every=0"], ["log_every must be >= 1, got 0"]),
+    ("sample-steps-key-0", ["train", "{cfg}", "sample_steps=0"], ["sample_steps must be >= 1, got 0"]),
+    ("adam-eps-0", ["train", "{cfg}", "adam_eps=0"], ["adam_eps must be > 0, got 0.0"]),
+    ("method-key-0", ["train", "{draft_cfg}", "lv_samples=0"], ["draft: lv_samples must be >= 1, got 0"]),
     ("override-not-yaml", ["train", "{cfg}", "heldout_rewards=[a,"], ["override heldout_rewards=:1:"]),
     ("demo-config-tab", ["demo", "--config", "{tab_yaml}", "--out", "{tmp}/d"], ["{tab_yaml}:3:1:"]),
     ("demo-iterations-0", ["demo", "iterations=0", "--out", "{tmp}/d"], ["iterations must be >= 1, got 0"]),

@@ -583,3 +583,167 @@ def test_resuming_with_another_lora_rank_names_the_tensor(tmp_path, tiny_pipe_di
                                          r"this run's has \(8, \d+\): it was saved with a different lora_rank / "
                                          r"lora_targets / model \(this run: lora_rank=8\)"):
         tr.train()
+
+
+# ------------------------------------------------------------------------------------------------ SIGTERM / SIGINT
+def _env():
+    import os
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def _logged_steps(run: Path) -> list[int]:
+    f = run / "metrics.jsonl"
+    out = []
+    for ln in (f.read_text().splitlines() if f.is_file() else []):
+        try:
+            out.append(int(json.loads(ln)["step"]))
+        except (ValueError, KeyError):
+            pass
+    return out
+
+
+def _signal_when(proc, run: Path, step: int, *signals, gap: float = 0.3, timeout: float = 240) -> None:
+    t0 = time.monotonic()
+    while proc.poll() is None and max(_logged_steps(run), default=0) < step and time.monotonic() - t0 < timeout:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be signalled"
+    for i, sig in enumerate(signals):
+        if i:
+            time.sleep(gap)
+        proc.send_signal(sig)
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signal_finishes_the_step_writes_a_checkpoint_and_says_how_to_resume(sig, tmp_path, tiny_pipe_dir):
+    import signal
+    import subprocess
+    import sys
+
+    from rewardflow.align.trainer import verify_checkpoint
+    from tests.trainer_utils import write_train_yaml
+
+    signum = getattr(signal, sig)
+    run = tmp_path / "run"
+    cfg = write_train_yaml(tmp_path / "c.yaml", "rwr", tiny_pipe_dir, run, max_steps=500, save_every=0)
+    cmd = [sys.executable, "-m", "rewardflow", "train", str(cfg)]
+    with open(tmp_path / "err.txt", "w") as err:
+        proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=err)
+        _signal_when(proc, run, 2, signum)
+        rc = proc.wait(timeout=120)
+    text = (tmp_path / "err.txt").read_text()
+    assert rc == 128 + signum, text[-3000:]
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text
+    steps = _logged_steps(run)
+    n = steps[-1]
+    ck = run / "checkpoints" / f"step_{n:07d}"
+    assert text.strip().splitlines()[-1] == (f"rewardflow: stopped by {sig} after step {n}; checkpoint {ck} written. "
+                                             "Rerun the same command to continue from it (resume=auto)")
+    assert f"[rewardflow] {sig}: finishing the current step, then writing a checkpoint" in text
+    assert steps == list(range(1, n + 1)) and verify_checkpoint(ck) is None
+    res = subprocess.run([*cmd, f"max_steps={n + 1}"], env=_env(), capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0 and f"resumed from {ck} at step {n}" in res.stdout, res.stderr[-3000:]
+    assert _logged_steps(run) == list(range(1, n + 2))
+
+
+def test_a_second_signal_stops_at_once(tmp_path, tiny_pipe_dir):
+    import signal
+    import subprocess
+    import sys
+
+    from tests.trainer_utils import write_train_yaml
+
+    run = tmp_path / "run"
+    # slow steps (many samples), so that the second signal lands while the first step is still running
+    cfg = write_train_yaml(tmp_path / "c.yaml", "rwr", tiny_pipe_dir, run, max_steps=500, save_every=0,
+                           batch_size=16, sample_steps=8)
+    with open(tmp_path / "err.txt", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "rewardflow", "train", str(cfg)], env=_env(),
+                                stdout=subprocess.DEVNULL, stderr=err)
+        _signal_when(proc, run, 1, signal.SIGTERM, signal.SIGTERM, gap=0.2)
+        rc = proc.wait(timeout=60)
+    text = (tmp_path / "err.txt").read_text()
+    assert rc == -signal.SIGTERM, text[-3000:]  # the default action: ended by the signal itself
+    assert "[rewardflow] SIGTERM again: stopping now, without a checkpoint" in text and "Traceback" not in text
+    assert not list((run / "checkpoints").glob("step_*"))
+
+
+def test_sigterm_stops_two_processes_with_one_checkpoint(tmp_path, tiny_pipe_dir):
+    """torchrun forwards SIGTERM to its workers: both finish the step, agree on it (an all-reduce), write one
+    checkpoint together and exit; process 0 prints the line."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from rewardflow.align.trainer import verify_checkpoint
+    from tests.trainer_utils import write_train_yaml
+
+    run = tmp_path / "run"
+    cfg = write_train_yaml(tmp_path / "c.yaml", "draft", tiny_pipe_dir, run, max_steps=500, save_every=0)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port, "-m",
+           "rewardflow", "train", str(cfg)]
+    root = Path(__file__).resolve().parents[1]
+    with open(tmp_path / "out.txt", "w") as out:
+        proc = subprocess.Popen(cmd, env=_env(), cwd=root, stdout=out, stderr=subprocess.STDOUT)
+        _signal_when(proc, run, 2, signal.SIGTERM, timeout=300)
+        proc.wait(timeout=120)
+    text = (tmp_path / "out.txt").read_text()
+    steps = _logged_steps(run)
+    n = steps[-1]
+    ck = run / "checkpoints" / f"step_{n:07d}"
+    assert text.count(f"rewardflow: stopped by SIGTERM after step {n}; checkpoint {ck} written") == 1, text[-4000:]
+    assert verify_checkpoint(ck) is None and steps == list(range(1, n + 1))
+    assert "CheckpointWriteError" not in text and "collective" not in text.lower()
+    # the workers print no traceback; torchrun itself reports the signal it got as a SignalException traceback
+    assert text.count("Traceback") <= 1
+    if "Traceback" in text:
+        tb = text.split("Traceback")[-1]
+        assert "SignalException" in tb and "rewardflow/" not in tb, tb
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_points_keeps_every_record_exactly_once(tmp_path, tiny_pipe_dir):
+    """``rewardflow train`` killed with SIGKILL at random moments (inside steps, evaluations, checkpoint writes),
+    then run again until it finishes: metrics.jsonl, eval.jsonl and the tensorboard events hold each step exactly
+    once, with the uninterrupted run's values."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+
+    from tests.trainer_utils import write_train_yaml
+
+    kw = dict(max_steps=10, save_every=2, eval_every=2, eval_at_start=True, eval_prompts="toy:heldout",
+              eval_per_category=1, report_to="tensorboard", keep_checkpoints=3, lr=1e-3)
+    runs = {n: tmp_path / n for n in ("ref", "faulty")}
+    cmds = {n: [sys.executable, "-m", "rewardflow", "train",
+                str(write_train_yaml(tmp_path / f"{n}.yaml", "rwr", tiny_pipe_dir, runs[n], **kw))] for n in runs}
+    res = subprocess.run(cmds["ref"], env=_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rng, kills = random.Random(25), 0
+    for _ in range(4):
+        proc = subprocess.Popen(cmds["faulty"], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        target = min(9, max(_logged_steps(runs["faulty"]), default=0) + rng.randint(1, 3))
+        t0 = time.monotonic()
+        while proc.poll() is None and max(_logged_steps(runs["faulty"]), default=0) < target and \
+                time.monotonic() - t0 < 300:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.5))
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait(timeout=60)
+    assert kills >= 3
+    res = subprocess.run(cmds["faulty"], env=_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    _same_records(_records(runs["ref"]), _records(runs["faulty"]))

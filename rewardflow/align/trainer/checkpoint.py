@@ -203,7 +203,7 @@ def read_jsonl(path: Path) -> list[dict]:
 class CheckpointMixin:
     """The :class:`~rewardflow.align.trainer.loop.Trainer`'s checkpoint methods (it provides ``config``,
     ``accelerator``, ``method``, ``params``, ``param_names``, ``optimizer``, ``lr_scheduler``, ``ema``, the RNGs,
-    ``step``, ``samples_seen``, ``run_dir``, ``ckpt_dir`` and ``_main_value``)."""
+    ``step``, ``samples_seen``, ``run_dir``, ``ckpt_dir``, ``reporter`` and ``_main_value``)."""
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {n: p.detach().cpu().contiguous().clone() for n, p in zip(self.param_names, self.params)}
@@ -232,6 +232,8 @@ class CheckpointMixin:
         directory, keeps the earlier checkpoints and raises :class:`CheckpointWriteError` naming the path, on every
         process (process 0 writes; its outcome is broadcast)."""
         acc = self.accelerator
+        if self.reporter is not None:
+            self.reporter.flush()  # the records of the steps this checkpoint holds are never redone: keep them
         acc.wait_for_everyone()
         # every process's RNG (its prompts and noise) and method state (e.g. its rollout cache), so that each
         # process continues exactly

@@ -50,6 +50,14 @@ class Reporter:
         if self.wb is not None:
             self.wb.log(scalars, step=step)
 
+    def flush(self) -> None:
+        """Put every record logged so far on disk (before a checkpoint: a kill after it must not lose them)."""
+        if not self.main:
+            return
+        self.metrics.flush()
+        if self.tb is not None:
+            self.tb.flush()
+
     def close(self) -> None:
         if not self.main:
             return
