@@ -17,6 +17,8 @@ import json
 import math
 from pathlib import Path
 
+from rewardflow.io.progress import add_quiet_flag
+
 
 def register(subparsers) -> None:
     from rewardflow.eval.layouts import LAYOUTS
@@ -28,10 +30,12 @@ def register(subparsers) -> None:
     p.add_argument("--model", required=True, metavar="DIR|ID|toy", help="pipeline directory, hub id, or an embedded "
                                                                           "model (toy)")
     p.add_argument("--adapter", default=None, help="generator adapter (default: from model_index.json)")
-    p.add_argument("--lora", default=None, metavar="DIR", help="LoRA directory saved by training or diffusers")
+    p.add_argument("--lora", default=None, metavar="DIR|FILE",
+                   help="LoRA directory saved by training or diffusers, or a .safetensors file (diffusers or kohya / "
+                        "A1111 layout)")
     p.add_argument("--prompts", required=True, metavar="FILE|SOURCE",
-                   help="a prompts file (one per line, or .jsonl with 'prompt') or a registered source "
-                        "(toy:heldout / toy:train)")
+                   help="a prompts file (one per line, .jsonl with 'prompt', or a manifest.json: its prompts) or a "
+                        "registered source (toy:heldout / toy:train)")
     p.add_argument("--per-category", type=int, default=10,
                    help="prompts per group of a grouped source (the toy's caption categories)")
     p.add_argument("--reward", required=True, action="append", metavar="NAMES",
@@ -50,6 +54,7 @@ def register(subparsers) -> None:
                         "models)")
     p.add_argument("--device", default=None)
     p.add_argument("--out", required=True, metavar="DIR")
+    add_quiet_flag(p)
     p.set_defaults(fn=run)
 
 
@@ -109,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
     from rewardflow.eval.sampling import sample_to_files
     from rewardflow.eval.benchmarks import decode_media
     from rewardflow.io.images import pil_to_tensor
+    from rewardflow.io.progress import progress
     from rewardflow.pipelines.registry import load_generator
     from rewardflow.rewards.combine import build_reward
 
@@ -135,7 +141,8 @@ def run(args: argparse.Namespace) -> int:
     for spec in specs:
         reward = build_reward(spec).to(device).eval()
         s = torch.cat([reward.score_files(decoded[i:i + args.batch_size], all_prompts[i:i + args.batch_size])
-                       [reward.primary_head] for i in range(0, len(rows), args.batch_size)])
+                       [reward.primary_head] for i in progress(range(0, len(rows), args.batch_size),
+                                                               desc=f"scoring {spec}", unit="batch")])
         result["rewards"][spec] = mean_ci(s.tolist(), args.bootstrap, args.seed)
     enc_name = args.diversity_encoder or gen.run_defaults.get("diversity_encoder")
     if enc_name and video:

@@ -1,11 +1,20 @@
 """``rewardflow noise-opt``: inference-time alignment of a (one- or few-step) generator — ReNO (default),
 best-of-N or Flow-NRG — writing the images, the initial images, the per-iteration reward curve (JSON + PNG) and a
-summary."""
+summary.
+
+Output: ``OUT/final/`` (in ``--layout``; the default ``plain`` is ``images/*.png`` + ``manifest.json``, with each
+image's initial and final reward in its row), ``OUT/initial/`` (plain), ``OUT/curve.json``, ``OUT/curve.png``,
+``OUT/summary.json``. With another layout (GenEval, T2I-CompBench) the final images' manifest is
+``OUT/manifest.json`` (outside the layout folder, which external evaluators read as they expect it).
+"""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+
+from rewardflow.io.progress import add_quiet_flag
 
 
 def register(sub) -> None:
@@ -48,6 +57,7 @@ def register(sub) -> None:
     p.add_argument("--offload", action="store_true", help="model CPU offload (real diffusers models)")
     p.add_argument("--layout", default="plain", choices=("plain", "geneval", "t2i-compbench"),
                    help="folder layout of the final images for external evaluators")
+    add_quiet_flag(p)
     p.set_defaults(fn=run)
 
 
@@ -88,10 +98,11 @@ def run(args) -> int:
     import time
 
     import torch
-    from tqdm.auto import tqdm
 
     from rewardflow.align.inference.reno import RENO_PAPER_REWARDS, ReNO, ReNOConfig
     from rewardflow.eval.layouts import write_layout
+    from rewardflow.io.manifest import write_manifest
+    from rewardflow.io.progress import progress
     from rewardflow.rewards.combine import build_reward
 
     prompts, meta = read_prompts(args)
@@ -127,7 +138,7 @@ def run(args) -> int:
                          reg_weight=args.reg_weight, steps=steps, autocast=args.autocast,
                          reward_checkpointing=args.reward_checkpointing, seed=args.seed)
         reno = ReNO(gen, reward, cfg)
-        bar = tqdm(total=len(prompts) * cfg.iterations, desc="ReNO", unit="it")
+        bar = progress(total=len(prompts) * cfg.iterations, desc="ReNO", unit="it")
         for i in range(0, len(prompts), bs):
             chunk = prompts[i:i + bs]
             noise = torch.randn((len(chunk), *gen.latent_shape), generator=noise_gen)
@@ -142,7 +153,7 @@ def run(args) -> int:
     elif args.method == "best-of-n":
         from rewardflow.align.inference.best_of_n import best_of_n
 
-        for i in tqdm(range(0, len(prompts), bs), desc=f"best-of-{args.n}"):
+        for i in progress(range(0, len(prompts), bs), desc=f"best-of-{args.n}", unit="batch"):
             chunk = prompts[i:i + bs]
             noise = torch.randn((len(chunk), args.n, *gen.latent_shape), generator=noise_gen)
             res = best_of_n(gen, reward, chunk, args.n, steps, noise=noise)
@@ -169,7 +180,7 @@ def run(args) -> int:
         else:
             scale = args.nrg_scale if args.nrg_scale is not None else 30.0
             nrg = NRG(gen, reward, NRGConfig(scale=scale, steps=steps, seed=args.seed))
-        for i in tqdm(range(0, len(prompts), bs), desc="Flow-NRG"):
+        for i in progress(range(0, len(prompts), bs), desc="Flow-NRG", unit="batch"):
             chunk = prompts[i:i + bs]
             noise = torch.randn((len(chunk), *gen.latent_shape), generator=noise_gen).to(gen.device, gen.dtype)
             img = nrg.generate(chunk, noise)
@@ -181,8 +192,16 @@ def run(args) -> int:
             for j, p in enumerate(chunk):
                 rows.append({"prompt": p, "initial_reward": float(r0[j]), "final_reward": float(r1[j])})
     finals_t, initials_t = torch.cat(finals), torch.cat(initials)
-    write_layout(finals_t, prompts, out / "final", args.layout, metadata=meta)
-    write_layout(initials_t, prompts, out / "initial", "plain")
+    info = {"method": args.method, "model": args.model, "reward": spec, "steps": steps, "seed": args.seed}
+    num = lambda v: v if math.isfinite(v) else None  # noqa: E731 - JSON has no NaN
+    files = write_layout(finals_t, prompts, out / "final", args.layout, metadata=meta,
+                         extra=[{"initial_reward": num(r["initial_reward"]), "final_reward": num(r["final_reward"])}
+                                for r in rows] if args.layout == "plain" else None, info=info)
+    if args.layout != "plain":  # the layout folder stays as its evaluator expects it; the manifest sits beside it
+        write_manifest(out, [{"file": Path(f).relative_to(out).as_posix(), "prompt": p, "prompt_index": i}
+                             for i, (f, p) in enumerate(zip(files, prompts))], "image", info)
+    write_layout(initials_t, prompts, out / "initial", "plain",
+                 extra=[{"reward": num(r["initial_reward"])} for r in rows], info=info)
     (out / "curve.json").write_text(json.dumps(curves))
     if curves:
         _curve_png(curves, out / "curve.png")

@@ -3,6 +3,8 @@ and a JSON manifest, through :func:`rewardflow.eval.sampling.sample_to_files` (t
 
 from __future__ import annotations
 
+from rewardflow.io.progress import add_quiet_flag
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -13,11 +15,13 @@ def register(subparsers) -> None:
                    help="diffusers pipeline directory, hub id, or an embedded model (toy, toy_video)")
     p.add_argument("--adapter", default=None, help="adapter name (default: from model_index.json; see "
                                                    "`rewardflow models`)")
-    p.add_argument("--lora", default=None, metavar="DIR", help="LoRA directory (pytorch_lora_weights.safetensors) "
-                                                                "saved by training or by diffusers")
+    p.add_argument("--lora", default=None, metavar="DIR|FILE",
+                   help="LoRA: a directory (pytorch_lora_weights.safetensors) saved by training or diffusers, or a "
+                        ".safetensors file in the diffusers or kohya / A1111 key layout")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--prompt", metavar="TEXT", help="one prompt")
-    g.add_argument("--prompts", metavar="FILE", help="one prompt per line, or a .jsonl with a 'prompt' field")
+    g.add_argument("--prompts", metavar="FILE", help="one prompt per line, a .jsonl with a 'prompt' field, or a "
+                                                   "manifest.json (its prompts)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model family's, e.g. 4 for toy)")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale (default: the adapter's; 1 = off, use 1 for Turbo models)")
@@ -30,6 +34,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda if available else cpu)")
     p.add_argument("--offload", action="store_true", help="model CPU offload (real diffusers models)")
     p.add_argument("--out", required=True, metavar="DIR")
+    add_quiet_flag(p)
     p.set_defaults(fn=run_sample)
 
 
