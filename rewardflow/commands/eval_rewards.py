@@ -9,6 +9,8 @@ import json
 import math
 from pathlib import Path
 
+from rewardflow.io.progress import add_quiet_flag
+
 
 def register(subparsers) -> None:
     from rewardflow.eval.benchmarks import FORMATS
@@ -17,7 +19,9 @@ def register(subparsers) -> None:
         "eval-rewards", help="reward-model accuracy on a preference benchmark (Pick-a-Pic, HPD v2, ...)",
         description="e.g. `rewardflow eval-rewards --dataset data/pickapic --format pickapic --reward pickscore,"
                     "hpsv2.1 --out acc.json`")
-    p.add_argument("--dataset", required=True, metavar="PATH", help="a table file or a folder of them (+ media)")
+    p.add_argument("--dataset", required=True, metavar="PATH",
+                   help="a table file or a folder of them (+ media); pickapic: the parquet shards as published, the "
+                        "jsonl sample, or chosen/rejected pairs")
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--reward", required=True, action="append", metavar="NAMES",
                    help="comma-separated reward names, each evaluated on its own (a weighted spec such as "
@@ -30,6 +34,7 @@ def register(subparsers) -> None:
                    help="pickapic: fixed tie threshold instead of tuning it on validation_unique")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu")
+    add_quiet_flag(p)
     p.set_defaults(fn=run)
 
 

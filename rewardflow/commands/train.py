@@ -7,6 +7,8 @@ model loads and lists the valid keys. See docs/usage/training.md.
 
 from __future__ import annotations
 
+from rewardflow.io.progress import add_quiet_flag
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -20,6 +22,7 @@ def register(subparsers) -> None:
                    help="validate the config, print the resolved keys and exit (loads no model)")
     p.add_argument("--help-config", nargs="?", const="", default=None, metavar="METHOD",
                    help="print every trainer key (type, default, help) and, with METHOD, the method's keys; exit")
+    add_quiet_flag(p)
     p.set_defaults(fn=_run)
 
 

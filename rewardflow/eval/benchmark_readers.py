@@ -10,7 +10,9 @@ MJ-Bench config (``alignment``, ``safety``, ``quality``, ``bias``...) becomes th
 Formats (official column names):
 
 * ``pickapic`` — ``yuvalkirstain/pickapic_v1|v2``: ``caption``, ``jpg_0``, ``jpg_1``, ``label_0`` in {0, 0.5, 1};
-  splits ``validation_unique`` (tie threshold) and ``test_unique`` (reported).
+  splits ``validation_unique`` (tie threshold) and ``test_unique`` (reported). Read by
+  :class:`rewardflow.io.preferences.PreferenceDataset` (Hugging Face ``datasets``), the reader offline DPO trains
+  from: the parquet shards as published (images as bytes), the jsonl sample, or ``prompt``/``chosen``/``rejected``.
 * ``hpdv2`` — ``zhwang/HPDv2`` ``test.json``: ``prompt``, ``image_path`` (list), ``rank`` (list, 1 = best).
 * ``imagerewarddb`` — ``THUDM/ImageReward`` ``data/test.json``: ``prompt``, ``generations`` (list), ``ranking``
   (list, 1 = best); or ``THUDM/ImageRewardDB`` per-image rows (``prompt_id``, ``prompt``, ``image``/``image_path``,

@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 import yaml
-from tqdm.auto import tqdm
 
 from rewardflow.align.method import MethodContext, get_method
 from rewardflow.align.trainer.checkpoint import CheckpointMixin
@@ -32,6 +31,7 @@ from rewardflow.align.trainer.reporting import (
 from rewardflow.align.trainer.selection import BestTracker
 from rewardflow.eval.hooks import check_eval_hooks, run_eval_hooks
 from rewardflow.eval.monitor import RewardHackingMonitor
+from rewardflow.io.progress import progress
 from rewardflow.io.prompts import load_prompt_source
 from rewardflow.pipelines.registry import load_generator
 from rewardflow.rewards.combine import build_reward
@@ -360,8 +360,10 @@ class Trainer(CheckpointMixin):
 
         first = do_eval() if (c.eval_at_start and not resumed) else {}
         t0 = time.time()
-        bar = tqdm(total=c.max_steps, initial=self.step, desc=c.method, disable=not acc.is_main_process,
-                   dynamic_ncols=True)
+        # steps done / to do, seconds per step and the ETA (tqdm's), plus loss, reward and samples per second
+        bar = progress(total=c.max_steps, initial=self.step, desc=c.method, unit="step",
+                       disable=not acc.is_main_process)
+        seen0 = self.samples_seen
         skipped, stopped_early = 0, False
         while self.step < c.max_steps:
             rec = self.train_step()
@@ -374,7 +376,9 @@ class Trainer(CheckpointMixin):
             if self.step % max(1, c.log_every) == 0 or rec["skipped"] or self.step == c.max_steps:
                 self.reporter.log(rec, self.step)
             bar.update(1)
-            bar.set_postfix({k: f"{rec[k]:.4g}" for k in ("loss", "reward_mean") if k in rec})
+            post = {k: f"{rec[k]:.4g}" for k in ("loss", "reward_mean") if k in rec}
+            post["samples/s"] = f"{(self.samples_seen - seen0) / max(time.time() - t0, 1e-9):.3g}"
+            bar.set_postfix(post)
             if c.save_every and self.step % c.save_every == 0 and self.step < c.max_steps:
                 self.save_checkpoint()
             if c.eval_every and self.step % c.eval_every == 0 and self.step < c.max_steps:
