@@ -65,6 +65,8 @@ def preflight(tcfg):
     """Fail in seconds, not after the model loaded: the model's adapter is known, the run names its prompts (or the
     model supplies them), prompt files exist and hold prompts, reward names are known. Returns the config with the
     model's defaults applied."""
+    import os
+
     from rewardflow.align.trainer import apply_model_defaults
     from rewardflow.io.prompts import load_prompt_source
     from rewardflow.pipelines.registry import resolve_adapter
@@ -76,6 +78,8 @@ def preflight(tcfg):
                          "such as toy)")
     tcfg = apply_model_defaults(tcfg, resolve_adapter(tcfg.model, tcfg.adapter)["cls"].run_defaults)
 
+    if tcfg.init_lora and not os.path.exists(tcfg.init_lora):
+        raise FileNotFoundError(f"init_lora: LoRA directory or file not found: {tcfg.init_lora}")
     for key in ("prompts", "eval_prompts"):
         spec = getattr(tcfg, key)
         if not spec:

@@ -1,7 +1,8 @@
 """LoRA and the reference policy of a :class:`~rewardflow.pipelines.base.Generator`.
 
 Attach a peft LoRA adapter to the denoiser (:meth:`LoraMixin.add_lora`), write it in the file layout plain diffusers
-reads (:meth:`~LoraMixin.save_lora`, read back by ``pipe.load_lora_weights``), load one (:meth:`~LoraMixin.load_lora`),
+reads (:meth:`~LoraMixin.save_lora`, read back by ``pipe.load_lora_weights``), load one in the diffusers or a
+community layout such as kohya-ss / A1111, converted by diffusers (:meth:`~LoraMixin.load_lora`),
 and run the frozen reference policy (adapters disabled, or a snapshot for full fine-tuning) inside
 :meth:`~LoraMixin.reference`.
 """
@@ -10,13 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import os
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
 # the file name diffusers' ``save_lora_weights`` writes and ``load_lora_weights`` looks for
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -94,16 +95,21 @@ class LoraMixin:
 
     def load_lora(self, lora_dir: str | os.PathLike, adapter_name: str = "default", trainable: bool = True,
                   weight_name: str | None = None) -> None:
-        """Load a LoRA saved by :meth:`save_lora` (or any diffusers LoRA file of this family's denoiser) into
-        the adapter, through diffusers' ``load_lora_adapter`` (the per-model half of ``pipe.load_lora_weights``:
-        prefix filtering, key conversion, rank/alpha from the stored metadata). The base weights are frozen;
-        ``trainable``: the LoRA weights require grad (as after :meth:`add_lora`), else they are frozen too."""
+        """Load a LoRA into the denoiser: a directory holding ``pytorch_lora_weights.safetensors`` (:meth:`save_lora`,
+        diffusers' ``save_lora_weights``) or a ``.safetensors`` file, in the diffusers key layout or a community one
+        (kohya-ss / A1111 ``lora_unet_...`` with ``.alpha`` keys, and the other layouts diffusers converts).
+
+        As ``pipe.load_lora_weights`` does: the pipeline class's ``lora_state_dict`` reads the file and converts
+        non-diffusers layouts (diffusers' ``lora_conversion_utils``), then ``load_lora_adapter`` attaches it (prefix
+        filtering, rank and alpha from the stored metadata or the ``.alpha`` keys). Weights for other components
+        (a text encoder's) are ignored with a warning. The base weights are frozen; ``trainable``: the LoRA weights
+        require grad (as after :meth:`add_lora`), else they are frozen too."""
         path = str(lora_dir)
         if os.path.isdir(path):
             f = os.path.join(path, weight_name or LORA_WEIGHT_NAME)
             if not os.path.isfile(f):
                 raise FileNotFoundError(f"LoRA file not found: {f} (write one with gen.save_lora(DIR) or "
-                                        "pipe.save_lora_weights(DIR, ...))")
+                                        "pipe.save_lora_weights(DIR, ...), or give the .safetensors file itself)")
         elif not os.path.isfile(path):
             raise FileNotFoundError(f"LoRA directory or file not found: {path}")
         else:
@@ -112,22 +118,41 @@ class LoraMixin:
             raise ValueError(f"the denoiser already has a LoRA adapter named {adapter_name!r}; pass another "
                              "adapter_name")
         weight_name = weight_name or LORA_WEIGHT_NAME
-        with safe_open(os.path.join(path, weight_name), framework="pt") as fh:
-            prefixes = {k.split(".", 1)[0] for k in fh.keys()}
+        file = os.path.join(path, weight_name)
+        if not weight_name.endswith(".safetensors"):
+            raise ValueError(f"{file}: LoRA files are read as .safetensors only (no pickle); convert it first")
+        state, alphas, metadata = self._read_lora_file(path, weight_name)
+        prefixes = {k.split(".", 1)[0] for k in state}
         if self.lora_component not in prefixes:
-            raise ValueError(f"{os.path.join(path, weight_name)} holds no LoRA weights for the "
-                             f"{self.lora_component!r} component (key prefixes: {sorted(prefixes)}); files in other "
-                             "layouts (kohya / A1111) load with diffusers' pipe.load_lora_weights")
+            raise ValueError(f"{file} holds no LoRA weights for the {self.lora_component!r} component (key "
+                             f"prefixes after conversion: {sorted(prefixes)}): a LoRA for another part or model "
+                             "family, or a layout diffusers does not convert")
         if prefixes - {self.lora_component}:
-            warnings.warn(f"{os.path.join(path, weight_name)}: only the {self.lora_component} LoRA is loaded; "
-                          f"the weights for {sorted(prefixes - {self.lora_component})} are ignored", stacklevel=2)
-        self.denoiser.load_lora_adapter(path, prefix=self.lora_component, adapter_name=adapter_name,
-                                        weight_name=weight_name)
+            warnings.warn(f"{file}: only the {self.lora_component} LoRA is loaded; the weights for "
+                          f"{sorted(prefixes - {self.lora_component})} are ignored", stacklevel=2)
+        self.denoiser.load_lora_adapter(state, network_alphas=alphas, prefix=self.lora_component,
+                                        adapter_name=adapter_name, metadata=metadata)
         self.denoiser.requires_grad_(False)
         if trainable:
             for n, p in self.denoiser.named_parameters():
                 if "lora_" in n and f".{adapter_name}." in f"{n}.":
                     p.requires_grad_(True)
+
+    def _read_lora_file(self, folder: str, weight_name: str) -> tuple[dict, dict | None, dict | None]:
+        """``(state dict in the diffusers layout, network alphas or None, adapter metadata or None)`` through the
+        pipeline class's ``lora_state_dict`` (the conversion of kohya / A1111 and other layouts happens there)."""
+        writer = self._lora_writer()
+        kw: dict[str, Any] = {"weight_name": weight_name, "return_lora_metadata": True, "use_safetensors": True}
+        if "return_alphas" in inspect.signature(writer.lora_state_dict).parameters:
+            kw["return_alphas"] = True  # FLUX-style readers return alphas only when asked
+        if self.lora_component == "unet" and hasattr(self.denoiser, "config"):
+            kw["unet_config"] = self.denoiser.config  # SDXL: maps SGM block names of A1111 files to diffusers'
+        out = writer.lora_state_dict(folder, **kw)
+        if isinstance(out, dict):
+            return out, None, None
+        if len(out) == 3:
+            return out[0], out[1], out[2]
+        return out[0], None, out[1]  # (state dict, metadata): readers without network alphas
 
     def has_lora(self) -> bool:
         return bool(getattr(self.denoiser, "_hf_peft_config_loaded", False))

@@ -11,6 +11,7 @@ A failed write (disk full, ...) removes the partial directory, keeps the earlier
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import safetensors.torch
 import torch
+import yaml
 
 
 def fsync_dir(path: Path) -> None:
@@ -144,6 +146,39 @@ def trim_jsonl(path: Path, last_step: int) -> int:
     return dropped
 
 
+# trainer keys a resumed run may change: the run's length, where and how often it records, checkpoints and
+# evaluates, and the devices; every other key changes what the rest of the run computes
+RESUME_FREE_KEYS = ("max_steps", "output_dir", "resume", "resume_allow_changes", "device", "report_to", "run_name",
+                    "log_every", "save_every", "keep_checkpoints", "eval_every", "eval_at_start",
+                    "collective_timeout_s")
+
+
+def _jsonable(v):
+    return json.loads(json.dumps(v, default=list))
+
+
+def saved_run_config(ckpt: Path) -> dict | None:
+    """The resolved config a checkpoint was written with (``trainer.json``; for checkpoints written before it was
+    stored there, the run directory's ``config.yaml``), or None when neither has it."""
+    meta = json.loads((ckpt / "trainer.json").read_text()) if (ckpt / "trainer.json").is_file() else {}
+    if isinstance(meta.get("config"), dict):
+        return meta["config"]
+    cfg = ckpt.parent.parent / "config.yaml"
+    if cfg.is_file():
+        data = yaml.safe_load(cfg.read_text())
+        return data if isinstance(data, dict) else None
+    return None
+
+
+def config_changes(saved: dict | None, current: dict) -> dict[str, tuple]:
+    """``{key: (checkpoint's value, current value)}`` for the keys that differ, except :data:`RESUME_FREE_KEYS`."""
+    if not saved:
+        return {}
+    cur = _jsonable(current)
+    return {k: (saved.get(k), v) for k, v in cur.items()
+            if k not in RESUME_FREE_KEYS and k in saved and _jsonable(saved[k]) != v}
+
+
 def rng_state(generators: dict[str, torch.Generator | None]) -> dict[str, torch.Tensor]:
     st = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -235,7 +270,7 @@ class CheckpointMixin:
                         "per_process": per_process}, cur)
             cur = tmp / "trainer.json"
             cur.write_text(json.dumps({"step": self.step, "samples_seen": self.samples_seen,
-                                       "method": self.config.method}))
+                                       "method": self.config.method, "config": _jsonable(self.resolved_config())}))
             cur = tmp / MANIFEST
             write_manifest(tmp)
             cur = tmp
@@ -322,6 +357,40 @@ class CheckpointMixin:
                   "process 0 continues its saved random streams, the others reseed (the continuation is "
                   "deterministic but not the uninterrupted run's)", flush=True)
 
+    def _optimizer_from_config(self) -> None:
+        """After a resume with allowed changes: the optimizer's hyperparameters and the lr schedule's base value
+        come from this run's config (the loaded optimizer state carries the old ones), and the current lr is the
+        schedule's value at the restored step."""
+        c, opt, sched = self.config, getattr(self.optimizer, "optimizer", self.optimizer), self.lr_scheduler
+        for g in opt.param_groups:
+            g["initial_lr"], g["weight_decay"] = c.lr, c.weight_decay
+            if "betas" in g:
+                g["betas"], g["eps"] = (c.adam_beta1, c.adam_beta2), c.adam_eps
+        sched.base_lrs = [c.lr] * len(opt.param_groups)
+        lams = getattr(sched, "lr_lambdas", None)
+        if lams is not None:  # diffusers' schedules are LambdaLR
+            for g, lam in zip(opt.param_groups, lams):
+                g["lr"] = c.lr * lam(sched.last_epoch)
+            sched._last_lr = [g["lr"] for g in opt.param_groups]
+
+    def resolved_config(self) -> dict:
+        """The trainer keys and the method's keys as this run uses them (tuples as lists)."""
+        resolved = {**dataclasses.asdict(self.config), **dataclasses.asdict(self.method_config)}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()}
+
+    def check_resume_config(self, path: Path) -> dict[str, tuple]:
+        """Keys this run sets differently from the run that wrote checkpoint ``path``: refused (ValueError naming
+        them) unless ``resume_allow_changes``; then returned, to be recorded."""
+        changes = config_changes(saved_run_config(path), self.resolved_config())
+        if changes and not self.config.resume_allow_changes:
+            listed = ", ".join(f"{k} ({old!r} -> {new!r})" for k, (old, new) in changes.items())
+            raise ValueError(f"resume: {self.run_dir} was trained with other values of {', '.join(changes)}: "
+                             f"{listed} (checkpoint {path.name}). Resuming with changed keys would continue a run "
+                             "whose records say otherwise: set resume_allow_changes=true to continue with the new "
+                             f"values (recorded in {self.run_dir / 'config_changes.jsonl'}), put the old values back, "
+                             "or start a new run (another output_dir, or resume=never)")
+        return changes
+
     def maybe_resume(self) -> bool:
         r = self.config.resume
         if r == "never":
@@ -329,7 +398,18 @@ class CheckpointMixin:
         path = self.latest_checkpoint() if r == "auto" else Path(r)
         if path is None:
             return False
+        changes = self.check_resume_config(path)
         self.load_checkpoint(path)
+        if changes:
+            self._optimizer_from_config()
+        if changes and self.accelerator.is_main_process:
+            with open(self.run_dir / "config_changes.jsonl", "a") as fh:
+                fh.write(json.dumps({"step": self.step, "checkpoint": str(path),
+                                     "changes": {k: {"before": old, "after": new}
+                                                 for k, (old, new) in changes.items()}}) + "\n")
+            print(f"[rewardflow] resume_allow_changes: continuing from step {self.step} with "
+                  + ", ".join(f"{k}={new!r} (was {old!r})" for k, (old, new) in changes.items())
+                  + f"; recorded in {self.run_dir / 'config_changes.jsonl'}", flush=True)
         if self.accelerator.is_main_process:  # the steps after the checkpoint are redone: drop their old records
             for f in ("metrics.jsonl", "eval.jsonl", "hacking.jsonl"):
                 trim_jsonl(self.run_dir / f, self.step)

@@ -49,6 +49,9 @@ class TrainConfig:
     max_steps: int = option(100, "optimizer steps")
     output_dir: str = option("runs/train", "run directory (config, metrics, checkpoints, samples, final/)")
     resume: str = option("auto", "auto (newest intact checkpoint in output_dir, if any), never, or a checkpoint path")
+    resume_allow_changes: bool = option(False, "resume even when keys differ from the checkpoint's run (other than "
+                                        "max_steps, logging, checkpoint and evaluation cadence); the changes are "
+                                        "recorded in output_dir/config_changes.jsonl")
     seed: int = option(0, "seed of the prompt, noise and initialization streams (each process adds its rank)")
     # -- optimization
     lr: float = option(1e-4, "learning rate")
@@ -70,6 +73,11 @@ class TrainConfig:
     lora_rank: int = option(8, "LoRA rank (peft); 0 = full fine-tuning with a frozen copy as the reference")
     lora_alpha: float = option(0.0, "LoRA alpha (0 = lora_rank)")
     lora_targets: tuple[str, ...] = option((), "LoRA target modules (default: the adapter's default_lora_targets)")
+    init_lora: str | None = option(None, "continue training an existing LoRA (a directory with "
+                                   "pytorch_lora_weights.safetensors or a .safetensors file; diffusers or kohya / "
+                                   "A1111 layout) instead of a new one: its rank, alpha and targets replace lora_rank, "
+                                   "lora_alpha and lora_targets; the reference policy stays the base model",
+                                   path=True)
     ema_decay: float = option(0.0, "EMA decay of the trainable weights, used for eval and final/ (0 = no EMA)")
     # -- sampling
     sample_steps: int = option(4, "sampler steps of on-policy rollouts and of evaluation")
@@ -109,6 +117,9 @@ class TrainConfig:
                    f"global_batch_size must be >= 0 (0 = off), got {c.global_batch_size}"),
                   (c.collective_timeout_s > 0, f"collective_timeout_s must be > 0, got {c.collective_timeout_s}"),
                   (c.lora_rank >= 0, f"lora_rank must be >= 0 (0 = full fine-tuning), got {c.lora_rank}"),
+                  (not c.init_lora or c.lora_rank > 0,
+                   "init_lora continues a LoRA: lora_rank must be > 0 (0 is full fine-tuning); the LoRA's own rank "
+                   "is used"),
                   (0.0 <= c.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {c.ema_decay}"),
                   (math.isfinite(c.lr) and c.lr > 0, f"lr must be > 0, got {c.lr}"),
                   (c.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {c.device!r}"),

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from rewardflow.align.method import MethodContext, get_method
-from rewardflow.align.trainer.checkpoint import CheckpointMixin
+from rewardflow.align.trainer.checkpoint import CheckpointMixin, trim_jsonl
 from rewardflow.align.trainer.config import TrainConfig, apply_model_defaults
 from rewardflow.align.trainer.distributed import (
     allreduce_mean,
@@ -76,7 +76,9 @@ class Trainer(CheckpointMixin):
         self.method_cls = get_method(c.method)
         self.trains_generator = bool(self.method_cls.trains_generator)
         if self.trains_generator:
-            if c.lora_rank > 0:
+            if c.lora_rank > 0 and c.init_lora:  # continue an existing LoRA (diffusers or kohya / A1111 file)
+                self.gen.load_lora(c.init_lora, trainable=True)
+            elif c.lora_rank > 0:
                 self.gen.add_lora(rank=c.lora_rank, alpha=c.lora_alpha or None,
                                   target_modules=c.lora_targets or None)
             else:
@@ -182,7 +184,7 @@ class Trainer(CheckpointMixin):
     def describe(self) -> str:
         e = self.effective_batch()
         return (f"[rewardflow] method={self.config.method} trainable parameters={self.params_before:,} "
-                f"({'LoRA r=' + str(self.config.lora_rank) if self.config.lora_rank else 'full fine-tuning'})\n"
+                f"({self._trainable_kind()})\n"
                 f"[rewardflow] effective batch: {e['batch_size']} prompts/process x {e['grad_accum']} grad_accum x "
                 f"{e['num_processes']} processes = {e['prompts_per_step']} prompts per optimizer step; "
                 f"x {e['samples_per_prompt']} samples/prompt = {e['samples_per_step']} samples per optimizer step"
@@ -195,6 +197,15 @@ class Trainer(CheckpointMixin):
                 + (f"\n[rewardflow] {e['num_processes']} processes ({self.accelerator.distributed_type}, "
                    f"{getattr(self.accelerator.state, 'backend', None) or 'no backend'}); each process samples its own "
                    "prompts, gradients are averaged over processes" if e["num_processes"] > 1 else ""))
+
+    def _trainable_kind(self) -> str:
+        c = self.config
+        if not c.lora_rank:
+            return "full fine-tuning"
+        if c.init_lora:
+            cfg = getattr(self.gen.denoiser, "peft_config", {}).get("default")
+            return f"LoRA from {c.init_lora}" + (f", r={cfg.r} alpha={cfg.lora_alpha:g}" if cfg is not None else "")
+        return f"LoRA r={c.lora_rank}"
 
     # ------------------------------------------------------------------ checkpoints
     def train_step(self) -> dict[str, float]:
@@ -324,9 +335,18 @@ class Trainer(CheckpointMixin):
     def train(self) -> dict[str, Any]:
         c, acc = self.config, self.accelerator
         resumed = self.maybe_resume()
+        if resumed and self.step >= c.max_steps:  # a finished run started again: nothing to redo, nothing to add
+            done = self._finished_summary()
+            if done is not None:
+                if acc.is_main_process:
+                    print(f"[rewardflow] {self.run_dir} already finished at step {self.step} (max_steps="
+                          f"{c.max_steps}): nothing to do; raise max_steps to train longer", flush=True)
+                return done
+            if acc.is_main_process:  # stopped between its last checkpoint and the end: only the final eval is redone
+                for f in ("eval.jsonl", "hacking.jsonl"):
+                    trim_jsonl(self.run_dir / f, self.step - 1)
         if acc.is_main_process:
-            resolved = {**dataclasses.asdict(c), **dataclasses.asdict(self.method_config)}
-            resolved = {k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()}
+            resolved = self.resolved_config()
             e = self.effective_batch()
             head = (f"# launched with num_processes={e['num_processes']} ({acc.distributed_type}): "
                     f"{e['batch_size']} prompts/process x {e['grad_accum']} grad_accum x {e['num_processes']} "
@@ -411,6 +431,16 @@ class Trainer(CheckpointMixin):
         if acc.is_main_process:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         return summary
+
+    def _finished_summary(self) -> dict | None:
+        """``summary.json`` of this run when it was written at the current step (the run completed), else None."""
+        f = self.run_dir / "summary.json"
+        try:
+            summary = json.loads(f.read_text()) if f.is_file() else None
+        except ValueError:
+            return None
+        ok = isinstance(summary, dict) and summary.get("steps") == self.step and (self.run_dir / "final").is_dir()
+        return self._main_value(summary if ok else None)
 
     def _make_lr_scheduler(self):
         from diffusers.optimization import (
