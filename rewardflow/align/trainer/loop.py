@@ -32,6 +32,7 @@ from rewardflow.align.trainer.rng import seed_process
 from rewardflow.align.trainer.selection import BestTracker
 from rewardflow.eval.hooks import check_eval_hooks, run_eval_hooks
 from rewardflow.eval.monitor import RewardHackingMonitor
+from rewardflow.io.manifest import append_manifest_row
 from rewardflow.io.progress import progress
 from rewardflow.io.prompts import load_prompt_source
 from rewardflow.pipelines.registry import load_generator
@@ -312,7 +313,13 @@ class Trainer(CheckpointMixin):
             out[f"heldout_{name}"] = float(r[torch.isfinite(r)].mean()) if torch.isfinite(r).any() else float("nan")
         out.update(run_eval_hooks(self.eval_hook_names, imgs.cpu(), prompts))
         idx = list(range(0, len(prompts), max(1, len(prompts) // 16)))[:16]
-        save_image_grid(imgs[idx], self.run_dir / "samples" / f"{tag or f'step_{self.step:07d}'}.png", nrow=8)
+        grid = self.run_dir / "samples" / f"{tag or f'step_{self.step:07d}'}.png"
+        shown = [prompts[i] for i in idx]
+        save_image_grid(imgs[idx], grid, nrow=8)
+        # the grid's prompts (row-major) in samples/manifest.json: `rewardflow report` captions the grids with them
+        append_manifest_row(grid.parent, {"file": grid.name, "prompts": shown, "nrow": 8, "step": self.step})
+        if self.reporter is not None:  # tensorboard / wandb: the grid with its prompts
+            self.reporter.log_samples(imgs[idx], shown, self.step)
         return out
 
     def _ema_weights(self):
