@@ -1,7 +1,6 @@
 """Pictures where users look: tensorboard / wandb get each evaluation's sample grid with its prompts, the run's
 samples/manifest.json names them for `rewardflow report`."""
 
-import json
 import sys
 import types
 
