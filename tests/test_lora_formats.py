@@ -84,3 +84,26 @@ def test_init_lora_errors(tmp_path, tiny_pipe_dir, capsys):
     assert "init_lora: LoRA directory or file not found" in capsys.readouterr().err
     assert main(["train", str(cfg), "init_lora=x.safetensors", "lora_rank=0", "--print-config"]) == 2
     assert "init_lora continues a LoRA: lora_rank must be > 0" in capsys.readouterr().err
+
+
+def test_saved_weights_follow_the_umask(tmp_path, tiny_pipe_dir, trained_lora):
+    """safetensors' writer creates 0600 files; saved LoRAs and checkpoints get the mode open() would give."""
+    import os
+    import stat
+
+    from rewardflow.io.paths import current_umask
+
+    run = trained_lora[0].parent
+    want = 0o666 & ~current_umask()
+    files = [run / "final" / "pytorch_lora_weights.safetensors", *run.glob("checkpoints/step_*/*.safetensors")]
+    assert len(files) == 2
+    for f in files:
+        assert stat.S_IMODE(f.stat().st_mode) == want, f
+    old = os.umask(0o002)
+    try:
+        gen = load_generator(tiny_pipe_dir)
+        gen.add_lora(rank=2)
+        f = gen.save_lora(tmp_path / "lora")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o664

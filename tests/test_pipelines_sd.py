@@ -294,3 +294,27 @@ def test_loading_options(dirs):
         load_generator(dirs / "sd", attention="xformers")
     with pytest.raises(ValueError, match="unknown dtype 'fp8'"):
         load_generator(dirs / "sd", dtype="fp8")
+
+
+def test_sampler_substitution_is_said_once(dirs, tmp_path, monkeypatch, capsys):
+    """A pipeline shipped with PNDM (SD 1.x) or Euler (Turbo) samples with DDIM here: one stderr line per process,
+    naming both schedulers; a pipeline already on DDIM says nothing."""
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+
+    from rewardflow.pipelines import loading
+
+    monkeypatch.setattr(loading, "_NOTED", set())
+    pndm = tmp_path / "sd_pndm"
+    pipe = StableDiffusionPipeline.from_pretrained(str(dirs / "sd"))
+    pipe.scheduler = PNDMScheduler.from_config(pipe.scheduler.config)
+    pipe.save_pretrained(str(pndm))
+    capsys.readouterr()
+    load_generator(dirs / "sd")  # DDIM already
+    assert "[rewardflow] sampler" not in capsys.readouterr().err
+    for _ in range(2):
+        gen = load_generator(pndm)
+    assert type(gen.scheduler).__name__ == "DDIMScheduler"
+    err = capsys.readouterr().err
+    assert err.count("[rewardflow] sampler: the pipeline's PNDMScheduler is replaced by DDIMScheduler") == 1
+    load_generator(dirs / "sd_turbo")
+    assert "EulerDiscreteScheduler is replaced by DDIMScheduler" in capsys.readouterr().err

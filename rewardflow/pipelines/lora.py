@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from rewardflow.io.paths import respect_umask
+
 # the file name diffusers' ``save_lora_weights`` writes and ``load_lora_weights`` looks for
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
@@ -75,7 +77,9 @@ class LoraMixin:
         os.makedirs(save_directory, exist_ok=True)
         writer.save_lora_weights(str(save_directory), **{f"{self.lora_component}_lora_layers": state,
                                                        f"{self.lora_component}_lora_adapter_metadata": meta})
-        return os.path.join(str(save_directory), LORA_WEIGHT_NAME)
+        out = os.path.join(str(save_directory), LORA_WEIGHT_NAME)
+        respect_umask(out)  # safetensors writes 0600 whatever the umask
+        return out
 
     def _lora_writer(self):
         cls = self.pipeline_class

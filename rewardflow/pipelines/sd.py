@@ -20,7 +20,11 @@ from typing import Sequence
 import torch
 
 from rewardflow.pipelines.base import Conditioning, Generator, StepOutput
-from rewardflow.pipelines.loading import load_diffusers_pipeline, parametrization_from_scheduler
+from rewardflow.pipelines.loading import (
+    load_diffusers_pipeline,
+    note_sampler_substitution,
+    parametrization_from_scheduler,
+)
 from rewardflow.pipelines.registry import register_generator
 from rewardflow.pipelines.vae import vae_decode, vae_encode
 
@@ -37,6 +41,12 @@ def ddim_from(scheduler):
     cfg = dict(scheduler.config)
     name = type(scheduler).__name__
     to_one = True if "Euler" in name else bool(cfg.get("set_alpha_to_one", True))
+    if name == "DDIMScheduler":
+        note_sampler_substitution("DDIMScheduler with clip_sample / thresholding", "DDIMScheduler without them",
+                                  "the ODE / SDE steps do not clip")
+    else:
+        note_sampler_substitution(name, "DDIMScheduler", "the same training schedule and timestep spacing; "
+                                  "training, log-probs and sampling all use DDIM steps")
     return DDIMScheduler.from_config(cfg, clip_sample=False, thresholding=False, set_alpha_to_one=to_one)
 
 

@@ -277,7 +277,8 @@ def load_open_clip_backbone(model_name: str, pretrained: str | None = None, *, m
         if "not found" in msg.lower() and "model config" in msg.lower():
             raise ValueError(f"unknown open_clip model {model_name!r}; see open_clip.list_models()") from e
         raise RuntimeError(f"could not load open_clip weights {model_name}/{pretrained}: {msg}. Without internet, "
-                           "pass pretrained=/path/to/checkpoint (or download it into the open_clip cache)") from e
+                           "give the checkpoint file: --weights NAME=/path/to/checkpoint on the command line "
+                           "(pretrained= or path= in Python), or download it into the open_clip cache") from e
     return OpenCLIPBackbone(model, open_clip.get_tokenizer(model_name), open_clip_spec(model, mode), device=device,
                             dtype=dtype, name=f"{model_name}/{pretrained}")
 
@@ -344,7 +345,8 @@ def load_clip_backbone(path: str | None = None, *, model: str = "ViT-B-32", pret
         backend = "transformers" if path is not None and not is_file else "open_clip"
     if backend == "transformers":
         if path is None:
-            raise ValueError("backend='transformers' needs path= (a save_pretrained directory or hub id)")
+            raise ValueError("backend='transformers' needs the model: a save_pretrained directory or hub id "
+                             "(--weights NAME=DIR on the command line, path= in Python)")
         return load_transformers_backbone(path, processor, mode=mode, device=device, dtype=dtype)
     return load_open_clip_backbone(model, path if path is not None else pretrained, mode=mode, device=device,
                                    dtype=dtype)

@@ -380,5 +380,6 @@ def _videoreward(path: str = "KwaiVGI/VideoReward", **kw) -> VideoReward:
         except Exception as e:  # offline, unknown repo, no access
             raise FileNotFoundError(f"VideoReward checkpoint {path!r} is neither a local directory nor downloadable "
                                     f"({type(e).__name__}); clone https://huggingface.co/KwaiVGI/VideoReward and "
-                                    "pass path=<dir>") from e
+                                    "give the folder: --weights videoreward=DIR on the command line (path= in "
+                                    "Python)") from e
     return VideoReward.from_pretrained(path, **kw)

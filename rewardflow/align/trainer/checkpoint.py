@@ -24,6 +24,7 @@ import torch
 import yaml
 
 from rewardflow.align.trainer.rng import reseed_process, rng_state, set_rng_state
+from rewardflow.io.paths import respect_umask
 
 
 def fsync_dir(path: Path) -> None:
@@ -256,6 +257,7 @@ class CheckpointMixin:
             cur = tmp / MANIFEST
             write_manifest(tmp)
             cur = tmp
+            respect_umask(tmp)
             fsync_tree(tmp)
             cur = final
             if final.exists():  # the same step written again (a resumed run redoing it): swap, then delete
@@ -413,6 +415,7 @@ class CheckpointMixin:
                 safetensors.torch.save_file(self.trainable_state(), str(tmp / "trainable.safetensors"))
         if info is not None:
             (tmp / f"{name}.json").write_text(json.dumps(info, indent=1))
+        respect_umask(tmp)
         fsync_tree(tmp)
         shutil.rmtree(old, ignore_errors=True)
         if out.exists():
