@@ -73,9 +73,10 @@ def _match_files(path: Path, rows: list[dict], files: list[Path]) -> list[str]:
             missing.append(fp.name)
         prompts.append(p or "")
     if missing:
-        raise ValueError(f"{path} has no prompt for {len(missing)} of the {len(files)} image(s): "
-                         f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} (its 'file' entries are "
-                         f"relative to {base}; point --images at the files it lists)")
+        raise ValueError(f"{path} has no prompt for {len(missing)} image(s): "
+                         f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} (of the {len(files)} "
+                         f"--images; its 'file' entries are relative to {base}; point --images at the files it "
+                         "lists)")
     return prompts
 
 
@@ -117,9 +118,9 @@ def read_prompts(path: str | Path, files: list[Path]) -> list[str]:
     else:
         ordered = read_prompt_file(path)
     if len(ordered) != len(files):
-        raise ValueError(f"{path} has {len(ordered)} prompts but {len(files)} images were found; give one prompt "
-                         "per image in sorted file order (lines that are not blank or '#' comments), or a manifest "
-                         ".json / a .csv or .jsonl with file,prompt")
+        raise ValueError(f"{path} has {len(ordered)} prompts (lines that are not blank or '#' comments) but "
+                         f"{len(files)} images were found; give one prompt per image in sorted file order, or a "
+                         "manifest.json, .csv or .jsonl with file,prompt")
     return ordered
 
 

@@ -89,8 +89,11 @@ def split_of(file: Path) -> str:
 def _columns(file: Path) -> list[str]:
     suffix = file.suffix.lower()
     if suffix == ".parquet":
-        import pyarrow.parquet as pq  # lazy: pyarrow (a datasets dependency) loads in ~0.3 s
-
+        try:
+            import pyarrow.parquet as pq  # lazy: pyarrow (a datasets dependency) loads in ~0.3 s
+        except ImportError:
+            raise ValueError(f"{file} is a parquet file, which needs `pyarrow` (pip install pyarrow, or pip install "
+                             "'rewardflow[data]' for datasets and pyarrow)") from None
         return list(pq.read_schema(file).names)
     if suffix == ".csv":
         with open(file, newline="", encoding="utf-8-sig") as f:
@@ -174,8 +177,8 @@ class PreferenceDataset:
         try:
             import datasets  # lazy: a heavy import (~1.5 s), only when preference data is read
         except ImportError:
-            raise ImportError("reading preference pairs needs the Hugging Face `datasets` library: "
-                              "pip install 'rewardflow[data]' (or pip install datasets)") from None
+            raise ValueError("reading preference pairs needs the Hugging Face `datasets` library: "
+                             "pip install 'rewardflow[data]' (or pip install datasets)") from None
         if is_quiet():
             quiet_library_bars()
         self.path = Path(path)

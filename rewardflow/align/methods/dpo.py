@@ -294,7 +294,7 @@ class _DPOBase(Method):
             xl.append(self.data.load_item(l, gen, self.config.resolution))
             for item, x in ((w, xw[-1]), (l, xl[-1])):
                 if x.shape != xw[0].shape:  # torch.stack below needs one size
-                    label = item if isinstance(item, str) else type(item).__name__
+                    label = Path(item).name if isinstance(item, str) else type(item).__name__
                     raise ValueError(f"{self.data.path}: preference item {label!r} (prompt {p!r}) gives latents "
                                      f"{tuple(x.shape)} but the batch's first winner gives {tuple(xw[0].shape)}: "
                                      "the pair images differ in size; set resolution=N to resize every pair image "
