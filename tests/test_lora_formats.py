@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from rewardflow.cli import main
 from rewardflow.pipelines.registry import load_generator
-from tests.trainer_utils import make_trainer, write_train_yaml
+from trainer_utils import make_trainer, write_train_yaml
 
 
 @pytest.fixture(scope="module")

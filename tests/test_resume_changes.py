@@ -4,7 +4,7 @@ starting a finished run again adds no rows."""
 import json
 
 from rewardflow.cli import main
-from tests.trainer_utils import write_train_yaml
+from trainer_utils import write_train_yaml
 
 
 def _rows(path):

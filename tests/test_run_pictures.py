@@ -10,7 +10,7 @@ from PIL import Image as PILImage
 
 from rewardflow.eval.report import render_report
 from rewardflow.io.manifest import read_manifest
-from tests.trainer_utils import make_trainer
+from trainer_utils import make_trainer
 
 
 def _eval_prompts(tmp_path):
