@@ -146,3 +146,14 @@ class StableDiffusionGenerator(Generator):
 
     def encode_images(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return vae_encode(self.pipe.vae, images.to(self.device), generator).to(self.dtype)
+
+
+@register_generator("sd-turbo", pipeline_classes=("StableDiffusionPipeline",), name_pattern=r"turbo",
+                    description="SD-Turbo (adversarially distilled SD 2.1): no guidance, one step by default")
+class SDTurboGenerator(StableDiffusionGenerator):
+    """SD-Turbo: the SD adapter with the model card's defaults, ``guidance_scale=0.0`` (no classifier-free guidance;
+    any value <= 1 is the same, see :meth:`Generator.predict`) and one sampler step. Chosen automatically for a
+    model whose name contains "turbo"; ``adapter="sd-turbo"`` forces it."""
+
+    default_guidance_scale = 0.0  # stabilityai/sd-turbo model card: pipe(prompt, num_inference_steps=1, guidance_scale=0.0)
+    run_defaults = {"steps": 1}

@@ -53,3 +53,13 @@ class StableDiffusionXLGenerator(StableDiffusionGenerator):
         added = {"text_embeds": embeds["text_embeds"], "time_ids": embeds["time_ids"]}
         return self.denoiser(x.to(self.dtype), model_t, encoder_hidden_states=embeds["encoder_hidden_states"],
                              added_cond_kwargs=added, return_dict=False)[0]
+
+
+@register_generator("sdxl-turbo", pipeline_classes=("StableDiffusionXLPipeline",), name_pattern=r"turbo",
+                    description="SDXL-Turbo (adversarially distilled SDXL): no guidance, one step by default")
+class SDXLTurboGenerator(StableDiffusionXLGenerator):
+    """SDXL-Turbo: the SDXL adapter with the model card's defaults, ``guidance_scale=0.0`` (no classifier-free
+    guidance) and one sampler step. Chosen automatically for a model whose name contains "turbo"."""
+
+    default_guidance_scale = 0.0  # stabilityai/sdxl-turbo model card: num_inference_steps=1, guidance_scale=0.0
+    run_defaults = {"steps": 1}
