@@ -274,8 +274,12 @@ def load_open_clip_backbone(model_name: str, pretrained: str | None = None, *, m
     previous = logging.root.manager.disable
     logging.disable(logging.ERROR)  # open_clip logs a failed download before raising; the error below says it
     try:
+        tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained) if pretrained and not os.path.isfile(
+            os.path.expanduser(str(pretrained))) else None
+        if tag_cfg:  # fetch a tag's weights (or find them cached) before building the model: offline fails at once
+            open_clip.download_pretrained(tag_cfg)
         model = open_clip.create_model(model_name, pretrained=pretrained)
-    except RuntimeError as e:
+    except (RuntimeError, OSError) as e:  # open_clip wraps hub errors in RuntimeError
         msg = str(e)
         if "not found" in msg.lower() and "model config" in msg.lower():
             raise ValueError(f"unknown open_clip model {model_name!r}; see open_clip.list_models()") from e
