@@ -62,6 +62,9 @@ def apply_config(args) -> dict:
     if not args.config:
         return {}
     data = read_config_dict(args.config)
+    command = data.pop("command", "noise-opt")
+    if command != "noise-opt":
+        raise ValueError(f"{args.config} is a `rewardflow {command}` recipe, not a noise-opt one")
     reward_kwargs = data.pop("reward_kwargs", None) or {}
     if not isinstance(reward_kwargs, dict) or not all(isinstance(v, dict) for v in reward_kwargs.values()):
         raise ValueError(f"{args.config}: reward_kwargs must map reward names to options, e.g. "
