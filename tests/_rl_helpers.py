@@ -35,12 +35,11 @@ def train(method, n_steps, lr, prompts=PROMPTS):
     for s in range(n_steps):
         with torch.no_grad():
             batches = method.collect(list(prompts), s)
-        for _ in range(method.inner_epochs):
-            opt.zero_grad()
-            for b in batches:
-                loss, _ = method.loss(b, s)
-                (loss / len(batches)).backward()
-            opt.step()
+        opt.zero_grad()
+        for b in batches:
+            loss, _ = method.loss(b, s)
+            (loss / len(batches)).backward()
+        opt.step()
 
 
 @torch.no_grad()

@@ -10,7 +10,8 @@ A method file (``rewardflow/align/<method>.py``) holds three things and nothing 
 The trainer owns everything else (accelerate, LoRA, EMA, optimizer, NaN guard, checkpoints, logging, eval).
 Per optimizer step the trainer calls ``collect`` once (under ``torch.no_grad`` unless the method says
 ``collect_needs_grad``) and then ``loss`` on each micro-batch it returned, accumulating gradients over them
-(PPO-style methods return several micro-batches and may set ``inner_epochs``). A method never branches on the
+(PPO-style methods return several micro-batches; a method whose rollout serves several optimizer steps holds a
+:class:`~rewardflow.align.common.policy.RolloutReuse` in ``reuse``). A method never branches on the
 model: it uses only the :class:`~rewardflow.pipelines.base.Generator` and
 :class:`~rewardflow.rewards.base.Reward` interfaces.
 
@@ -20,12 +21,19 @@ Register a method with ``@register_method("flow_dpo")`` on the class.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import importlib
+import pkgutil
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from rewardflow.plugins import load_plugins
+from rewardflow.rewards.base import require_differentiable
+
+if TYPE_CHECKING:
+    from rewardflow.align.common.policy import RolloutReuse
 
 _METHODS: dict[str, type["Method"]] = {}
 
@@ -57,9 +65,21 @@ class Method:
     needs_reward_grad: bool = False      # True: refuse black-box rewards at construction (require_differentiable)
     collect_needs_grad: bool = False     # True: collect() runs with grad enabled (e.g. DRaFT collects nothing)
     uses_reference: bool = False         # True: the loss calls generator.reference()
-    inner_epochs: int = 1                # passes of loss() over the collected micro-batches per step
     trains_generator: bool = True        # False: the method trains its own module (e.g. a reward model); the
                                          # trainer then neither adds LoRA nor unfreezes the generator
+    samples_per_prompt: int = 1          # samples one collect() draws per prompt (the trainer counts samples with it)
+    # a RolloutReuse (rewardflow.align.common.policy) when each rollout serves several optimizer steps (DDPO's inner
+    # epochs, PRDP's proximal steps); None: every step collects afresh
+    reuse: "RolloutReuse | None" = None
+
+    @property
+    def updates_per_rollout(self) -> int:
+        """Optimizer steps one rollout serves."""
+        return self.reuse.updates if self.reuse is not None else 1
+
+    def collected_new_samples(self) -> bool:
+        """Whether the last :meth:`collect` drew new samples (False when it re-served a cached rollout)."""
+        return self.reuse is None or self.reuse.served == 1
 
     def trainable_module(self) -> torch.nn.Module | None:
         """The module whose parameters the trainer optimizes when ``trains_generator`` is False."""
@@ -77,8 +97,6 @@ class Method:
         self.config = config
         self.ctx = ctx
         if self.needs_reward_grad:
-            from rewardflow.rewards.base import require_differentiable
-
             if ctx.reward is None:
                 raise ValueError(f"{self.name} needs a reward")
             require_differentiable(ctx.reward, self.name)
@@ -118,10 +136,7 @@ def register_method(name: str):
 
 
 def _import_builtin() -> None:
-    import importlib
-    import pkgutil
-
-    import rewardflow.align.methods as pkg
+    import rewardflow.align.methods as pkg  # lazy: the method modules import this one (they register here)
 
     # every module of rewardflow/align/methods/ is one training method; plugins register more
     for m in pkgutil.iter_modules(pkg.__path__):
@@ -132,8 +147,6 @@ def _import_builtin() -> None:
 def get_method(name: str) -> type[Method]:
     _import_builtin()
     if name not in _METHODS:
-        import difflib
-
         close = difflib.get_close_matches(name, _METHODS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise KeyError(f"unknown method {name!r}.{hint} Known methods: {', '.join(sorted(_METHODS))}")

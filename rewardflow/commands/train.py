@@ -18,6 +18,8 @@ def register(subparsers) -> None:
     p.add_argument("--list-methods", action="store_true", help="list the registered training methods and exit")
     p.add_argument("--print-config", action="store_true",
                    help="validate the config, print the resolved keys and exit (loads no model)")
+    p.add_argument("--help-config", nargs="?", const="", default=None, metavar="METHOD",
+                   help="print every trainer key (type, default, help) and, with METHOD, the method's keys; exit")
     p.set_defaults(fn=_run)
 
 
@@ -30,6 +32,9 @@ def _run(a) -> int:
 
     if a.list_methods:
         print("\n".join(list_methods()))
+        return 0
+    if a.help_config is not None:
+        print(help_config(a.help_config or None))
         return 0
     if a.config is None:
         raise ValueError("give a config file: rewardflow train CONFIG [key=value ...] (see configs/)")
@@ -80,3 +85,18 @@ def preflight(tcfg):
         for name, _ in parse_reward_spec(spec):
             check_reward_name(name)
     return tcfg
+
+
+def help_config(method: str | None = None) -> str:
+    """The trainer keys and (for ``method``) the method's keys: name, type, default and help of each."""
+    from rewardflow.align.method import get_method
+    from rewardflow.align.trainer import TrainConfig
+    from rewardflow.config import describe_fields
+
+    out = "Trainer keys (TrainConfig):\n" + describe_fields(TrainConfig)
+    if method:
+        cls = get_method(method)
+        out += f"\n{method} keys ({cls.config_class.__name__}):\n" + describe_fields(cls.config_class)
+    else:
+        out += "\nMethod keys: rewardflow train --help-config METHOD (methods: rewardflow train --list-methods)"
+    return out

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-
-def assets_root() -> Path:
-    env = os.environ.get("REWARDFLOW_ASSETS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "assets"
+from rewardflow.io.paths import assets_root
 
 
 def asset_path(name: str) -> Path:

@@ -1,7 +1,7 @@
 """Shared pieces of the policy-gradient family on the denoising MDP (DDPO, Flow-GRPO, PRDP).
 
 Not a method: the building blocks that those three methods share, so that each method file only holds its config,
-its data collection and its loss (ALGORITHMS.md §13 items 3, 4, 10, 11):
+its data collection and its loss (docs/algorithms.md#building-blocks):
 
 * :func:`rollout` — stochastic sampling with per-step log-probs through ``Generator.sample(sde=True)`` (Flow-GRPO SDE
   for flow models, DDIM-eta for diffusion models; the Generator decides, the method never branches), decoding and
@@ -28,7 +28,7 @@ from rewardflow.rewards.base import finite_mask
 @dataclass
 class Rollout:
     """``N`` sampled chains of ``S`` stochastic steps. ``latents[:, i]`` is the state at ``timesteps[i]``;
-    ``log_probs[:, i]`` is log pi_old(latents[:, i+1] | latents[:, i]) (fp32, mean over dims, ALGORITHMS.md §0.3).
+    ``log_probs[:, i]`` is log pi_old(latents[:, i+1] | latents[:, i]) (fp32, mean over dims, docs/algorithms.md#log-probs).
     ``rewards`` may hold NaN where a black-box reward could not score a sample; methods drop those samples."""
 
     prompts: list[str]
@@ -44,7 +44,7 @@ class Rollout:
 
     @property
     def sigma_max(self) -> float:
-        # Flow-GRPO's SDE divides by (1 - sigma_1) instead of (1 - 1) at the first grid point (§6.1); the
+        # Flow-GRPO's SDE divides by (1 - sigma_1) instead of (1 - 1) at the first grid point (docs/algorithms.md#flow-grpo-sde); the
         # diffusion (DDIM) step ignores it.
         return float(self.timesteps[1])
 
@@ -127,7 +127,7 @@ def replay_step(gen, x: torch.Tensor, x_next: torch.Tensor, t: torch.Tensor, t_n
 
 def ppo_clip_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
                   clip_range: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """PPO clipped surrogate (DDPO_IS / Flow-GRPO, ALGORITHMS.md §5.1, §6.2):
+    """PPO clipped surrogate (DDPO_IS / Flow-GRPO, docs/algorithms.md#ddpo-objective, docs/algorithms.md#flow-grpo-objective):
     ``mean max(-A * rho, -A * clip(rho, 1 - eps, 1 + eps))`` with ``rho = exp(log pi - log pi_old)``."""
     ratio = torch.exp(log_prob - old_log_prob.to(log_prob))
     adv = advantages.to(log_prob)
@@ -143,7 +143,7 @@ def ppo_clip_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages
 
 
 def gaussian_step_kl(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """KL between two equal-variance Gaussian steps, averaged over latent dims (§0.3):
+    """KL between two equal-variance Gaussian steps, averaged over latent dims (docs/algorithms.md#log-probs):
     ``mean((mu - mu_ref)^2) / (2 std^2)``.
     ``std`` is [B] (or scalar); returns [B]."""
     d = (mean.float() - ref_mean.float()) ** 2
@@ -154,14 +154,14 @@ def gaussian_step_kl(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tens
 
 def step_length(gen, t: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
     """Length of a step as a fraction of the whole chain: sigma_i - sigma_{i+1} for flow, (t - t') / T_train for
-    diffusion. Flow-GRPO's code KL equals the exact Gaussian KL times this length (§6.2, §14)."""
+    diffusion. Flow-GRPO's code KL equals the exact Gaussian KL times this length (docs/algorithms.md#flow-grpo-kl)."""
     mt = lambda v: gen.model_time(torch.as_tensor(v).float())
     return (mt(t) - mt(t_next)) / float(gen.num_train_timesteps)
 
 
 def group_advantages(prompts: Sequence[str], rewards: torch.Tensor, global_std: bool = True, eps: float = 1e-4,
                      all_rewards: torch.Tensor | None = None) -> torch.Tensor:
-    """Flow-GRPO's group-relative advantages (ALGORITHMS.md §6.2, flow_grpo ``stat_tracking.py``):
+    """Flow-GRPO's group-relative advantages (docs/algorithms.md#flow-grpo-objective, flow_grpo ``stat_tracking.py``):
     ``(r - mean_group(r)) / (std + eps)``, std the group's (population) std, or with ``global_std`` the std of
     ``all_rewards`` (all rewards of the step on every process; default: ``rewards``). Groups are the samples that
     share a prompt string. Non-finite rewards (a black box that could not score) are left out of every statistic
@@ -185,7 +185,7 @@ def group_advantages(prompts: Sequence[str], rewards: torch.Tensor, global_std: 
 
 
 class PerPromptStatTracker:
-    """DDPO's per-prompt reward normaliser (ALGORITHMS.md §5.2; ddpo-pytorch ``stat_tracking.py``).
+    """DDPO's per-prompt reward normaliser (docs/algorithms.md#ddpo-stat-tracking; ddpo-pytorch ``stat_tracking.py``).
 
     Per prompt a FIFO of the last ``buffer_size`` rewards, kept across steps. While a prompt has fewer than
     ``min_count`` rewards, the whole batch's mean/std is used; afterwards the prompt's buffer. Advantage
@@ -236,7 +236,7 @@ def batch_advantages(rewards: torch.Tensor, all_rewards: torch.Tensor | None = N
 
 class RolloutReuse:
     """Serve each collected rollout for ``updates`` consecutive optimizer steps (DDPO's ``num_inner_epochs`` with one
-    optimizer step per pass; PRDP's several proximal steps on a fixed batch, §4.3).
+    optimizer step per pass; PRDP's several proximal steps on a fixed batch, docs/algorithms.md#prdp-proximal).
 
     The trainer takes one optimizer step per ``collect()``, so with ``updates = 1`` the gradient is always taken at
     ratio 1 and the PPO / proximal clip never binds; from the second update on the stored ``old_log_prob`` belong to
@@ -282,3 +282,8 @@ def chunks(n: int, size: int | None) -> list[torch.Tensor]:
 def check_positive(name: str, value: float) -> None:
     if not (value > 0 and math.isfinite(value)):
         raise ValueError(f"{name} must be a positive number, got {value}")
+
+
+def check_count(name: str, value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")

@@ -1,8 +1,8 @@
 """Shared pieces of the regression / preference family (Flow-DPO, Diffusion-DPO, Flow-RWR; DRAGON may reuse them).
 
 Not a method: on-policy sampling of N images per prompt with black-box scoring, the per-sample denoising error of
-any parametrization (the one code path behind Diffusion-DPO and Flow-DPO, ALGORITHMS.md §3.1), and the builders
-that turn scores into (winner, loser) pairs or regression weights (ALGORITHMS.md §13 item 10).
+any parametrization (the one code path behind Diffusion-DPO and Flow-DPO, docs/algorithms.md#flow-dpo-beta), and the builders
+that turn scores into (winner, loser) pairs or regression weights (docs/algorithms.md#building-blocks).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def sample_and_score(gen, reward, prompts: Sequence[str], group_size: int, steps
 
 def best_worst_pairs(scores: torch.Tensor, group_size: int, min_gap: float = 0.0) -> list[tuple[int, int]]:
     """(winner, loser) indices: the best and the worst finite-scored sample of each consecutive group of
-    ``group_size`` (flow_grpo ``train_sd3_dpo.py`` stat tracker in ``dpo`` mode, ALGORITHMS.md §3.2). Groups with
+    ``group_size`` (flow_grpo ``train_sd3_dpo.py`` stat tracker in ``dpo`` mode, docs/algorithms.md#flow-dpo-official). Groups with
     fewer than two finite scores, or a best-worst gap ``<= min_gap`` (ties), give no pair."""
     if scores.ndim != 1 or scores.numel() % group_size:
         raise ValueError(f"scores must be [N*group_size], got shape {tuple(scores.shape)} for group {group_size}")

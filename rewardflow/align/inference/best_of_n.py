@@ -1,6 +1,6 @@
 """Best-of-N: sample N initial noises per prompt, keep the sample the reward scores highest.
 
-The simplest inference-time alignment baseline (ReNO's "image-select" baseline is best-of-50; TOYWORLD.md §4a), and
+The simplest inference-time alignment baseline (ReNO's "image-select" baseline is best-of-50; docs/algorithms.md#best-of-n), and
 the initialisation ReNO can start from. Works with any reward, differentiable or black box.
 """
 

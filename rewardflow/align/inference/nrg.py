@@ -1,4 +1,4 @@
-"""Flow-NRG: noisy reward guidance during flow sampling (VideoAlign, Liu et al. 2025; ALGORITHMS.md §3.4).
+"""Flow-NRG: noisy reward guidance during flow sampling (VideoAlign, Liu et al. 2025; docs/algorithms.md#flow-nrg).
 
 At every ODE step the velocity is pushed up the gradient of a weighted reward, the gradient flowing through the
 reward only (never through the generator)::
@@ -25,6 +25,7 @@ from typing import Sequence
 import torch
 
 from rewardflow.pipelines.base import Generator
+from rewardflow.rewards.base import require_differentiable
 
 
 @dataclass
@@ -48,9 +49,7 @@ class NRG:
         if source not in ("pixel", "latent"):
             raise ValueError(f"NRG source must be 'pixel' or 'latent', got {source!r}")
         if source == "pixel":
-            from rewardflow.rewards.base import require_differentiable
-
-            require_differentiable(reward, "Flow-NRG")
+                require_differentiable(reward, "Flow-NRG")
         unknown = [h for h in self.cfg.weights if h not in reward.heads]
         if unknown:
             raise ValueError(f"NRG weights name unknown reward heads {unknown}; this reward has {list(reward.heads)}")

@@ -1,21 +1,21 @@
 """DDPO: Denoising Diffusion Policy Optimization, DDPO_IS (Black et al., ICLR 2024, arXiv 2305.13301;
-ALGORITHMS.md §5).
+docs/algorithms.md#ddpo).
 
-Implemented from §5 and the behaviour of the official ``kvablack/ddpo-pytorch`` (``scripts/train.py`` loss,
+Implemented from docs/algorithms.md#ddpo and the behaviour of the official ``kvablack/ddpo-pytorch`` (``scripts/train.py`` loss,
 ``ddpo_pytorch/stat_tracking.py``, ``ddpo_pytorch/diffusers_patch/ddim_with_logprob.py``):
 
-* the denoising chain is an MDP whose policy is the DDIM step with eta (§0.1): rollouts with per-step log-probs via
+* the denoising chain is an MDP whose policy is the DDIM step with eta (docs/algorithms.md#ddim-eta): rollouts with per-step log-probs via
   ``Generator.sample(sde=True)`` (eta = ``noise_level`` = 1.0 on epsilon / v-prediction generators);
 * advantages: per-prompt stat tracking (a FIFO of the last ``stat_buffer_size`` rewards per prompt kept across
   steps; the batch's statistics while a prompt has fewer than ``stat_min_count``), or a batch z-score;
   clipped to [-5, 5]; the tracker is method state, saved and restored with the checkpoint;
 * PPO clipped surrogate with eps = 1e-4 on ``rho_t = exp(log pi - log pi_old)`` (log-probs averaged over dims,
-  §0.3); no KL term;
+  docs/algorithms.md#log-probs); no KL term;
 * the order of the timesteps is shuffled independently per sample and the first ``timestep_fraction * T`` are
-  trained, each as its own micro-step of the accumulation (§5.3).
+  trained, each as its own micro-step of the accumulation (docs/algorithms.md#ddpo-loop).
 
 On a flow (rectified-flow) generator the same objective applies unchanged: the MDP's policy is then Flow-GRPO's
-marginal-preserving SDE step (§6.1), which is again a Gaussian with a closed-form
+marginal-preserving SDE step (docs/algorithms.md#flow-grpo-sde), which is again a Gaussian with a closed-form
 log-prob, so the PPO ratio is well defined. Nothing here branches on the model; ``noise_level`` is DDIM's eta on a
 diffusion generator and the SDE's a on a flow generator (set 0.7 there, Flow-GRPO's value).
 """
@@ -29,21 +29,37 @@ import torch
 
 from rewardflow.align.common import policy as P
 from rewardflow.align.method import Method, MethodContext, register_method
+from rewardflow.config import option
 
 
 @dataclass
 class DDPOConfig:
-    noise_level: float = 1.0           # DDIM eta (§5.4); on a flow generator: the SDE's a (0.7 is Flow-GRPO's)
-    samples_per_prompt: int = 1        # chains per prompt in each step
-    clip_range: float = 1e-4           # PPO clip eps (§5.4)
-    adv_clip_max: float = 5.0          # advantage clip (§5.4)
-    per_prompt_stat_tracking: bool = True
-    stat_buffer_size: int = 16         # ddpo-pytorch base config (32 for the aesthetic/alignment runs)
-    stat_min_count: int = 16
-    timestep_fraction: float = 1.0     # train on the first int(T * fraction) steps of the shuffled order
-    shuffle_timesteps: str = "per_sample"  # "per_sample" (official) | "shared" (one order per step) | "none"
-    micro_batch_size: int = 0          # samples per micro-batch (0: all samples of the step)
-    updates_per_rollout: int = 1       # optimizer steps on each rollout (>1: stale old log-probs, the clip binds)
+    noise_level: float = option(1.0, "DDIM eta (docs/algorithms.md#ddpo-defaults); on a flow generator: the SDE's a "
+                                     "(0.7 is Flow-GRPO's)")
+    samples_per_prompt: int = option(1, "chains per prompt in each step")
+    clip_range: float = option(1e-4, "PPO clip eps (docs/algorithms.md#ddpo-defaults)")
+    adv_clip_max: float = option(5.0, "advantage clip (docs/algorithms.md#ddpo-defaults)")
+    per_prompt_stat_tracking: bool = option(True, "normalize rewards per prompt with a running buffer (ddpo-pytorch "
+                                                  "per_prompt_stat_tracking); else over the batch")
+    stat_buffer_size: int = option(16, "ddpo-pytorch base config (32 for the aesthetic/alignment runs)")
+    stat_min_count: int = option(16, "samples a prompt needs in its buffer before its own statistics are used (else "
+                                     "the batch's)")
+    timestep_fraction: float = option(1.0, "train on the first int(T * fraction) steps of the shuffled order")
+    shuffle_timesteps: str = option("per_sample", "'per_sample' (official) | 'shared' (one order per step) | 'none'")
+    micro_batch_size: int = option(0, "samples per micro-batch (0: all samples of the step)")
+    updates_per_rollout: int = option(1, "optimizer steps on each rollout (>1: stale old log-probs, the clip binds)")
+
+    def __post_init__(self) -> None:
+        if self.shuffle_timesteps not in ("per_sample", "shared", "none"):
+            raise ValueError(f"ddpo: shuffle_timesteps must be 'per_sample', 'shared' or 'none', "
+                             f"got {self.shuffle_timesteps!r}")
+        if self.samples_per_prompt < 1:
+            raise ValueError(f"ddpo: samples_per_prompt must be >= 1, got {self.samples_per_prompt}")
+        P.check_positive("ddpo: noise_level", self.noise_level)
+        P.check_positive("ddpo: clip_range", self.clip_range)
+        P.train_step_indices(1, self.timestep_fraction)
+        P.check_count("ddpo: updates_per_rollout", self.updates_per_rollout)
+        P.check_count("ddpo: stat_buffer_size", self.stat_buffer_size)
 
 
 @register_method("ddpo")
@@ -54,14 +70,6 @@ class DDPO(Method):
         super().__init__(config, ctx)
         if ctx.reward is None:
             raise ValueError("ddpo needs a reward (any black-box scalar reward works)")
-        if config.shuffle_timesteps not in ("per_sample", "shared", "none"):
-            raise ValueError(f"ddpo: shuffle_timesteps must be 'per_sample', 'shared' or 'none', "
-                             f"got {config.shuffle_timesteps!r}")
-        if config.samples_per_prompt < 1:
-            raise ValueError(f"ddpo: samples_per_prompt must be >= 1, got {config.samples_per_prompt}")
-        P.check_positive("ddpo: noise_level", config.noise_level)
-        P.check_positive("ddpo: clip_range", config.clip_range)
-        P.train_step_indices(1, config.timestep_fraction)
         self.tracker = P.PerPromptStatTracker(config.stat_buffer_size, config.stat_min_count)
         self.noise_level = config.noise_level
         self.samples_per_prompt = config.samples_per_prompt

@@ -1,4 +1,4 @@
-"""Flow-DPO and Diffusion-DPO: one preference loss over the generator's parametrization (ALGORITHMS.md §2, §3.1-3.2).
+"""Flow-DPO and Diffusion-DPO: one preference loss over the generator's parametrization (docs/algorithms.md#diffusion-dpo, docs/algorithms.md#flow-dpo).
 
 For a pair (winner ``w``, loser ``l``) with ONE shared noise ``eps`` and ONE shared ``t`` (Diffusion-DPO
 ``train.py``: the first half's timesteps and noise are repeated for the second half):
@@ -7,10 +7,10 @@ For a pair (winner ``w``, loser ``l``) with ONE shared noise ``eps`` and ONE sha
     inside = -(beta_t / 2) * [ (e_theta^w - e_ref^w) - (e_theta^l - e_ref^l) ]
     L = -mean log sigmoid(inside)
 
-With an epsilon generator ``target = eps`` and this *is* Diffusion-DPO (Wallace et al., arXiv 2311.12908, §4 eq. 14,
+With an epsilon generator ``target = eps`` and this *is* Diffusion-DPO (Wallace et al., arXiv 2311.12908, Sec. 4 eq. 14,
 official ``SalesforceAIResearch/DiffusionDPO/train.py``); with a flow generator ``target = eps - x0`` and it is
 Flow-DPO (VideoAlign, arXiv 2501.13918; flow_grpo ``scripts/train_sd3_dpo.py``). ``beta_schedule: one_minus_t_sq``
-uses ``beta_t = beta (1 - t)^2``, the faithful port of the epsilon-space loss to velocity space (§3.1); the paper
+uses ``beta_t = beta (1 - t)^2``, the faithful port of the epsilon-space loss to velocity space (docs/algorithms.md#flow-dpo-beta); the paper
 and the public code use a constant beta, the default. Timesteps come from the generator's own training density
 (logit-normal sigmas for flow, uniform integers for diffusion).
 
@@ -23,13 +23,18 @@ every N steps (online DPO, flow_grpo ``ref_update_step``).
 from __future__ import annotations
 
 import copy
+import io
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file
 
 from rewardflow.align.common.samples import (
     best_worst_pairs,
@@ -38,6 +43,8 @@ from rewardflow.align.common.samples import (
     sample_and_score,
 )
 from rewardflow.align.method import Method, register_method
+from rewardflow.config import option
+from rewardflow.io.images import load_image
 from rewardflow.rewards.base import finite_mask
 
 BETA_SCHEDULES = ("constant", "one_minus_t_sq")
@@ -46,23 +53,41 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 @dataclass
 class DPOConfig:
-    beta: float = 500.0                 # DPO temperature (Diffusion-DPO SD: 5000; flow_grpo SD3: 100)
-    beta_schedule: str = "constant"     # "constant" or "one_minus_t_sq" (beta (1-t)^2, flow generators only)
-    pairs: str = "on_policy"            # "on_policy" or "offline"
-    num_samples_per_prompt: int = 4     # on-policy group size; the pair is its best and worst sample
-    sample_from: str = "reference"      # on-policy samples from the "reference" or the current "policy"
-    min_reward_gap: float = 0.0         # drop on-policy pairs whose reward gap is <= this (ties)
-    timesteps_per_pair: int = 1         # (noise, t) draws per pair per loss (flow_grpo: 39 over the chain)
-    ref_update_every: int = 0           # copy policy -> reference every N steps (online DPO); 0 = frozen base
-    dataset: str | None = None          # offline pairs: .jsonl, .parquet, or a saved HF dataset directory
-    resolution: int = 0                 # resize offline images to this size before encoding (0 = as stored)
-    sft_weight: float = 0.0             # optional denoising loss on the winners (Diffusion-DPO ``--sft``-style)
+    beta: float = option(500.0, "DPO temperature (Diffusion-DPO SD: 5000; flow_grpo SD3: 100)")
+    beta_schedule: str = option("constant", "'constant' or 'one_minus_t_sq' (beta (1-t)^2, flow generators only)")
+    pairs: str = option("on_policy", "'on_policy' or 'offline'")
+    num_samples_per_prompt: int = option(4, "on-policy group size; the pair is its best and worst sample")
+    sample_from: str = option("reference", "on-policy samples from the 'reference' or the current 'policy'")
+    min_reward_gap: float = option(0.0, "drop on-policy pairs whose reward gap is <= this (ties)")
+    timesteps_per_pair: int = option(1, "(noise, t) draws per pair per loss (flow_grpo: 39 over the chain)")
+    ref_update_every: int = option(0, "copy policy -> reference every N steps (online DPO); 0 = frozen base")
+    dataset: str | None = option(None, "offline pairs: .jsonl, .parquet, or a saved HF dataset directory", path=True)
+    resolution: int = option(0, "resize offline images to this size before encoding (0 = as stored)")
+    sft_weight: float = option(0.0, "optional denoising loss on the winners (Diffusion-DPO ``--sft``-style)")
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.beta) and self.beta > 0):
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+        if self.beta_schedule not in BETA_SCHEDULES:
+            raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {self.beta_schedule!r}")
+        if self.pairs not in ("on_policy", "offline"):
+            raise ValueError(f"pairs must be on_policy or offline, got {self.pairs!r}")
+        if self.sample_from not in ("reference", "policy"):
+            raise ValueError(f"sample_from must be reference or policy, got {self.sample_from!r}")
+        if self.timesteps_per_pair < 1:
+            raise ValueError("timesteps_per_pair must be >= 1")
+        if self.pairs == "offline" and not self.dataset:
+            raise ValueError("pairs=offline needs dataset=PATH (.jsonl, .parquet or a saved HF dataset)")
+        if self.pairs == "on_policy" and self.num_samples_per_prompt < 2:
+            raise ValueError("num_samples_per_prompt must be >= 2 to form a (best, worst) pair")
+        if self.ref_update_every < 0:
+            raise ValueError(f"ref_update_every must be >= 0 (0 = frozen base), got {self.ref_update_every}")
 
 
 def dpo_loss(err_w: torch.Tensor, err_l: torch.Tensor, ref_err_w: torch.Tensor, ref_err_l: torch.Tensor,
              beta: torch.Tensor | float) -> tuple[torch.Tensor, dict[str, float]]:
     """``-mean log sigmoid(-(beta/2) [(e_w - e_ref_w) - (e_l - e_ref_l)])`` (Diffusion-DPO ``train.py``, the
-    ``-0.5 * beta`` factor and the per-pair mean) plus the diagnostics of ALGORITHMS.md §2.1."""
+    ``-0.5 * beta`` factor and the per-pair mean) plus the diagnostics of docs/algorithms.md#diffusion-dpo-objective."""
     inside = -0.5 * torch.as_tensor(beta, device=err_w.device, dtype=torch.float32) * (
         (err_w - ref_err_w) - (err_l - ref_err_l))
     loss = -F.logsigmoid(inside).mean()
@@ -90,7 +115,7 @@ def _read_records(path: str) -> list[dict[str, Any]]:
         return recs
     if (p.is_file() and p.suffix == ".parquet") or p.is_dir():
         try:
-            import datasets
+            import datasets  # lazy: an optional dependency, only for .parquet / saved HF datasets
         except ImportError:
             raise ImportError(f"reading {p} needs the `datasets` library (pip install datasets); or convert the "
                               "pairs to JSONL (one {\"prompt\", \"chosen\", \"rejected\"} object per line)") from None
@@ -152,8 +177,6 @@ class PreferencePairs:
     def load_item(self, item: Any, gen, resolution: int = 0) -> torch.Tensor:
         """One winner / loser -> latent [C, H, W] through the generator's own image encoder."""
         if isinstance(item, str) and item.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
             f = self.root / item
             if not f.is_file():
                 raise FileNotFoundError(f"latent file not found: {f}")
@@ -173,11 +196,6 @@ class PreferencePairs:
             return gen.encode_images(img[None].to(gen.device, gen.dtype))[0]
 
     def _load_image(self, item: Any) -> torch.Tensor:
-        import io
-
-        import numpy as np
-        from PIL import Image
-
         if isinstance(item, str):
             f = self.root / item
             if f.suffix.lower() not in IMAGE_SUFFIXES:
@@ -185,8 +203,6 @@ class PreferencePairs:
                                  f"({', '.join(IMAGE_SUFFIXES)}) or a .safetensors latent")
             if not f.is_file():
                 raise FileNotFoundError(f"image not found: {f}")
-            from rewardflow.io.images import load_image
-
             return load_image(f)  # a corrupt / truncated file raises ImageReadError naming it
         if isinstance(item, dict) and item.get("bytes") is not None:
             im = Image.open(io.BytesIO(item["bytes"]))
@@ -208,29 +224,17 @@ class _DPOBase(Method):
     def __init__(self, config: DPOConfig, ctx):
         super().__init__(config, ctx)
         c = config
-        if c.beta_schedule not in BETA_SCHEDULES:
-            raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {c.beta_schedule!r}")
         if c.beta_schedule == "one_minus_t_sq" and ctx.generator.parametrization != "flow":
             raise ValueError("beta_schedule=one_minus_t_sq ports epsilon-space DPO to a *flow* generator "
-                             f"(ALGORITHMS.md §3.1); this generator is {ctx.generator.parametrization!r}, whose "
+                             f"(docs/algorithms.md#flow-dpo-beta); this generator is {ctx.generator.parametrization!r}, whose "
                              "errors are already in its own space: use beta_schedule=constant")
-        if c.pairs not in ("on_policy", "offline"):
-            raise ValueError(f"pairs must be on_policy or offline, got {c.pairs!r}")
-        if c.sample_from not in ("reference", "policy"):
-            raise ValueError(f"sample_from must be reference or policy, got {c.sample_from!r}")
-        if c.timesteps_per_pair < 1:
-            raise ValueError("timesteps_per_pair must be >= 1")
         self.data = None
         if c.pairs == "offline":
-            if not c.dataset:
-                raise ValueError("pairs=offline needs dataset=PATH (.jsonl, .parquet or a saved HF dataset)")
             self.data = PreferencePairs(c.dataset)
             self.samples_per_prompt = 2
         else:
             if ctx.reward is None:
                 raise ValueError(f"{self.name} with pairs=on_policy needs a reward to rank samples")
-            if c.num_samples_per_prompt < 2:
-                raise ValueError("num_samples_per_prompt must be >= 2 to form a (best, worst) pair")
             self.samples_per_prompt = c.num_samples_per_prompt
         self.cursor = 0
         self._ref = None  # online DPO: a frozen copy of the policy (LoRA included), refreshed every N steps

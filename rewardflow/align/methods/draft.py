@@ -1,16 +1,16 @@
-"""DRaFT-K / AlignProp and DRaFT-LV: backpropagate a differentiable reward through the sampler (ALGORITHMS.md §8).
+"""DRaFT-K / AlignProp and DRaFT-LV: backpropagate a differentiable reward through the sampler (docs/algorithms.md#draft).
 
-* DRaFT-K (Clark et al., arXiv 2309.17400, §4): ``L = -r(decode(sample_theta(x_T, c)), c)``, gradients only through
+* DRaFT-K (Clark et al., arXiv 2309.17400; docs/algorithms.md#draft-k): ``L = -r(decode(sample_theta(x_T, c)), c)``, gradients only through
   the last ``K`` sampler steps (the first ``T - K`` are treated as constants); per-step gradient checkpointing.
   ``random_k: true`` draws K uniformly in [1, T] each step (AlignProp's randomized truncation, ``mihirp1998/AlignProp``
   ``alignprop_trainer.py``, ``uniform`` strategy). Both are ``Generator.sample(grad="last_k")``: no sampling loop here.
-* DRaFT-LV (§4, "low variance"): sample x0 without gradients, re-noise it ``lv_samples`` times to the last step's
+* DRaFT-LV ("low variance", docs/algorithms.md#draft-lv): sample x0 without gradients, re-noise it ``lv_samples`` times to the last step's
   noise level ``x_1^(j) = gen.noisy(x0, eps_j, t_last)``, take the last step with gradients from each and average
   the rewards.
 
 The loss is ``-loss_scale * mean(r)`` (AlignProp's ``loss_coeff``) and an optional ``kl_weight`` adds the
 velocity/epsilon-KL of the last step's prediction to the reference (an explicit guard against reward hacking,
-§8.4; DRaFT itself relies on LoRA and early stopping). A black-box reward is refused at construction.
+docs/algorithms.md#reward-hacking; DRaFT itself relies on LoRA and early stopping). A black-box reward is refused at construction.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from rewardflow.align.method import Method, register_method
+from rewardflow.config import option
 from rewardflow.rewards.base import finite_mask
 
 VARIANTS = ("draft", "lv")
@@ -28,31 +29,36 @@ VARIANTS = ("draft", "lv")
 
 @dataclass
 class DRaFTConfig:
-    variant: str = "draft"          # "draft" (DRaFT-K / AlignProp) or "lv" (DRaFT-LV)
-    k: int = 1                      # sampler steps with gradients (the last k)
-    random_k: bool = False          # AlignProp: draw K uniformly in [1, steps] every step instead
-    lv_samples: int = 2             # DRaFT-LV re-noised copies per sample (paper: n = 2)
-    loss_scale: float = 1.0
-    kl_weight: float = 0.0          # ||model - reference||^2 at the last step (0 = off)
-    checkpoint: bool = True         # per-step gradient checkpointing
+    variant: str = option("draft", "'draft' (DRaFT-K / AlignProp) or 'lv' (DRaFT-LV)")
+    k: int = option(1, "sampler steps with gradients (the last k)")
+    random_k: bool = option(False, "AlignProp: draw K uniformly in [1, steps] every step instead")
+    lv_samples: int = option(2, "DRaFT-LV re-noised copies per sample (paper: n = 2)")
+    loss_scale: float = option(1.0, "loss = -loss_scale * reward (AlignProp loss_coeff 0.01; with Adam the scale "
+                                    "barely matters)")
+    kl_weight: float = option(0.0, "||model - reference||^2 at the last step (0 = off)")
+    checkpoint: bool = option(True, "per-step gradient checkpointing")
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1 (the number of last sampler steps with gradients), got {self.k}")
+        if self.variant == "lv" and self.lv_samples < 1:
+            raise ValueError("lv_samples must be >= 1")
+        if self.kl_weight < 0:
+            raise ValueError(f"kl_weight must be >= 0, got {self.kl_weight}")
 
 
 @register_method("draft")
 class DRaFT(Method):
-    """DRaFT-K / AlignProp / DRaFT-LV (ALGORITHMS.md §8.1-8.2)."""
+    """DRaFT-K / AlignProp / DRaFT-LV (docs/algorithms.md#draft)."""
 
     config_class = DRaFTConfig
     needs_reward_grad = True
 
     def __init__(self, config: DRaFTConfig, ctx):
         super().__init__(config, ctx)  # refuses a black-box reward (require_differentiable)
-        if config.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {config.variant!r}")
-        if config.k < 1:
-            raise ValueError(f"k must be >= 1 (the number of last sampler steps with gradients), got {config.k}")
         self.k: int | str = "random" if config.random_k else int(config.k)
-        if config.variant == "lv" and config.lv_samples < 1:
-            raise ValueError("lv_samples must be >= 1")
         self.uses_reference = config.kl_weight > 0
 
     def collect(self, prompts: list[str], step: int) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
-"""DRAGON: Distributional RewArds for Generative OptimizatioN (Bai et al., arXiv 2504.15217; ALGORITHMS.md §11).
+"""DRAGON: Distributional RewArds for Generative OptimizatioN (Bai et al., arXiv 2504.15217; docs/algorithms.md#dragon).
 
-No official code exists; this follows §11.2:
+No official code exists; this follows docs/algorithms.md#dragon-algorithm:
 
 1. on-policy: ``group_size`` generations per prompt from the current model (ODE sampling, independent noise);
 2. scoring with the reward. An instance or instance-to-distribution reward (any :class:`Reward`, e.g. ``toy_clip``
@@ -11,10 +11,10 @@ No official code exists; this follows §11.2:
    **unpaired** — D+ = the generations above their prompt's mean score (instance rewards) or in the top half of the
    batch's contributions (set-level rewards), D- the rest;
 4. a contrastive loss on the two sets with the base model as reference (``gen.reference()``, LoRA disabled):
-   Diffusion-DPO (§2.1) when paired, Diffusion-KTO when unpaired, both in the generator's own parametrization
+   Diffusion-DPO (docs/algorithms.md#diffusion-dpo-objective) when paired, Diffusion-KTO when unpaired, both in the generator's own parametrization
    (epsilon / v / flow target through ``gen.noisy`` / ``gen.target``, shared noise and t within a pair).
 
-``loss="auto"`` pairs for instance rewards (DPO) and leaves set-level rewards unpaired (KTO), as §11.2 describes.
+``loss="auto"`` pairs for instance rewards (DPO) and leaves set-level rewards unpaired (KTO), as docs/algorithms.md#dragon-algorithm describes.
 
 DPO: ``-log sigmoid(-(beta/2) [(e_w - e_ref,w) - (e_l - e_ref,l)])`` with ``e = mean_dims ||target - out||^2``
 (the shared :func:`rewardflow.align.methods.dpo.dpo_loss`; sampling, pairing and errors from :mod:`rewardflow.align.common.samples`).
@@ -34,21 +34,37 @@ from typing import Any
 import torch
 
 from rewardflow.align.common import policy as P
-from rewardflow.align.common.samples import best_worst_pairs, draw_noise_and_t, per_sample_error, sample_and_score
-from rewardflow.align.methods.dpo import dpo_loss
+from rewardflow.align.common.samples import (
+    best_worst_pairs,
+    draw_noise_and_t,
+    per_sample_error,
+    sample_and_score,
+)
 from rewardflow.align.method import Method, MethodContext, register_method
+from rewardflow.align.methods.dpo import dpo_loss
+from rewardflow.config import option
 from rewardflow.rewards.base import finite_mask
 
 
 @dataclass
 class DRAGONConfig:
-    group_size: int = 4                # generations per prompt
-    loss: str = "auto"                 # "auto" (DPO for instance rewards, KTO for set-level) | "dpo" | "kto"
-    beta: float = 500.0                # DPO/KTO temperature (mean-over-dims errors; TOYWORLD.md §4b used 500)
-    split: str = "auto"                # unpaired split: "prompt" (above the prompt's mean) | "batch" (top half) | auto
-    timestep_draws: int = 1            # (t, noise) draws per collected generation, one micro-batch each
-    micro_batch_size: int = 0          # pairs (DPO) or samples (KTO) per micro-batch (0: all)
-    train_guidance_scale: float = 1.0  # CFG inside the loss (1: conditional branch only, as Diffusion-DPO)
+    group_size: int = option(4, "generations per prompt")
+    loss: str = option("auto", "'auto' (DPO for instance rewards, KTO for set-level) | 'dpo' | 'kto'")
+    beta: float = option(500.0, "DPO/KTO temperature (mean-over-dims errors; 500 in docs/toy-world.md#lessons)")
+    split: str = option("auto", "unpaired split: 'prompt' (above the prompt's mean) | 'batch' (top half) | auto")
+    timestep_draws: int = option(1, "(t, noise) draws per collected generation, one micro-batch each")
+    micro_batch_size: int = option(0, "pairs (DPO) or samples (KTO) per micro-batch (0: all)")
+    train_guidance_scale: float = option(1.0, "CFG inside the loss (1: conditional branch only, as Diffusion-DPO)")
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("auto", "dpo", "kto"):
+            raise ValueError(f"dragon: loss must be 'auto', 'dpo' or 'kto', got {self.loss!r}")
+        if self.split not in ("auto", "prompt", "batch"):
+            raise ValueError(f"dragon: split must be 'auto', 'prompt' or 'batch', got {self.split!r}")
+        if self.group_size < 2:
+            raise ValueError(f"dragon: group_size must be >= 2, got {self.group_size}")
+        P.check_positive("dragon: beta", self.beta)
+        P.check_count("dragon: timestep_draws", self.timestep_draws)
 
 
 def kto_loss(err: torch.Tensor, ref: torch.Tensor, desirable: torch.Tensor, beta: float
@@ -92,13 +108,6 @@ class DRAGON(Method):
         super().__init__(config, ctx)
         if ctx.reward is None:
             raise ValueError("dragon needs a reward (instance, instance-to-distribution or set-level)")
-        if config.loss not in ("auto", "dpo", "kto"):
-            raise ValueError(f"dragon: loss must be 'auto', 'dpo' or 'kto', got {config.loss!r}")
-        if config.split not in ("auto", "prompt", "batch"):
-            raise ValueError(f"dragon: split must be 'auto', 'prompt' or 'batch', got {config.split!r}")
-        if config.group_size < 2:
-            raise ValueError(f"dragon: group_size must be >= 2, got {config.group_size}")
-        P.check_positive("dragon: beta", config.beta)
         self.set_level = bool(getattr(ctx.reward, "set_level", False))
         self.loss_kind = config.loss if config.loss != "auto" else ("kto" if self.set_level else "dpo")
         self.split = config.split if config.split != "auto" else ("batch" if self.set_level else "prompt")
@@ -156,7 +165,7 @@ class DRAGON(Method):
         beta = self.config.beta
         if self.loss_kind == "dpo":
             n = len(batch["prompts"])
-            # winner and loser share the noise and the timestep (§2.5: otherwise the variance explodes)
+            # winner and loser share the noise and the timestep (docs/algorithms.md#dpo-pitfalls: otherwise the variance explodes)
             x0 = torch.cat([batch["x0_w"], batch["x0_l"]])
             err, ref = self._errors(x0, batch["noise"].repeat(2, *[1] * (x0.ndim - 1)), batch["t"].repeat(2),
                                     batch["prompts"] * 2)

@@ -1,20 +1,20 @@
-"""Flow-GRPO: online RL for flow-matching models (Liu et al., arXiv 2505.05470; ALGORITHMS.md §6).
+"""Flow-GRPO: online RL for flow-matching models (Liu et al., arXiv 2505.05470; docs/algorithms.md#flow-grpo).
 
-Implemented from the math of §6 and the behaviour of the official ``yifan123/flow_grpo`` (``scripts/train_sd3.py``
+Implemented from the math of docs/algorithms.md#flow-grpo and the behaviour of the official ``yifan123/flow_grpo`` (``scripts/train_sd3.py``
 GRPO/KL block, ``flow_grpo/stat_tracking.py``, ``flow_grpo/diffusers_patch/sd3_sde_with_logprob.py``):
 
-* rollouts: ``group_size`` SDE chains per prompt (§6.1, ``noise_level`` a = 0.7) with per-step log-probs, taken with
-  the *denoising reduction* of §6.3 — training rollouts use ``rollout_steps`` SDE steps (10 officially) while
+* rollouts: ``group_size`` SDE chains per prompt (docs/algorithms.md#flow-grpo-sde, ``noise_level`` a = 0.7) with per-step log-probs, taken with
+  the *denoising reduction* of docs/algorithms.md#flow-grpo-loop — training rollouts use ``rollout_steps`` SDE steps (10 officially) while
   evaluation uses the trainer's ODE ``sample_steps`` (40 officially);
 * group-relative advantages ``(r - mean_group) / (std + 1e-4)``, ``std`` global over the step's rewards on every
-  process (``global_std``) or per group (§6.2); groups never straddle processes (each process repeats its own
+  process (``global_std``) or per group (docs/algorithms.md#flow-grpo-objective); groups never straddle processes (each process repeats its own
   prompts), the global std is gathered with ``ctx.gather``; groups whose advantages are all 0 are dropped;
 * loss per (micro-batch, trained step): PPO clipped surrogate with ``clip(A, -5, 5)`` and eps = 1e-4, plus
   ``beta`` x the per-step Gaussian KL between the policy's and the reference's step means, the reference being the
   base model through ``gen.reference()`` (LoRA disabled). ``kl_form="code"`` is the official code's KL, which
-  equals the exact Gaussian KL times the step length sigma_i - sigma_{i+1} (§6.2/§14), so the official betas
+  equals the exact Gaussian KL times the step length sigma_i - sigma_{i+1} (docs/algorithms.md#flow-grpo-kl), so the official betas
   apply unchanged; ``kl_form="exact"`` is the exact per-step KL;
-* ``timestep_fraction = 0.99`` trains the first ``int(T * 0.99)`` steps of each chain, in order (§6.3).
+* ``timestep_fraction = 0.99`` trains the first ``int(T * 0.99)`` steps of each chain, in order (docs/algorithms.md#flow-grpo-loop).
 
 Not implemented: Flow-GRPO-Fast's mixed ODE/SDE windows (``sde_window_size``), which need a per-step noise level in
 ``Generator.sample``; the CPS sampler variant.
@@ -29,26 +29,46 @@ import torch
 
 from rewardflow.align.common import policy as P
 from rewardflow.align.method import Method, MethodContext, register_method
+from rewardflow.config import option
 
 
 @dataclass
 class FlowGRPOConfig:
-    group_size: int = 24               # images per prompt (§6.4: 24 per group, 48 groups per epoch)
-    rollout_steps: int = 0             # SDE steps of training rollouts (0: the trainer's sample_steps); §6.3's
-                                       # denoising reduction: 10 for training while evaluation uses 40
-    noise_level: float = 0.7           # SDE noise level a (§6.1)
-    clip_range: float = 1e-4           # PPO clip eps (§6.4)
-    adv_clip_max: float = 5.0          # advantages clipped to [-5, 5]
-    beta: float = 0.04                 # KL weight (GenEval/OCR 0.04, PickScore 0.01, fast-nocfg 0)
-    kl_form: str = "code"              # "code" (official flow_grpo KL, matches its betas) | "exact"
-    global_std: bool = True            # advantage std over all rewards of the step (images: True, §6.4)
-    timestep_fraction: float = 0.99    # train on int(T * fraction) steps, in order (9 of 10)
-    same_noise: bool = False           # shared initial noise within a group (flow_grpo `same_latent`)
-    filter_zero_advantage: bool = True # drop samples whose advantage is 0 (groups with equal rewards)
-    train_guidance_scale: float | None = None  # CFG for rollouts and replay (None: the generator's)
-    detach_uncond: bool = True         # unconditional CFG branch without grad during training (§6.2)
-    micro_batch_size: int = 0          # samples per micro-batch (0: all samples of the step)
-    updates_per_rollout: int = 1       # optimizer steps on each rollout (>1: stale old log-probs, the clip binds)
+    group_size: int = option(24, "images per prompt (docs/algorithms.md#flow-grpo-defaults: 24 per group, 48 groups "
+                                 "per epoch)")
+    rollout_steps: int = option(0, "SDE steps of training rollouts (0: the trainer's sample_steps); "
+                                   "docs/algorithms.md#flow-grpo-loop, denoising reduction: 10 for training while "
+                                   "evaluation uses 40")
+    noise_level: float = option(0.7, "SDE noise level a (docs/algorithms.md#flow-grpo-sde)")
+    clip_range: float = option(1e-4, "PPO clip eps (docs/algorithms.md#flow-grpo-defaults)")
+    adv_clip_max: float = option(5.0, "advantages clipped to [-5, 5]")
+    beta: float = option(0.04, "KL weight (GenEval/OCR 0.04, PickScore 0.01, fast-nocfg 0)")
+    kl_form: str = option("code", "'code' (official flow_grpo KL, matches its betas) | 'exact'")
+    global_std: bool = option(True, "advantage std over all rewards of the step (images: True, "
+                                    "docs/algorithms.md#flow-grpo-defaults)")
+    timestep_fraction: float = option(0.99, "train on int(T * fraction) steps, in order (9 of 10)")
+    same_noise: bool = option(False, "shared initial noise within a group (flow_grpo `same_latent`)")
+    filter_zero_advantage: bool = option(True, "drop samples whose advantage is 0 (groups with equal rewards)")
+    train_guidance_scale: float | None = option(None, "CFG for rollouts and replay (None: the generator's)")
+    detach_uncond: bool = option(True, "unconditional CFG branch without grad during training "
+                                       "(docs/algorithms.md#flow-grpo-objective)")
+    micro_batch_size: int = option(0, "samples per micro-batch (0: all samples of the step)")
+    updates_per_rollout: int = option(1, "optimizer steps on each rollout (>1: stale old log-probs, the clip binds)")
+
+    def __post_init__(self) -> None:
+        if self.rollout_steps < 0:
+            raise ValueError(f"grpo: rollout_steps must be >= 0 (0: the trainer's sample_steps), "
+                             f"got {self.rollout_steps}")
+        if self.group_size < 2:
+            raise ValueError(f"grpo: group_size must be >= 2 for group-relative advantages, got {self.group_size}")
+        if self.kl_form not in ("code", "exact"):
+            raise ValueError(f"grpo: kl_form must be 'code' or 'exact', got {self.kl_form!r}")
+        for k in ("noise_level", "clip_range", "adv_clip_max"):
+            P.check_positive(f"grpo: {k}", getattr(self, k))
+        if self.beta < 0:
+            raise ValueError(f"grpo: beta must be >= 0, got {self.beta}")
+        P.train_step_indices(1, self.timestep_fraction)
+        P.check_count("grpo: updates_per_rollout", self.updates_per_rollout)
 
 
 @register_method("grpo")
@@ -60,18 +80,6 @@ class FlowGRPO(Method):
         super().__init__(config, ctx)
         if ctx.reward is None:
             raise ValueError("grpo needs a reward (any black-box scalar reward works)")
-        if config.rollout_steps < 0:
-            raise ValueError(f"grpo: rollout_steps must be >= 0 (0: the trainer's sample_steps), "
-                             f"got {config.rollout_steps}")
-        if config.group_size < 2:
-            raise ValueError(f"grpo: group_size must be >= 2 for group-relative advantages, got {config.group_size}")
-        if config.kl_form not in ("code", "exact"):
-            raise ValueError(f"grpo: kl_form must be 'code' or 'exact', got {config.kl_form!r}")
-        for k in ("noise_level", "clip_range", "adv_clip_max"):
-            P.check_positive(f"grpo: {k}", getattr(config, k))
-        if config.beta < 0:
-            raise ValueError(f"grpo: beta must be >= 0, got {config.beta}")
-        P.train_step_indices(1, config.timestep_fraction)
         self.samples_per_prompt = config.group_size
         self.reuse = P.RolloutReuse(config.updates_per_rollout)
 

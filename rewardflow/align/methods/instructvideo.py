@@ -1,7 +1,7 @@
-"""InstructVideo: reward fine-tuning of a video generator as *editing* (ALGORITHMS.md §9).
+"""InstructVideo: reward fine-tuning of a video generator as *editing* (docs/algorithms.md#instructvideo).
 
 Source: Yuan et al., "InstructVideo: Instructing Video Diffusion Models with Human Feedback", CVPR 2024
-(arXiv 2312.12490) §3; official ``ali-vilab/VGen``: ``tools/train/train_t2v_instructvideo_entrance.py`` (training
+(arXiv 2312.12490) Sec. 3; official ``ali-vilab/VGen``: ``tools/train/train_t2v_instructvideo_entrance.py`` (training
 step), ``tools/modules/diffusions/diffusion_ddim.py`` (``ddim_sample_loop_partial``, the partial chain with
 truncated backprop), ``utils/reward/reward.py`` (SegVR + TAR) and the InstructVideo config
 (``..._Partial06_Trunc1_..._ddim20.yaml``).
@@ -20,7 +20,7 @@ Per optimizer step, for prompts ``c`` and their videos ``x0``:
 4. the reward is the segmental video reward with temporal attenuation (``segmental(<image reward>)``,
    :mod:`rewardflow.rewards.segmental`): ``R = (1/S) sum_s gamma_{f_s} r(frame_{f_s}, c)``, or any differentiable
    video reward (``toy_video``);
-5. ``loss = mean_batch(1 - R)`` (§9.3). ``segmental(...)`` with ``normalize=True`` gives the weighted-mean form.
+5. ``loss = mean_batch(1 - R)`` (docs/algorithms.md#instructvideo-loss). ``segmental(...)`` with ``normalize=True`` gives the weighted-mean form.
 
 Frame-subset decoding (``frame_subset``, on by default): with a segmental reward only the ``S`` frames it reads are
 decoded (``generator.decode(latents, frames=idx)``), which is exactly equal to slicing a full decode but keeps
@@ -38,26 +38,34 @@ from typing import Any
 import torch
 
 from rewardflow.align.method import Method, register_method
+from rewardflow.config import option
 from rewardflow.io.media_sources import get_media_source, media_source_names
 from rewardflow.rewards.base import finite_mask
+from rewardflow.rewards.segmental import SegmentalVideoReward, tar_weights
 
 
 @dataclass
 class InstructVideoConfig:
-    t0: float = 0.6                 # starting_partial: fraction of the chain the video is noised to (1 = pure noise)
-    k: int = 1                      # trunc_backprop_timestep: last sampler steps with gradients
-    source: str = "sample"          # "sample": the model's own video; else a registered media source of real clips
-                                    # (rewardflow.io.media_sources; the toy world's "toy" renders the caption)
-    offset_noise: float = 0.1       # temporal offset noise added to the editing noise (VGen noise_strength)
-    frame_subset: bool = True       # decode only the frames a segmental reward reads
-    loss_scale: float = 1.0         # loss = loss_scale * mean(1 - R)
-    checkpoint: bool = True         # per-step gradient checkpointing of the steps with gradients
+    t0: float = option(0.6, "starting_partial: fraction of the chain the video is noised to (1 = pure noise)")
+    k: int = option(1, "trunc_backprop_timestep: last sampler steps with gradients")
+    source: str = option("sample", "'sample': the model's own video; else a registered media source of real clips "
+                                   "(rewardflow.io.media_sources; the toy world's 'toy' renders the caption)")
+    offset_noise: float = option(0.1, "temporal offset noise added to the editing noise (VGen noise_strength)")
+    frame_subset: bool = option(True, "decode only the frames a segmental reward reads")
+    loss_scale: float = option(1.0, "loss = loss_scale * mean(1 - R)")
+    checkpoint: bool = option(True, "per-step gradient checkpointing of the steps with gradients")
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.t0 <= 1.0:
+            raise ValueError(f"t0 must be in (0, 1] (fraction of the chain to noise to; official 0.6), got {self.t0}")
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1 (the number of last sampler steps with gradients), got {self.k}")
+        if self.offset_noise < 0:
+            raise ValueError(f"offset_noise must be >= 0, got {self.offset_noise}")
 
 
 def segmental_parts(reward) -> tuple[Any, Any] | None:
     """``(image_reward, segmental_reward)`` if ``reward`` is a SegVR/TAR wrapper, else None."""
-    from rewardflow.rewards.segmental import SegmentalVideoReward
-
     return (reward.image_reward, reward) if isinstance(reward, SegmentalVideoReward) else None
 
 
@@ -66,8 +74,6 @@ def segmental_subset_reward(gen, latents: torch.Tensor, prompts: list[str], rewa
 
     Equal to ``reward(gen.decode(latents), prompts)`` for the same frame selection (same TAR weights
     ``exp(-lam |f - floor(F/2)|)`` over the full clip length ``F``, same ``1/S`` or weighted-mean normalisation)."""
-    from rewardflow.rewards.segmental import tar_weights
-
     idx = reward.select(num_frames)
     frames = gen.decode(latents, frames=idx)  # [B, S, 3, H, W]
     B, S = frames.shape[:2]
@@ -96,15 +102,9 @@ class InstructVideo(Method):
 
     def __init__(self, config: InstructVideoConfig, ctx):
         super().__init__(config, ctx)  # refuses a black-box reward (require_differentiable)
-        if not 0.0 < config.t0 <= 1.0:
-            raise ValueError(f"t0 must be in (0, 1] (fraction of the chain to noise to; official 0.6), got {config.t0}")
-        if config.k < 1:
-            raise ValueError(f"k must be >= 1 (the number of last sampler steps with gradients), got {config.k}")
         if config.source != "sample" and config.source not in media_source_names():
             raise ValueError(f"source must be 'sample' or a registered media source "
                              f"({', '.join(media_source_names()) or 'none'}), got {config.source!r}")
-        if config.offset_noise < 0:
-            raise ValueError(f"offset_noise must be >= 0, got {config.offset_noise}")
         gen, reward = ctx.generator, ctx.reward
         if getattr(gen, "modality", "image") == "video" and getattr(reward, "modality", "image") != "video":
             raise ValueError(f"instructvideo on a video generator needs a video reward; {reward.name!r} is an image "

@@ -1,4 +1,4 @@
-"""Training the latent reward model for Flow-NRG (VideoAlign; ALGORITHMS.md §3.4, REWARDS.md VideoReward).
+"""Training the latent reward model for Flow-NRG (VideoAlign; docs/algorithms.md#latent-reward, docs/rewards.md#videoreward).
 
 ``r_phi(x_t, t, c)`` = the frozen generator's first blocks + a trainable head
 (:class:`~rewardflow.rewards.latent.LatentRewardModel`). Data: preference pairs — here collected on-policy: two
@@ -13,25 +13,29 @@ and loads with ``LatentRewardModel.from_pretrained(gen, dir)``.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from rewardflow.align.method import Method, MethodContext, register_method
+from rewardflow.config import option
+from rewardflow.rewards.base import load_reward
 from rewardflow.rewards.latent import LatentRewardModel
 from rewardflow.rewards.losses import bt_with_ties_loss
 
 
 @dataclass
 class LatentRewardConfig:
-    judge: str = "toy_oracle"    # the reward that labels pairs (registry name)
-    n_blocks: int = 1            # generator blocks in the backbone
-    hidden: int = 128
-    k: float = 5.0               # BT-with-ties tie parameter (VideoAlign: 5)
-    tie_tol: float = 0.0         # |judge(A) - judge(B)| <= tie_tol -> tie
-    t_per_pair: int = 4          # random noise levels per pair per step
-    nrg_scale: float = 1.0       # guidance scale stored with the head (used by `noise-opt --method nrg` defaults)
+    judge: str = option("toy_oracle", "the reward that labels pairs (registry name)")
+    n_blocks: int = option(1, "generator blocks in the backbone")
+    hidden: int = option(128, "width of the reward head")
+    k: float = option(5.0, "BT-with-ties tie parameter (VideoAlign: 5)")
+    tie_tol: float = option(0.0, "|judge(A) - judge(B)| <= tie_tol -> tie")
+    t_per_pair: int = option(4, "random noise levels per pair per step")
+    nrg_scale: float = option(1.0, "guidance scale stored with the head (used by `noise-opt --method nrg` defaults)")
 
 
 @register_method("latent_reward")
@@ -42,8 +46,6 @@ class LatentRewardMethod(Method):
 
     def __init__(self, config: LatentRewardConfig, ctx: MethodContext):
         super().__init__(config, ctx)
-        from rewardflow.rewards.base import load_reward
-
         if ctx.generator.parametrization != "flow":
             raise ValueError("the latent reward model serves Flow-NRG, which needs a flow generator")
         ctx.generator.denoiser.requires_grad_(False)  # the backbone is frozen; only the head trains
@@ -115,9 +117,6 @@ class LatentRewardMethod(Method):
         return out
 
     def save_pretrained(self, path) -> None:
-        from pathlib import Path
-        import json
-
         self.lrm.save_pretrained(path)
         meta = Path(path) / "latent_reward.json"
         m = json.loads(meta.read_text())

@@ -1,14 +1,14 @@
-"""PRDP: Proximal Reward Difference Prediction (Deng et al., CVPR 2024, arXiv 2402.08714; ALGORITHMS.md §4).
+"""PRDP: Proximal Reward Difference Prediction (Deng et al., CVPR 2024, arXiv 2402.08714; docs/algorithms.md#prdp).
 
-No official code exists; this follows the math of §4 (and §1's KL-regularised objective):
+No official code exists; this follows the math of docs/algorithms.md#prdp (and the KL-regularised objective, docs/algorithms.md#kl-regularized-objective):
 
-* §4.1 reward-difference regression: for two sampled trajectories a, b of the same prompt the KL-regularised optimum
+* docs/algorithms.md#prdp-objective: reward-difference regression: for two sampled trajectories a, b of the same prompt the KL-regularised optimum
   satisfies ``r(a) - r(b) = beta * sum_t [log p/p_base (a_t) - log p/p_base (b_t)]`` (Z(c) cancels), and the model is
   trained to *regress* the observed difference (a squared error, not a Bradley-Terry likelihood);
-* §4.2 per-timestep decomposition: step t alone predicts the whole difference with a factor T,
+* docs/algorithms.md#prdp-per-step: per-timestep decomposition: step t alone predicts the whole difference with a factor T,
   ``L_t = (dr - beta * T * [lr_t(a) - lr_t(b)])^2`` with ``lr_t = log p_theta(x_{t-1}|x_t) - log p_base(x_{t-1}|x_t)``,
   so each micro-step backpropagates through one denoiser call per trajectory;
-* §4.3 proximal online updates: trajectories come from the current policy p_old (``group_size`` = K per prompt,
+* docs/algorithms.md#prdp-proximal: proximal online updates: trajectories come from the current policy p_old (``group_size`` = K per prompt,
   all K(K-1)/2 pairs or K random pairs); the part of ``lr_t`` that moves away from the sampling policy,
   ``log p_theta/p_old``, is clipped to ``[log(1-eps), log(1+eps)]`` and the pessimistic (larger) of the clipped and
   unclipped squared errors is taken (a PPO-style trust region); plus ``kl_beta`` x the per-step Gaussian KL to the
@@ -16,12 +16,12 @@ No official code exists; this follows the math of §4 (and §1's KL-regularised 
 
 ``base="old"`` (default) measures the implied reward against the sampling policy (online/proximal RDP: the model
 fits the reward difference *on top of* the previous iterate, the ratio is exactly 1 before the first update);
-``base="reference"`` measures it against the pretrained model as in the offline objective of §4.1. §4 marks the
+``base="reference"`` measures it against the pretrained model as in the offline objective of docs/algorithms.md#prdp-objective. docs/algorithms.md#prdp-proximal marks the
 exact placement as unverified against the paper's Algorithm 1 — both are offered.
 
 Rewards are black-box scalars. ``normalize_rewards`` divides the differences by the step's reward std (over every
 process), which makes ``beta`` independent of the reward's scale (our choice; the paper tunes beta per reward).
-Defaults for beta, eps and K are not published in §4 (no code): ours are tuned on the toy world and named so.
+Defaults for beta, eps and K are not published (no code; docs/algorithms.md#prdp-proximal): ours are tuned on the toy world and named so.
 """
 
 from __future__ import annotations
@@ -35,21 +35,38 @@ import torch
 
 from rewardflow.align.common import policy as P
 from rewardflow.align.method import Method, MethodContext, register_method
+from rewardflow.config import option
 
 
 @dataclass
 class PRDPConfig:
-    group_size: int = 4                # K trajectories per prompt
-    pairs: str = "all"                 # "all": every pair within a prompt; "random": K random pairs per prompt
-    beta: float = 1000.0               # KL temperature of the implied reward (log-probs are mean-over-dims, §0.3)
-    clip_range: float = 1e-4           # proximal clip of p_theta/p_old (ratio in [1-eps, 1+eps])
-    kl_beta: float = 0.0               # weight of the per-step Gaussian KL to the pretrained reference
-    base: str = "old"                  # "old" (sampling policy, online/proximal) | "reference" (pretrained, §4.1)
-    normalize_rewards: bool = True     # divide reward differences by the step's reward std
-    noise_level: float = 1.0           # DDIM eta on diffusion generators; the SDE's a on flow generators (0.7)
-    timestep_fraction: float = 1.0     # train the first int(T * fraction) steps
-    micro_batch_groups: int = 0        # prompts (whole groups) per micro-batch (0: all)
-    updates_per_rollout: int = 1       # optimizer steps on each rollout (>1: stale old log-probs, the clip binds)
+    group_size: int = option(4, "K trajectories per prompt")
+    pairs: str = option("all", "'all': every pair within a prompt; 'random': K random pairs per prompt")
+    beta: float = option(1000.0, "KL temperature of the implied reward (log-probs are mean-over-dims, "
+                                 "docs/algorithms.md#log-probs)")
+    clip_range: float = option(1e-4, "proximal clip of p_theta/p_old (ratio in [1-eps, 1+eps])")
+    kl_beta: float = option(0.0, "weight of the per-step Gaussian KL to the pretrained reference")
+    base: str = option("old", "'old' (sampling policy, online/proximal) | 'reference' (pretrained, "
+                              "docs/algorithms.md#prdp-objective)")
+    normalize_rewards: bool = option(True, "divide reward differences by the step's reward std")
+    noise_level: float = option(1.0, "DDIM eta on diffusion generators; the SDE's a on flow generators (0.7)")
+    timestep_fraction: float = option(1.0, "train the first int(T * fraction) steps")
+    micro_batch_groups: int = option(0, "prompts (whole groups) per micro-batch (0: all)")
+    updates_per_rollout: int = option(1, "optimizer steps on each rollout (>1: stale old log-probs, the clip binds)")
+
+    def __post_init__(self) -> None:
+        if self.group_size < 2:
+            raise ValueError(f"prdp: group_size must be >= 2 to form pairs, got {self.group_size}")
+        if self.base not in ("old", "reference"):
+            raise ValueError(f"prdp: base must be 'old' or 'reference', got {self.base!r}")
+        if self.pairs not in ("all", "random"):
+            raise ValueError(f"prdp: pairs must be 'all' or 'random', got {self.pairs!r}")
+        for k in ("beta", "clip_range", "noise_level"):
+            P.check_positive(f"prdp: {k}", getattr(self, k))
+        if not 0 < self.clip_range < 1:
+            raise ValueError(f"prdp: clip_range must be in (0, 1), got {self.clip_range}")
+        P.train_step_indices(1, self.timestep_fraction)
+        P.check_count("prdp: updates_per_rollout", self.updates_per_rollout)
 
 
 def build_pairs(prompts: list[str | None], mode: str = "all", generator: torch.Generator | None = None,
@@ -76,7 +93,7 @@ def build_pairs(prompts: list[str | None], mode: str = "all", generator: torch.G
 def prdp_loss(logp: torch.Tensor, old_logp: torch.Tensor, base_logp: torch.Tensor, pairs: torch.Tensor,
               reward_diff: torch.Tensor, beta: float, num_steps: int, clip_range: float
               ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Per-timestep proximal RDP loss over pairs (§4.2-4.3).
+    """Per-timestep proximal RDP loss over pairs (docs/algorithms.md#prdp-per-step and docs/algorithms.md#prdp-proximal).
 
     logp / old_logp / base_logp: [N] per-sample log-probs of one step under theta, the sampling policy and the base
     of the implied reward; pairs: [M, 2]; reward_diff: [M] = r(a) - r(b).
@@ -110,17 +127,6 @@ class PRDP(Method):
         super().__init__(config, ctx)
         if ctx.reward is None:
             raise ValueError("prdp needs a reward (any black-box scalar reward works)")
-        if config.group_size < 2:
-            raise ValueError(f"prdp: group_size must be >= 2 to form pairs, got {config.group_size}")
-        if config.base not in ("old", "reference"):
-            raise ValueError(f"prdp: base must be 'old' or 'reference', got {config.base!r}")
-        if config.pairs not in ("all", "random"):
-            raise ValueError(f"prdp: pairs must be 'all' or 'random', got {config.pairs!r}")
-        for k in ("beta", "clip_range", "noise_level"):
-            P.check_positive(f"prdp: {k}", getattr(config, k))
-        if not 0 < config.clip_range < 1:
-            raise ValueError(f"prdp: clip_range must be in (0, 1), got {config.clip_range}")
-        P.train_step_indices(1, config.timestep_fraction)
         self.needs_ref = config.kl_beta > 0 or config.base == "reference"
         self.samples_per_prompt = config.group_size
         self.reuse = P.RolloutReuse(config.updates_per_rollout)

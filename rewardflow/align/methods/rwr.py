@@ -1,4 +1,4 @@
-"""Flow-RWR: reward-weighted regression with the model's own denoising loss (ALGORITHMS.md §3.3, §1).
+"""Flow-RWR: reward-weighted regression with the model's own denoising loss (docs/algorithms.md#flow-rwr).
 
 Weighted maximum likelihood toward ``p* ∝ p_ref exp(r / beta)``:
 ``L = E[ w(x0, c) * || target - model(x_t, t, c) ||^2 ]`` with stop-gradient weights ``w = exp(r / beta)``
@@ -8,10 +8,10 @@ epsilon for diffusion), so the same file trains both.
 
 * ``weighting: rejection`` — weight only the best sample of each group (the ``beta -> 0`` limit): online
   rejection-sampling SFT, flow_grpo's ``type='sft'``.
-* ``mean_zero`` — subtract the mean weight (advantage-weighted RWR). TOYWORLD.md §4b: with non-negative weights
+* ``mean_zero`` — subtract the mean weight (advantage-weighted RWR). docs/toy-world.md#lessons: with non-negative weights
   alone the model regresses on its own artefacts and collapses (self-consumption, 26% -> 0% oracle accuracy); mean-zero
   weights cancel that common gradient the way DPO's reference term does.
-* ``kl_weight`` — ``|| model(x_t) - reference(x_t) ||^2`` (velocity-KL to the frozen reference, TOYWORLD.md §6).
+* ``kl_weight`` — ``|| model(x_t) - reference(x_t) ||^2`` (velocity-KL to the frozen reference, docs/toy-world.md#lessons).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from rewardflow.align.common.samples import (
     sample_and_score,
 )
 from rewardflow.align.method import Method, register_method
+from rewardflow.config import option
 from rewardflow.rewards.base import finite_mask
 
 WEIGHTINGS = ("exp", "rejection")
@@ -35,15 +36,21 @@ NORMALIZE = ("prompt", "batch")
 
 @dataclass
 class RWRConfig:
-    num_samples_per_prompt: int = 4    # on-policy samples per prompt (one group)
-    beta: float = 0.05                 # reward temperature of w = exp(r / beta)
-    weighting: str = "exp"             # "exp" or "rejection" (best of each group: rejection-sampling SFT)
-    normalize: str = "prompt"          # weights normalised to mean 1 per "prompt" group or over the "batch"
-    mean_zero: bool = True             # w - mean(w): advantage-weighted RWR (stable on self-samples)
-    kl_weight: float = 1.0             # velocity-KL to the reference (0 = off)
-    timesteps_per_sample: int = 1      # (noise, t) draws per sample per loss
-    sde: bool = False                  # sample with the SDE / DDIM-eta instead of the ODE
-    noise_level: float = 0.7
+    num_samples_per_prompt: int = option(4, "on-policy samples per prompt (one group)")
+    beta: float = option(0.05, "reward temperature of w = exp(r / beta)")
+    weighting: str = option("exp", "'exp' or 'rejection' (best of each group: rejection-sampling SFT)")
+    normalize: str = option("prompt", "weights normalised to mean 1 per 'prompt' group or over the 'batch'")
+    mean_zero: bool = option(True, "w - mean(w): advantage-weighted RWR (stable on self-samples)")
+    kl_weight: float = option(1.0, "velocity-KL to the reference (0 = off)")
+    timesteps_per_sample: int = option(1, "(noise, t) draws per sample per loss")
+    sde: bool = option(False, "sample with the SDE / DDIM-eta instead of the ODE")
+    noise_level: float = option(0.7, "SDE noise level a (flow) or DDIM eta (diffusion) when sde is true")
+
+    def __post_init__(self) -> None:
+        if self.weighting not in WEIGHTINGS or self.normalize not in NORMALIZE:
+            rwr_weights(torch.zeros(1), 1, 1.0, self.weighting, self.normalize)  # raises the clear error
+        if self.beta <= 0 or self.num_samples_per_prompt < 1 or self.timesteps_per_sample < 1:
+            raise ValueError("rwr needs beta > 0, num_samples_per_prompt >= 1 and timesteps_per_sample >= 1")
 
 
 def rwr_weights(scores: torch.Tensor, group_size: int, beta: float, weighting: str = "exp",
@@ -88,7 +95,7 @@ def rwr_weights(scores: torch.Tensor, group_size: int, beta: float, weighting: s
 
 @register_method("rwr")
 class FlowRWR(Method):
-    """Flow-RWR / online rejection-sampling SFT on on-policy samples (ALGORITHMS.md §3.3)."""
+    """Flow-RWR / online rejection-sampling SFT on on-policy samples (docs/algorithms.md#flow-rwr)."""
 
     config_class = RWRConfig
     uses_reference = True
@@ -97,10 +104,6 @@ class FlowRWR(Method):
         super().__init__(config, ctx)
         if ctx.reward is None:
             raise ValueError("rwr needs a reward to weight its samples")
-        if config.weighting not in WEIGHTINGS or config.normalize not in NORMALIZE:
-            rwr_weights(torch.zeros(1), 1, 1.0, config.weighting, config.normalize)  # raises the clear error
-        if config.beta <= 0 or config.num_samples_per_prompt < 1 or config.timesteps_per_sample < 1:
-            raise ValueError("rwr needs beta > 0, num_samples_per_prompt >= 1 and timesteps_per_sample >= 1")
         self.samples_per_prompt = config.num_samples_per_prompt
 
     def collect(self, prompts: list[str], step: int) -> list[dict[str, Any]]:

@@ -1,0 +1,365 @@
+"""Checkpoints: atomic writes with a verified manifest, finding the newest intact one, exact resume.
+
+A checkpoint ``checkpoints/step_N/`` is written to a temporary directory, every file is listed with its size and
+sha256 in ``manifest.json`` (written last), the directory is fsynced and renamed; ``resume=auto`` picks the newest
+checkpoint whose manifest verifies (a corrupt one is skipped with a warning). It holds the trainable weights, the
+optimizer, lr schedule, EMA, every process's RNG state and method state, the step and the sample count, so a
+resumed run continues exactly as the uninterrupted one. ``final/`` and ``best/`` are written the same way.
+A failed write (disk full, ...) removes the partial directory, keeps the earlier checkpoints and raises
+:class:`CheckpointWriteError` naming the path (docs/usage/robustness.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import safetensors.torch
+import torch
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: Path) -> None:
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            with open(p, "rb+") as fh:
+                os.fsync(fh.fileno())
+    fsync_dir(path)
+
+
+# ---------------------------------------------------------------------------------------------------- checkpoints
+
+MANIFEST = "manifest.json"  # written last inside a checkpoint: every other file with its size and sha256
+CHECKPOINT_FILES = ("trainable.safetensors", "state.pt", "trainer.json")
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, permissions, ...). The partial checkpoint was removed and the
+    earlier checkpoints are intact; ``errno`` is the one of the underlying error (``errno.ENOSPC`` for a full
+    disk)."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(ckpt: str | os.PathLike) -> Path:
+    """Write ``manifest.json`` listing every file of the checkpoint directory (relative path, size, sha256)."""
+    ckpt = Path(ckpt)
+    files = {p.relative_to(ckpt).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(ckpt.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    out = ckpt / MANIFEST
+    out.write_text(json.dumps({"format": 1, "files": files}, indent=1))
+    return out
+
+
+def verify_checkpoint(ckpt: str | os.PathLike) -> str | None:
+    """``None`` when the checkpoint is complete and every file matches its manifest (size and sha256); otherwise
+    what is wrong with it (missing manifest, missing / truncated / corrupt file)."""
+    ckpt = Path(ckpt)
+    if not ckpt.is_dir():
+        return "not a directory"
+    m = ckpt / MANIFEST
+    if not m.is_file():
+        return f"{MANIFEST} is missing (an interrupted write, or a checkpoint from an older rewardflow)"
+    try:
+        files = json.loads(m.read_text())["files"]
+        entries = [(str(k), int(v["size"]), str(v["sha256"])) for k, v in files.items()]
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        return f"{MANIFEST} is unreadable ({type(e).__name__}: {e})"
+    listed = {k for k, _, _ in entries}
+    for need in CHECKPOINT_FILES:
+        if need not in listed:
+            return f"{MANIFEST} does not list {need}"
+    for rel, size, sha in entries:
+        f = ckpt / rel
+        if not f.is_file():
+            return f"{rel} is missing"
+        got = f.stat().st_size
+        if got != size:
+            return f"{rel} has {got} bytes but the manifest says {size} (truncated or overwritten)"
+        if _sha256(f) != sha:
+            return f"{rel} does not match its sha256 in the manifest (corrupt)"
+    return None
+
+
+def find_latest_checkpoint(ckpt_dir: str | os.PathLike, warn: bool = True) -> Path | None:
+    """The newest ``step_*`` checkpoint in ``ckpt_dir`` that verifies (:func:`verify_checkpoint`). Newer ones that
+    do not verify are skipped with a warning, never picked."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return None
+    for p in sorted((p for p in ckpt_dir.glob("step_*") if p.is_dir()), reverse=True):
+        problem = verify_checkpoint(p)
+        if problem is None:
+            return p
+        if warn:
+            warnings.warn(f"[rewardflow] skipping checkpoint {p}: {problem}; trying an older one (load it anyway "
+                          "with resume=PATH only if you know it is complete)", RuntimeWarning, stacklevel=2)
+    return None
+
+
+def trim_jsonl(path: Path, last_step: int) -> int:
+    """Keep the records of ``path`` with ``step <= last_step`` (the steps a resume does not redo); a torn last line
+    of a killed run is dropped too. Atomic (temporary file + rename). Returns how many lines were dropped."""
+    if not path.is_file():
+        return 0
+    keep, dropped = [], 0
+    for ln in path.read_text().splitlines():
+        if not ln.strip():
+            continue
+        try:
+            rec = json.loads(ln)
+            ok = isinstance(rec, dict) and int(rec.get("step", 0)) <= last_step
+        except (ValueError, TypeError):
+            ok = False
+        if ok:
+            keep.append(ln)
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(ln + "\n" for ln in keep))
+        os.replace(tmp, path)
+    return dropped
+
+
+def rng_state(generators: dict[str, torch.Generator | None]) -> dict[str, torch.Tensor]:
+    st = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    for k, g in generators.items():
+        if g is not None:
+            st[f"gen_{k}"] = g.get_state()
+    return st
+
+
+def set_rng_state(st: dict[str, torch.Tensor], generators: dict[str, torch.Generator | None]) -> None:
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(st["cuda"]))
+    for k, g in generators.items():
+        if g is not None and f"gen_{k}" in st:
+            g.set_state(st[f"gen_{k}"])
+
+
+
+class CheckpointMixin:
+    """The :class:`~rewardflow.align.trainer.loop.Trainer`'s checkpoint methods (it provides ``config``,
+    ``accelerator``, ``method``, ``params``, ``param_names``, ``optimizer``, ``lr_scheduler``, ``ema``, the RNGs,
+    ``step``, ``samples_seen``, ``run_dir``, ``ckpt_dir`` and ``_main_value``)."""
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().cpu().contiguous().clone() for n, p in zip(self.param_names, self.params)}
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        missing = [n for n in self.param_names if n not in state]
+        if missing:
+            raise ValueError(f"checkpoint lacks {len(missing)} trainable tensors (e.g. {missing[0]}): it was saved "
+                             "with a different lora_rank / lora_targets / model")
+        with torch.no_grad():
+            for n, p in zip(self.param_names, self.params):
+                p.copy_(state[n].to(p.device, p.dtype))
+
+    def save_checkpoint(self) -> Path | None:
+        """Atomically write ``checkpoints/step_{N}``: every file into a temporary directory, ``manifest.json``
+        (sizes and sha256 of the others) last, fsync, rename. A failed write (disk full, ...) removes the temporary
+        directory, keeps the earlier checkpoints and raises :class:`CheckpointWriteError` naming the path, on every
+        process (process 0 writes; its outcome is broadcast)."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        # every process's RNG (its prompts and noise) and method state (e.g. its rollout cache), so that each
+        # process continues exactly
+        method_state = self.method.state_dict()
+        shared = set(self.method.shared_state_keys)
+        mine = {"rng": rng_state({"prompt": self.prompt_rng, "sample": self.sample_rng}),
+                "method": {k: v for k, v in method_state.items() if k not in shared}}
+        if acc.num_processes > 1:
+            per_process: list = [None] * acc.num_processes
+            torch.distributed.all_gather_object(per_process, mine)
+        else:
+            per_process = [mine]
+        err, final = None, None
+        if acc.is_main_process:
+            try:
+                final = self._write_checkpoint(mine, method_state, per_process)
+            except Exception as e:  # noqa: BLE001 - re-raised below, after the other processes have been told
+                err = e
+        # process 0's outcome on every process: a failed write stops them all with the same message instead of
+        # leaving the others waiting in the next collective until collective_timeout_s
+        failed = self._main_value(None if err is None else (getattr(err, "errno", None),
+                                                            getattr(err, "strerror", None) or str(err)))
+        if err is not None:
+            raise err
+        if failed is not None:
+            msg = f"process 0 failed to write the checkpoint: {failed[1]}"
+            raise CheckpointWriteError(failed[0], msg) if failed[0] is not None else CheckpointWriteError(msg)
+        return final
+
+    def _write_checkpoint(self, mine: dict, method_state: dict, per_process: list) -> Path:
+        """Process 0's part of :meth:`save_checkpoint`: the atomic write and the pruning."""
+        final = self.ckpt_dir / f"step_{self.step:07d}"
+        tmp = self.ckpt_dir / f".tmp_step_{self.step:07d}"
+        old = self.ckpt_dir / f".old_step_{self.step:07d}"
+        for stale in [*self.ckpt_dir.glob(".tmp_step_*"), *self.ckpt_dir.glob(".old_step_*")]:
+            shutil.rmtree(stale, ignore_errors=True)  # leftovers of a killed save: never candidates for resume
+        cur = tmp
+        try:
+            tmp.mkdir(parents=True)
+            cur = tmp / "trainable.safetensors"
+            safetensors.torch.save_file(self.trainable_state(), str(cur))
+            cur = tmp / "state.pt"
+            torch.save({"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
+                        "ema": None if self.ema is None else self.ema.state_dict(),
+                        "rng": mine["rng"], "method": method_state,  # process 0's (older readers, shared keys)
+                        "per_process": per_process}, cur)
+            cur = tmp / "trainer.json"
+            cur.write_text(json.dumps({"step": self.step, "samples_seen": self.samples_seen,
+                                       "method": self.config.method}))
+            cur = tmp / MANIFEST
+            write_manifest(tmp)
+            cur = tmp
+            fsync_tree(tmp)
+            cur = final
+            if final.exists():  # the same step written again (a resumed run redoing it): swap, then delete
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(final, old)
+            os.replace(tmp, final)
+            fsync_dir(self.ckpt_dir)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if old.exists() and not final.exists():
+                os.replace(old, final)
+            kept = sorted(p.name for p in self.ckpt_dir.glob("step_*"))
+            raise CheckpointWriteError(
+                e.errno, f"could not write the checkpoint of step {self.step}: writing {cur} failed "
+                f"({e.strerror or e}). The partial checkpoint was removed; the earlier checkpoints are intact "
+                f"({', '.join(kept) if kept else 'none yet'} in {self.ckpt_dir}). Free disk space (or fix the "
+                "permissions) and rerun the same command with resume=auto to continue from the latest one.") from e
+        shutil.rmtree(old, ignore_errors=True)
+        # prune: keep the newest `keep_checkpoints` up to this step (newer ones are stale leftovers of a run that was
+        # resumed from an earlier step; they are overwritten as this run reaches them)
+        done = sorted(p for p in self.ckpt_dir.glob("step_*")
+                      if p.name[5:].isdigit() and int(p.name[5:]) <= self.step)
+        for stale in done[:-max(1, self.config.keep_checkpoints)]:
+            shutil.rmtree(stale, ignore_errors=True)
+        return final
+
+    def latest_checkpoint(self) -> Path | None:
+        """The newest checkpoint whose manifest verifies; corrupt or incomplete ones are skipped with a warning."""
+        return find_latest_checkpoint(self.ckpt_dir)
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        """Restore the trainable weights, optimizer, lr schedule, EMA, every RNG (the prompt RNG is the data
+        position), the step, the sample count and ``method.state_dict()`` (e.g. the RolloutReuse cache)."""
+        path = Path(path)
+        if not (path / "trainer.json").is_file():
+            raise FileNotFoundError(f"{path} is not a complete rewardflow checkpoint (trainer.json missing); "
+                                    "use resume=auto to pick the newest complete one")
+        problem = verify_checkpoint(path)
+        if problem is not None and (path / MANIFEST).is_file():
+            raise ValueError(f"checkpoint {path} is corrupt: {problem}. Use resume=auto to fall back to the newest "
+                             "intact checkpoint, or resume=PATH with an older one")
+        if problem is not None:
+            warnings.warn(f"[rewardflow] checkpoint {path} has no {MANIFEST}; loading it unverified", RuntimeWarning,
+                          stacklevel=2)
+        meta = json.loads((path / "trainer.json").read_text())
+        if meta.get("method") != self.config.method:
+            raise ValueError(f"checkpoint {path} was written by method {meta.get('method')!r}, "
+                             f"not {self.config.method!r}")
+        self.load_trainable_state(safetensors.torch.load_file(str(path / "trainable.safetensors")))
+        st = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.lr_scheduler.load_state_dict(st["lr_scheduler"])
+        if self.ema is not None and st["ema"] is not None:
+            self.ema.load_state_dict(st["ema"])
+        self.step, self.samples_seen = int(meta["step"]), int(meta["samples_seen"])
+        self._restore_process_state(st)
+
+    def _restore_process_state(self, st: dict) -> None:
+        """Each process takes its own saved RNG states and method state (exact continuation). A checkpoint written
+        with another number of processes (or by an older rewardflow, process 0's states only) cannot be continued
+        exactly: every process takes process 0's method state, process 0 its RNG states, and the others reseed
+        deterministically from (seed, rank, step), so that no two processes draw the same prompts and noise."""
+        acc, gens = self.accelerator, {"prompt": self.prompt_rng, "sample": self.sample_rng}
+        per = st.get("per_process")
+        if per is not None and len(per) == acc.num_processes:
+            set_rng_state(per[acc.process_index]["rng"], gens)
+            shared = {k: v for k, v in st["method"].items() if k in set(self.method.shared_state_keys)}
+            self.method.load_state_dict({**per[acc.process_index]["method"], **shared})
+            return
+        self.method.load_state_dict(st["method"])
+        if acc.process_index == 0:
+            set_rng_state(st["rng"], gens)
+        else:
+            s = self.config.seed * 1000 + acc.process_index + 1_000_003 * self.step
+            torch.manual_seed(s)
+            self.prompt_rng.manual_seed(s)
+            self.sample_rng.manual_seed(s + 500)
+        if acc.is_main_process:
+            n = len(per) if per is not None else "an unknown number of"
+            print(f"[rewardflow] the checkpoint was written by {n} processes, this run has {acc.num_processes}: "
+                  "process 0 continues its saved random streams, the others reseed (the continuation is "
+                  "deterministic but not the uninterrupted run's)", flush=True)
+
+    def maybe_resume(self) -> bool:
+        r = self.config.resume
+        if r == "never":
+            return False
+        path = self.latest_checkpoint() if r == "auto" else Path(r)
+        if path is None:
+            return False
+        self.load_checkpoint(path)
+        if self.accelerator.is_main_process:  # the steps after the checkpoint are redone: drop their old records
+            for f in ("metrics.jsonl", "eval.jsonl", "hacking.jsonl"):
+                trim_jsonl(self.run_dir / f, self.step)
+        print(f"[rewardflow] resumed from {path} at step {self.step}", flush=True)
+        return True
+
+    # ------------------------------------------------------------------ one optimizer step
+    def save_final(self, name: str = "final", info: dict | None = None) -> Path | None:
+        """``final/`` (or ``name/``): the LoRA (``gen.save_lora``, peft format) or the trainable weights as
+        safetensors; EMA weights when EMA is on; ``info`` as ``NAME.json`` beside them. Written to a temporary
+        directory and renamed, so a crash never leaves a half-written one."""
+        if not self.accelerator.is_main_process:
+            return None
+        out, tmp, old = (self.run_dir / name, self.run_dir / f".{name}.tmp", self.run_dir / f".{name}.old")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        with self._ema_weights():
+            if not self.trains_generator:
+                self.method.save_pretrained(tmp)
+            elif self.config.lora_rank > 0 and hasattr(self.gen, "save_lora"):
+                self.gen.save_lora(str(tmp))
+            else:
+                safetensors.torch.save_file(self.trainable_state(), str(tmp / "trainable.safetensors"))
+        if info is not None:
+            (tmp / f"{name}.json").write_text(json.dumps(info, indent=1))
+        fsync_tree(tmp)
+        shutil.rmtree(old, ignore_errors=True)
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+        return out
+

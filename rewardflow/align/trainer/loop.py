@@ -1,0 +1,449 @@
+"""The training loop: build the generator, reward and method from a config, then collect -> loss -> step, with
+evaluation, checkpoints and records (the one trainer every method shares; see the package docstring)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from rewardflow.align.method import MethodContext, get_method
+from rewardflow.align.trainer.checkpoint import CheckpointMixin
+from rewardflow.align.trainer.config import TrainConfig, apply_model_defaults
+from rewardflow.align.trainer.distributed import (
+    allreduce_mean,
+    broadcast_from_main,
+    make_accelerator,
+    per_process_batch_size,
+)
+from rewardflow.align.trainer.reporting import (
+    Reporter,
+    plot_reward_curve,
+    save_image_grid,
+)
+from rewardflow.align.trainer.selection import BestTracker
+from rewardflow.eval.hooks import check_eval_hooks, run_eval_hooks
+from rewardflow.eval.monitor import RewardHackingMonitor
+from rewardflow.io.prompts import load_prompt_source
+from rewardflow.pipelines.registry import load_generator
+from rewardflow.rewards.combine import build_reward
+
+
+class Trainer(CheckpointMixin):
+    """Build everything from a (TrainConfig, method config) pair and run :meth:`train`.
+
+    ``generator`` / ``reward`` may be passed in (tests, notebooks); otherwise they are loaded from the config.
+    """
+
+    def __init__(self, config: TrainConfig, method_config: Any, generator=None, reward=None):
+        self.config = c = config
+        c.validate()
+        self.method_config = method_config
+        self.accelerator = make_accelerator(c)
+        acc = self.accelerator
+        if c.global_batch_size:
+            self.config = c = dataclasses.replace(
+                c, batch_size=per_process_batch_size(c.global_batch_size, acc.num_processes, c.grad_accum))
+        self.run_dir = Path(c.output_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        if acc.is_main_process:
+            (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+
+        torch.manual_seed(c.seed + acc.process_index)
+        self.prompt_rng = torch.Generator().manual_seed(c.seed * 1000 + acc.process_index)
+        self.sample_rng = torch.Generator().manual_seed(c.seed * 1000 + 500 + acc.process_index)
+
+        # -- generator, trainable weights, reference
+        if generator is None:
+            if not c.model:
+                raise ValueError("the config needs `model:` (a diffusers pipeline directory, a hub id, or an "
+                                 "embedded model such as toy)")
+            generator = load_generator(c.model, adapter=c.adapter, guidance_scale=c.guidance_scale)
+        self.gen = generator
+        self.config = c = apply_model_defaults(c, getattr(type(generator), "run_defaults", {}))
+        self.gen.guidance_scale = c.guidance_scale
+        if self.gen.device != acc.device:
+            self._move_generator(acc.device)
+        self.method_cls = get_method(c.method)
+        self.trains_generator = bool(self.method_cls.trains_generator)
+        if self.trains_generator:
+            if c.lora_rank > 0:
+                self.gen.add_lora(rank=c.lora_rank, alpha=c.lora_alpha or None,
+                                  target_modules=c.lora_targets or None)
+            else:
+                self.gen.denoiser.requires_grad_(True)
+            if c.gradient_checkpointing:
+                self.gen.enable_gradient_checkpointing()
+            self.gen.denoiser.train()
+            if acc.num_processes > 1:  # LoRA init drew from a per-process seed: start every process from rank 0's
+                broadcast_from_main([p.data for p in self.gen.denoiser.parameters() if p.requires_grad], acc)
+        else:  # the method trains its own module (e.g. a latent reward head); the generator stays frozen
+            self.gen.denoiser.requires_grad_(False).eval()
+
+        # -- reward
+        if reward is None and c.reward:
+            reward = self._build_reward(c.reward)
+        self.reward = reward
+        if self.reward is not None:
+            self.reward.to(acc.device).requires_grad_(False).eval()
+
+        # -- method
+        self._log_buffer: dict[str, list[float]] = {}
+        self.ctx = MethodContext(generator=self.gen, reward=self.reward, device=acc.device, rng=self.sample_rng,
+                                 sample_steps=c.sample_steps, batch_size=c.batch_size,
+                                 process_index=acc.process_index, num_processes=acc.num_processes,
+                                 gather=self._gather, log=self._ctx_log)
+        self.method = self.method_cls(method_config, self.ctx)
+        if self.trains_generator and c.lora_rank == 0 and self.method.uses_reference:
+            # full fine-tuning: the reference is a frozen copy of the initial weights; taken after the method is
+            # built because some methods need it only for some settings (DRaFT with kl_weight > 0)
+            self.gen.snapshot_reference()
+        module = self.gen.denoiser if self.trains_generator else self.method.trainable_module()
+        if module is None:
+            raise TypeError(f"method {c.method!r} sets trains_generator=False but trainable_module() returned None")
+        module.train()
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        self.param_names = [n for n, p in module.named_parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("no trainable parameters (LoRA targets matched nothing?); set lora_targets")
+        if acc.num_processes > 1 and not self.trains_generator:  # the method's own module, randomly initialized
+            broadcast_from_main([p.data for p in self.params], acc)
+        self.params_before = sum(p.numel() for p in self.params)
+
+        # -- optimizer, schedule, EMA
+        if c.optimizer in ("adamw", "adam"):
+            opt_cls = torch.optim.AdamW if c.optimizer == "adamw" else torch.optim.Adam
+            self.optimizer = opt_cls(self.params, lr=c.lr, betas=(c.adam_beta1, c.adam_beta2), eps=c.adam_eps,
+                                     weight_decay=c.weight_decay)
+        else:
+            self.optimizer = torch.optim.SGD(self.params, lr=c.lr, weight_decay=c.weight_decay)
+        self.lr_scheduler = self._make_lr_scheduler()
+        self.optimizer = acc.prepare_optimizer(self.optimizer)
+        self.ema = None
+        if c.ema_decay > 0:
+            # lazy: diffusers' training utilities (heavy) are needed only with EMA
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel(self.params, decay=c.ema_decay)
+        self.prompts = load_prompt_source(c.prompts)
+        self.eval_source = load_prompt_source(c.eval_prompts) if c.eval_prompts else None
+        self.eval_hook_names = tuple(dict.fromkeys(
+            (self.eval_source.eval_hooks if self.eval_source is not None else ()) + tuple(c.eval_hooks)))
+        check_eval_hooks(self.eval_hook_names)
+        # held-out rewards: scored at every eval; a RewardHackingMonitor warns when eval_reward rises while one of
+        # them falls (eval/monitor.py)
+        self.heldout = {n.split("(")[0].strip(): self._build_reward(n).to(acc.device).eval()
+                        for n in c.heldout_rewards}
+        self.monitor = None
+        if self.heldout and acc.is_main_process:
+            self.monitor = RewardHackingMonitor("eval_reward", [f"heldout_{n}" for n in self.heldout],
+                                                log_file=self.run_dir / "hacking.jsonl")
+        self.step = 0
+        self.samples_seen = 0
+        self.reporter = None
+
+    # ------------------------------------------------------------------ construction helpers
+    def _move_generator(self, device) -> None:
+        pipe = getattr(self.gen, "pipe", None)
+        if pipe is not None:
+            pipe.to(device)
+        else:
+            self.gen.denoiser.to(device)
+
+    @staticmethod
+    def _build_reward(spec: str):
+        return build_reward(spec)
+
+    def _gather(self, t: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.gather(t) if self.accelerator.num_processes > 1 else t
+
+    def _ctx_log(self, d: dict[str, float]) -> None:
+        for k, v in d.items():
+            v = float(v.item() if torch.is_tensor(v) else v)
+            self._log_buffer.setdefault(k, []).append(v)
+
+    def effective_batch(self) -> dict[str, int]:
+        c, acc = self.config, self.accelerator
+        per_prompt = self.method.samples_per_prompt
+        prompts = c.batch_size * c.grad_accum * acc.num_processes
+        # a method that reuses each rollout for K optimizer steps (updates_per_rollout) draws 1/K new samples per step
+        reuse = self.method.updates_per_rollout
+        return {"batch_size": c.batch_size, "grad_accum": c.grad_accum, "num_processes": acc.num_processes,
+                "samples_per_prompt": per_prompt, "prompts_per_step": prompts, "samples_per_step": prompts * per_prompt,
+                "updates_per_rollout": reuse, "new_samples_per_step": prompts * per_prompt / reuse}
+
+    def describe(self) -> str:
+        e = self.effective_batch()
+        return (f"[rewardflow] method={self.config.method} trainable parameters={self.params_before:,} "
+                f"({'LoRA r=' + str(self.config.lora_rank) if self.config.lora_rank else 'full fine-tuning'})\n"
+                f"[rewardflow] effective batch: {e['batch_size']} prompts/process x {e['grad_accum']} grad_accum x "
+                f"{e['num_processes']} processes = {e['prompts_per_step']} prompts per optimizer step; "
+                f"x {e['samples_per_prompt']} samples/prompt = {e['samples_per_step']} samples per optimizer step"
+                + (f"; each rollout serves {e['updates_per_rollout']} optimizer steps (updates_per_rollout): "
+                   f"{e['samples_per_step']} / {e['updates_per_rollout']} = {e['new_samples_per_step']:g} new samples "
+                   "per step" if e["updates_per_rollout"] > 1 else "")
+                + (f"\n[rewardflow] global_batch_size={self.config.global_batch_size}: batch_size = "
+                   f"{self.config.global_batch_size} / ({e['num_processes']} processes x {e['grad_accum']} grad_accum)"
+                   f" = {e['batch_size']}" if self.config.global_batch_size else "")
+                + (f"\n[rewardflow] {e['num_processes']} processes ({self.accelerator.distributed_type}, "
+                   f"{getattr(self.accelerator.state, 'backend', None) or 'no backend'}); each process samples its own "
+                   "prompts, gradients are averaged over processes" if e["num_processes"] > 1 else ""))
+
+    # ------------------------------------------------------------------ checkpoints
+    def train_step(self) -> dict[str, float]:
+        """Collect, accumulate the loss over micro-batches, guard against non-finite values, step."""
+        c, acc, m = self.config, self.accelerator, self.method
+        self._log_buffer = {}
+        self.optimizer.zero_grad(set_to_none=True)
+        losses, diags, finite = [], {}, True
+        batches = []
+        for _ in range(c.grad_accum):
+            prompts = self.prompts.sample(c.batch_size, self.prompt_rng)
+            with torch.set_grad_enabled(m.collect_needs_grad), acc.autocast():
+                collected = m.collect(prompts, self.step)
+            batches.append(collected)
+            # a method that re-serves the same rollout (updates_per_rollout > 1) drew no new samples
+            if m.collected_new_samples():
+                self.samples_seen += c.batch_size * m.samples_per_prompt * acc.num_processes
+        n_micro = sum(len(b) for b in batches)
+        for collected in batches:
+            for mb in collected:
+                with acc.autocast():
+                    loss, d = m.loss(mb, self.step)
+                if not torch.isfinite(loss.detach()).all():
+                    finite = False
+                    losses.append(float("nan"))
+                    continue
+                if loss.requires_grad:
+                    acc.backward(loss / n_micro)
+                losses.append(float(loss.detach()))
+                for k, v in d.items():
+                    diags.setdefault(k, []).append(float(v.item() if torch.is_tensor(v) else v))
+        has_grad = any(p.grad is not None for p in self.params)
+        loss_sum, n_finite = sum(x for x in losses if math.isfinite(x)), sum(math.isfinite(x) for x in losses)
+        if acc.num_processes > 1:
+            # one small all-reduce so that every process takes the same decision (step or skip) and logs the loss
+            # averaged over all processes
+            flags = acc.reduce(torch.tensor([float(not finite), float(has_grad), loss_sum, float(n_finite)],
+                                            dtype=torch.float64, device=acc.device), reduction="sum").cpu()
+            finite, has_grad = bool(flags[0] == 0), bool(flags[1] > 0)
+            loss_sum, n_finite = float(flags[2]), int(flags[3])
+            # average gradients over processes (the denoiser is deliberately not DDP-wrapped): each process divided
+            # its loss by its number of micro-batches, so the mean over processes is the gradient of the mean loss
+            for p in self.params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            allreduce_mean([p.grad for p in self.params], acc)
+        grads = [p.grad for p in self.params if p.grad is not None] if has_grad else []
+        if grads:
+            if acc.scaler is not None:
+                acc.unscale_gradients()
+            gnorm = torch.nn.utils.clip_grad_norm_(self.params, c.grad_clip if c.grad_clip > 0 else float("inf"))
+            gnorm = float(gnorm)
+        else:
+            gnorm = 0.0
+        skipped = (not finite) or (not math.isfinite(gnorm)) or not grads
+        reason = ("non-finite loss" if not finite else "non-finite gradient" if not math.isfinite(gnorm)
+                  else "no gradient" if not grads else "")
+        if skipped:
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            if self.ema is not None:
+                self.ema.step(self.params)
+        self.optimizer.zero_grad(set_to_none=True)
+        rec = {"step": self.step + 1, "loss": float(loss_sum / max(1, n_finite)),
+               "grad_norm": gnorm, "lr": self.lr_scheduler.get_last_lr()[0], "skipped": int(skipped),
+               "samples": self.samples_seen}
+        if skipped:
+            rec["skip_reason"] = reason
+        rec.update({k: sum(v) / len(v) for k, v in diags.items()})
+        rec.update({k: sum(v) / len(v) for k, v in self._log_buffer.items()})
+        return rec
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, tag: str | None = None) -> dict[str, float]:
+        """Mean reward on the held-out prompts (fixed noise), the evaluation hooks' metrics, a sample grid.
+        Runs with the EMA weights when EMA is on; leaves every RNG untouched."""
+        if self.eval_source is None or not self.accelerator.is_main_process:
+            return {}
+        c = self.config
+        prompts = self.eval_source.eval_list(c.eval_per_category, seed=0)
+        if not self.trains_generator:  # the generator is frozen: the method reports on its own module
+            with torch.random.fork_rng(devices=[]), self._ema_weights():
+                return {"step": self.step, "samples": self.samples_seen, **self.method.evaluate(prompts)}
+        with torch.random.fork_rng(devices=[]), self._ema_weights():
+            was_training = self.gen.denoiser.training
+            self.gen.denoiser.eval()
+            noise = torch.randn((len(prompts), *self.gen.latent_shape), generator=torch.Generator().manual_seed(0))
+            imgs = torch.cat([self.gen.generate(prompts[i:i + 50], c.sample_steps,
+                                                noise=noise[i:i + 50].to(self.gen.device, self.gen.dtype))
+                              for i in range(0, len(prompts), 50)]).float()
+            self.gen.denoiser.train(was_training)
+        out: dict[str, float] = {"step": self.step, "samples": self.samples_seen}
+        if self.reward is not None:
+            r = torch.cat([self.reward(imgs[i:i + 50].to(self.accelerator.device), prompts[i:i + 50]).float().cpu()
+                           for i in range(0, len(prompts), 50)])
+            out["eval_reward"] = float(r[torch.isfinite(r)].mean()) if torch.isfinite(r).any() else float("nan")
+        for name, rw in self.heldout.items():  # held-out rewards: watched for reward hacking, never optimized
+            r = torch.cat([rw(imgs[i:i + 50].to(self.accelerator.device), prompts[i:i + 50]).float().cpu()
+                           for i in range(0, len(prompts), 50)])
+            out[f"heldout_{name}"] = float(r[torch.isfinite(r)].mean()) if torch.isfinite(r).any() else float("nan")
+        out.update(run_eval_hooks(self.eval_hook_names, imgs.cpu(), prompts))
+        idx = list(range(0, len(prompts), max(1, len(prompts) // 16)))[:16]
+        save_image_grid(imgs[idx], self.run_dir / "samples" / f"{tag or f'step_{self.step:07d}'}.png", nrow=8)
+        return out
+
+    def _ema_weights(self):
+        """Context: the EMA weights swapped into the trainable parameters (no-op without EMA)."""
+        if self.ema is None:
+            return contextlib.nullcontext()
+        ema, params = self.ema, self.params
+
+        @contextlib.contextmanager
+        def swap():
+            ema.store(params)
+            ema.copy_to(params)
+            try:
+                yield
+            finally:
+                ema.restore(params)
+
+        return swap()
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> dict[str, Any]:
+        c, acc = self.config, self.accelerator
+        resumed = self.maybe_resume()
+        if acc.is_main_process:
+            resolved = {**dataclasses.asdict(c), **dataclasses.asdict(self.method_config)}
+            resolved = {k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()}
+            e = self.effective_batch()
+            head = (f"# launched with num_processes={e['num_processes']} ({acc.distributed_type}): "
+                    f"{e['batch_size']} prompts/process x {e['grad_accum']} grad_accum x {e['num_processes']} "
+                    f"processes = {e['prompts_per_step']} prompts per optimizer step\n")
+            (self.run_dir / "config.yaml").write_text(head + yaml.safe_dump(resolved, sort_keys=False))
+        self.reporter = Reporter(self.run_dir, c.report_to, {**dataclasses.asdict(c)}, c.run_name,
+                                  acc.is_main_process, resume_step=self.step if resumed else None)
+        if acc.is_main_process:
+            print(self.describe(), flush=True)
+        # open for the whole run
+        eval_file = open(self.run_dir / "eval.jsonl", "a") if acc.is_main_process else None  # noqa: SIM115
+        history: list[dict] = []
+        best = BestTracker(c.best_metric, c.best_mode, c.early_stop_patience) if c.best_metric else None
+        if best is not None and resumed and acc.is_main_process:
+            best.replay(self.run_dir / "eval.jsonl")
+        if self.monitor is not None and resumed:  # peaks and flags as the uninterrupted run had them, no re-logging
+            self.monitor.replay(self.run_dir / "eval.jsonl")
+
+        def do_eval(tag=None):
+            ev = self.evaluate(tag)
+            if ev and self.monitor is not None:
+                ev["hacking_warnings"] = len(self.monitor.update(ev["step"], ev))
+            if ev:
+                self.reporter.log(ev, self.step, file=eval_file)
+                history.append(ev)
+                print("[rewardflow] eval " + json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                                                         for k, v in ev.items()}), flush=True)
+            if ev and best is not None and best.update(ev):
+                self.save_final("best", info={**best.summary(), "eval": ev})
+            return ev
+
+        first = do_eval() if (c.eval_at_start and not resumed) else {}
+        t0 = time.time()
+        bar = tqdm(total=c.max_steps, initial=self.step, desc=c.method, disable=not acc.is_main_process,
+                   dynamic_ncols=True)
+        skipped, stopped_early = 0, False
+        while self.step < c.max_steps:
+            rec = self.train_step()
+            self.step += 1
+            skipped += rec["skipped"]
+            rec["seconds"] = round(time.time() - t0, 2)
+            if rec["skipped"]:
+                print(f"[rewardflow] step {self.step}: skipped ({rec['skip_reason']}); weights unchanged",
+                      flush=True)
+            if self.step % max(1, c.log_every) == 0 or rec["skipped"] or self.step == c.max_steps:
+                self.reporter.log(rec, self.step)
+            bar.update(1)
+            bar.set_postfix({k: f"{rec[k]:.4g}" for k in ("loss", "reward_mean") if k in rec})
+            if c.save_every and self.step % c.save_every == 0 and self.step < c.max_steps:
+                self.save_checkpoint()
+            if c.eval_every and self.step % c.eval_every == 0 and self.step < c.max_steps:
+                do_eval()
+                if best is not None and self._main_flag(best.should_stop):
+                    stopped_early = True
+                    if acc.is_main_process:
+                        where = ("no finite value yet" if best.value is None else
+                                 f"best {best.value:.4g} at step {best.step}; weights in {self.run_dir / 'best'}")
+                        print(f"[rewardflow] early stop at step {self.step}: {c.best_metric} did not improve for "
+                              f"{best.bad} evaluations ({where})", flush=True)
+                    break
+        bar.close()
+        self.save_checkpoint()
+        # an early stop has just evaluated these weights
+        last = history[-1] if stopped_early and history else do_eval()
+        final_dir = self.save_final()
+        if eval_file is not None:
+            eval_file.close()
+        self.reporter.close()
+        curve = plot_reward_curve(self.run_dir) if acc.is_main_process else None
+        summary = {"run_dir": str(self.run_dir), "steps": self.step, "samples": self.samples_seen,
+                   "skipped_steps": skipped, "seconds": round(time.time() - t0, 1), "final": str(final_dir),
+                   "reward_curve": None if curve is None else str(curve),
+                   "num_processes": acc.num_processes, "effective_batch": self.effective_batch(),
+                   "before": first, "after": last, "early_stopped": stopped_early}
+        if best is not None and acc.is_main_process:
+            summary["best"] = {**best.summary(), "dir": str(self.run_dir / "best"),
+                               "eval": next((h for h in history if h.get("step") == best.step), None)}
+        if acc.is_main_process:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        return summary
+
+    def _make_lr_scheduler(self):
+        from diffusers.optimization import (
+            get_scheduler,  # lazy: diffusers is heavy; only the schedule needs it
+        )
+
+        c = self.config
+        name = "constant_with_warmup" if c.lr_scheduler == "constant" and c.lr_warmup_steps > 0 else c.lr_scheduler
+        opt = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate's wrapper keeps the torch optimizer
+        return get_scheduler(name, opt, num_warmup_steps=c.lr_warmup_steps, num_training_steps=c.max_steps)
+
+    def set_max_steps(self, max_steps: int) -> None:
+        """Change ``max_steps`` before training starts (the lr schedule's length follows)."""
+        if self.step:
+            raise RuntimeError("set_max_steps is only possible before the first step")
+        self.config.max_steps = int(max_steps)
+        self.config.validate()
+        for g in getattr(self.optimizer, "optimizer", self.optimizer).param_groups:
+            g["lr"] = g.get("initial_lr", g["lr"])
+        self.lr_scheduler = self._make_lr_scheduler()
+
+    def _main_flag(self, flag: bool) -> bool:
+        """Process 0's ``flag`` on every process (a decision taken on process 0's evaluation)."""
+        return bool(self._main_value(bool(flag)))
+
+    def _main_value(self, value: Any) -> Any:
+        """Process 0's ``value`` (a small picklable object) on every process."""
+        if self.accelerator.num_processes == 1:
+            return value
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def train(config: TrainConfig, method_config: Any, generator=None, reward=None) -> dict[str, Any]:
+    """Convenience: build a :class:`Trainer` and run it."""
+    return Trainer(config, method_config, generator=generator, reward=reward).train()
+
