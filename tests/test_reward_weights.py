@@ -173,6 +173,40 @@ def test_noise_opt_config_recipe_with_reward_kwargs(reno_files, tmp_path, capsys
     assert "unknown noise-opt key 'iteratons'. Did you mean 'iterations'?" in capsys.readouterr().err
 
 
+# ------------------------------------------------------------------------------------- training: reward_kwargs
+TOY_FAST = ["max_steps=2", "batch_size=2", "sample_steps=2", "eval_per_category=1", "save_every=0", "eval_every=0",
+            "report_to=none"]
+
+
+def test_train_reward_kwargs_reach_the_reward_and_heldout_rewards(reno_files, tmp_path):
+    import yaml
+
+    out = tmp_path / "run"
+    kw = {"clip": {"path": str(reno_files["oc"]), "model": reno_files["name"], "logit_scale": True},
+          "hpsv2.1": {"path": str(reno_files["hps"]), "model": reno_files["name"]}}
+    assert main(["train", "configs/toy/draft.yaml", "reward=clip", f"reward_kwargs={json.dumps(kw)}",
+                 "heldout_rewards=[hpsv2.1]", f"output_dir={out}", *TOY_FAST]) == 0
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["reward_kwargs"]["clip"]["logit_scale"] is True
+    evals = [json.loads(ln) for ln in (out / "eval.jsonl").read_text().splitlines()]
+    assert all("heldout_hpsv2.1" in e for e in evals)
+    assert abs(evals[-1]["eval_reward"]) > 1.0  # logit-scaled CLIP (exp(logit_scale) * cos), not a cosine in [-1, 1]
+
+
+def test_train_missing_reward_weights_name_the_config_key(tmp_path, capsys):
+    assert main(["train", "configs/toy/draft.yaml", "reward=hpsv2.1", f"output_dir={tmp_path}", *TOY_FAST]) == 2
+    line = _one_error_line(capsys)
+    assert "HPS_v2.1_compressed.pt" in line and "reward_kwargs: {hpsv2.1: {path: PATH}}" in line
+
+
+def test_train_refuses_reward_kwargs_of_another_reward_and_toy_sizes(tmp_path, capsys):
+    assert main(["train", "configs/toy/draft.yaml", "reward_kwargs={clip: {path: x.pt}}",
+                 f"output_dir={tmp_path}", *TOY_FAST]) == 2
+    assert "reward_kwargs names ['clip'], which are not rewards of this run" in _one_error_line(capsys)
+    assert main(["train", "configs/toy/draft.yaml", "height=64", f"output_dir={tmp_path}", *TOY_FAST]) == 2
+    assert "generator option 'height' is not supported by adapter 'toy'" in _one_error_line(capsys)
+
+
 @pytest.mark.slow
 def test_a_random_vit_b_32_checkpoint_via_weights_everywhere(tmp_path, image_dir, capsys):
     """The issue's check: an open_clip ViT-B-32 checkpoint saved locally (random weights) drives `clip` offline in
@@ -191,3 +225,7 @@ def test_a_random_vit_b_32_checkpoint_via_weights_everywhere(tmp_path, image_dir
                  "--bootstrap", "0", "--out", str(tmp_path / "e"), *w]) == 0
     assert main(["eval-rewards", "--dataset", str(SAMPLES / "pickapic"), "--format", "pickapic", "--reward", "clip",
                  "--bootstrap", "0", *w]) == 0
+    # the issue's training command, as written (offline: the checkpoint is the only CLIP weights there are)
+    assert main(["train", "configs/toy/draft.yaml", "reward=clip", f"reward_kwargs={{clip: {{path: {ckpt}}}}}",
+                 "max_steps=2", f"output_dir={tmp_path / 't'}"]) == 0
+    assert (tmp_path / "t" / "final" / "pytorch_lora_weights.safetensors").is_file()

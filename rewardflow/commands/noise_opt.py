@@ -50,6 +50,9 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--layout", default="plain", choices=("plain", "geneval", "t2i-compbench"),
                    help="folder layout of the final images for external evaluators")
+    p.add_argument("--smoke", action="store_true",
+                   help="dry run on the CPU: a tiny random model of the same family and random-weight rewards, 2 "
+                        "iterations on 2 prompts; prints what the real run would load")
     add_generator_options(p)
     p.set_defaults(fn=run, _defaults={a.dest: a.default for a in p._actions if a.dest != "help"})
 
@@ -136,6 +139,11 @@ def run(args) -> int:
         raise ValueError("noise-opt needs --model (or `model:` in --config)")
     if args.prompt is None and args.prompts is None:
         raise ValueError("noise-opt needs --prompt TEXT or --prompts FILE (or `prompts:` in --config)")
+    smoke_root = None
+    if args.smoke:
+        from rewardflow.testing.smoke import smoke_noise_opt
+
+        smoke_root = smoke_noise_opt(args)
     prompts, meta = read_prompts(args)
     if args.latent_reward and args.method != "nrg":
         raise ValueError("--latent-reward guides Flow-NRG; add --method nrg")
@@ -150,6 +158,13 @@ def run(args) -> int:
     overrides = {}
     if args.guidance is None and "noise_opt_guidance_scale" in defaults:
         overrides["guidance_scale"] = defaults["noise_opt_guidance_scale"]
+    if smoke_root is not None:
+        from rewardflow.rewards.combine import parse_reward_spec
+        from rewardflow.testing.smoke import describe_rewards, tiny_reward_kwargs
+
+        names = [n for n, _ in parse_reward_spec(spec)]
+        print(describe_rewards(names, reward_kwargs))
+        reward_kwargs, args.weights = tiny_reward_kwargs(names, reward_kwargs, smoke_root / "rewards"), []
     reward = build_reward_from_args(spec, args.weights, reward_kwargs)
     gen, entry = load_generator_from_args(args, **overrides)
     device = gen.device

@@ -120,7 +120,8 @@ class StableDiffusionGenerator(Generator):
 
     # ------------------------------------------------------------------ network
     def _forward(self, x, model_t, embeds):
-        return self.denoiser(x.to(self.dtype), model_t, encoder_hidden_states=embeds["encoder_hidden_states"],
+        dt = self.dtype  # the text encoder may be fp16 under a fp32 (fully fine-tuned) UNet
+        return self.denoiser(x.to(dt), model_t, encoder_hidden_states=embeds["encoder_hidden_states"].to(dt),
                              return_dict=False)[0]
 
     # ------------------------------------------------------------------ DDIM grid

@@ -50,8 +50,9 @@ class StableDiffusionXLGenerator(StableDiffusionGenerator):
         return e
 
     def _forward(self, x, model_t, embeds):
-        added = {"text_embeds": embeds["text_embeds"], "time_ids": embeds["time_ids"]}
-        return self.denoiser(x.to(self.dtype), model_t, encoder_hidden_states=embeds["encoder_hidden_states"],
+        dt = self.dtype
+        added = {"text_embeds": embeds["text_embeds"].to(dt), "time_ids": embeds["time_ids"].to(dt)}
+        return self.denoiser(x.to(dt), model_t, encoder_hidden_states=embeds["encoder_hidden_states"].to(dt),
                              added_cond_kwargs=added, return_dict=False)[0]
 
 
