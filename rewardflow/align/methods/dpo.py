@@ -28,7 +28,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -103,7 +103,10 @@ def dpo_loss(err_w: torch.Tensor, err_l: torch.Tensor, ref_err_w: torch.Tensor, 
 # ---------------------------------------------------------------------------------------------------- offline
 
 
-def _read_records(path: str) -> list[dict[str, Any]]:
+def _read_records(path: str):
+    """A ``.jsonl`` file -> a list of dicts; a ``.parquet`` file, a folder of parquet files (a hub download such as
+    Pick-a-Pic v2's) or a saved HF dataset -> a ``datasets.Dataset``, whose images stay on disk until a pair is
+    used (Pick-a-Pic v2 is about 190 GB)."""
     p = Path(path)
     if p.is_file() and p.suffix == ".jsonl":
         recs = []
@@ -120,43 +123,73 @@ def _read_records(path: str) -> list[dict[str, Any]]:
         except ImportError:
             raise ImportError(f"reading {p} needs the `datasets` library (pip install datasets); or convert the "
                               "pairs to JSONL (one {\"prompt\", \"chosen\", \"rejected\"} object per line)") from None
-        ds = datasets.load_dataset("parquet", data_files=str(p), split="train") if p.is_file() \
-            else datasets.load_from_disk(str(p))
-        return [dict(r) for r in ds]
+        if p.is_file():
+            return datasets.load_dataset("parquet", data_files=str(p), split="train")
+        if (p / "state.json").is_file() or (p / "dataset_info.json").is_file():
+            return datasets.load_from_disk(str(p))
+        shards = sorted(str(f) for f in p.rglob("*.parquet"))
+        if not shards:
+            raise ValueError(f"{p} is neither a saved HF dataset (save_to_disk) nor a folder of .parquet files")
+        return datasets.load_dataset("parquet", data_files=shards, split="train")
     if not p.exists():
         raise FileNotFoundError(f"preference dataset not found: {p}")
     raise ValueError(f"unsupported preference dataset {p}: use .jsonl, .parquet or a saved HF dataset directory")
 
 
+class _Cell(NamedTuple):
+    """A winner / loser that is still in the dataset: row ``index``, column ``column``."""
+
+    index: int
+    column: str
+
+
+def _pair_columns(keys, where: str) -> tuple[str, str, str, str | None]:
+    """(prompt column, the two item columns, the label column or None for chosen/rejected)."""
+    if "prompt" not in keys and "caption" not in keys:
+        raise ValueError(f"{where} has no 'prompt' (keys: {sorted(keys)})")
+    prompt = "prompt" if "prompt" in keys else "caption"
+    if "chosen" in keys and "rejected" in keys:
+        return prompt, "chosen", "rejected", None
+    for a in ("image", "jpg"):  # jpg_0 / jpg_1: the Pick-a-Pic v2 parquet columns
+        if f"{a}_0" in keys and f"{a}_1" in keys and "label_0" in keys:
+            return prompt, f"{a}_0", f"{a}_1", "label_0"
+    raise ValueError(f"{where} needs chosen/rejected or image_0/image_1/label_0 (or jpg_0/jpg_1) "
+                     f"(keys: {sorted(keys)})")
+
+
 class PreferencePairs:
-    """Offline (prompt, winner, loser) pairs. Each record has ``prompt`` and either
+    """Offline (prompt, winner, loser) pairs. Each record has ``prompt`` (or ``caption``) and either
 
     * ``chosen`` / ``rejected``, or
-    * ``image_0`` / ``image_1`` / ``label_0`` (Pick-a-Pic v2 columns; ``label_0`` 1 means image 0 wins, 0 image 1,
-      0.5 is a tie and is dropped, as Diffusion-DPO does),
+    * ``image_0`` / ``image_1`` (or Pick-a-Pic v2's ``jpg_0`` / ``jpg_1``) / ``label_0`` (``label_0`` 1 means image 0
+      wins, 0 image 1, 0.5 is a tie and is dropped, as Diffusion-DPO does),
 
     where an image is a file path (PNG/JPEG/WebP, relative to the dataset file), a ``.safetensors`` file with an
-    encoded ``latent`` tensor, or (HF datasets) a PIL image / ``{"bytes": ...}``."""
+    encoded ``latent`` tensor, or (HF datasets) a PIL image / ``{"bytes": ...}``. From an HF dataset only the prompt
+    and label columns are read up front; each image is read when its pair is used."""
 
     def __init__(self, path: str, root: str | None = None):
         self.path = path
         self.root = Path(root) if root else (Path(path).parent if Path(path).is_file() else Path(path))
         self.pairs: list[tuple[str, Any, Any]] = []
-        for i, r in enumerate(_read_records(path)):
-            if "prompt" not in r and "caption" not in r:
-                raise ValueError(f"{path}: record {i} has no 'prompt' (keys: {sorted(r)})")
-            prompt = r.get("prompt", r.get("caption"))
-            if "chosen" in r and "rejected" in r:
-                self.pairs.append((prompt, r["chosen"], r["rejected"]))
-            elif "image_0" in r and "image_1" in r and "label_0" in r:
-                lab = float(r["label_0"])
+        recs = _read_records(path)
+        self._ds = None
+        if hasattr(recs, "column_names"):  # a datasets.Dataset: columns, not rows
+            self._ds = recs
+            pc, c0, c1, lc = _pair_columns(set(recs.column_names), path)
+            labels = recs[lc] if lc else [1.0] * len(recs)
+            for i, (prompt, lab) in enumerate(zip(recs[pc], labels)):
+                if float(lab) != 0.5:
+                    w, l = (c0, c1) if float(lab) > 0.5 else (c1, c0)
+                    self.pairs.append((prompt, _Cell(i, w), _Cell(i, l)))
+        else:
+            for i, r in enumerate(recs):
+                pc, c0, c1, lc = _pair_columns(set(r), f"{path}: record {i}")
+                lab = float(r[lc]) if lc else 1.0
                 if lab == 0.5:
                     continue
-                w, l = (r["image_0"], r["image_1"]) if lab > 0.5 else (r["image_1"], r["image_0"])
-                self.pairs.append((prompt, w, l))
-            else:
-                raise ValueError(f"{path}: record {i} needs chosen/rejected or image_0/image_1/label_0 "
-                                 f"(keys: {sorted(r)})")
+                w, l = (r[c0], r[c1]) if lab > 0.5 else (r[c1], r[c0])
+                self.pairs.append((r[pc], w, l))
         if not self.pairs:
             raise ValueError(f"{path}: no usable preference pairs (all ties or empty)")
         self._check_files()
@@ -177,6 +210,8 @@ class PreferencePairs:
 
     def load_item(self, item: Any, gen, resolution: int = 0) -> torch.Tensor:
         """One winner / loser -> latent [C, H, W] through the generator's own image encoder."""
+        if isinstance(item, _Cell):
+            item = self._ds[item.index][item.column]
         if isinstance(item, str) and item.endswith(".safetensors"):
             f = self.root / item
             if not f.is_file():
@@ -205,7 +240,9 @@ class PreferencePairs:
             if not f.is_file():
                 raise FileNotFoundError(f"image not found: {f}")
             return load_image(f)  # a corrupt / truncated file raises ImageReadError naming it
-        if isinstance(item, dict) and item.get("bytes") is not None:
+        if isinstance(item, (bytes, bytearray)):  # a binary column (Pick-a-Pic v2's jpg_0 / jpg_1)
+            im = Image.open(io.BytesIO(item))
+        elif isinstance(item, dict) and item.get("bytes") is not None:
             im = Image.open(io.BytesIO(item["bytes"]))
         elif hasattr(item, "convert"):
             im = item
