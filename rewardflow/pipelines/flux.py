@@ -40,7 +40,7 @@ FLUX_LORA_TARGETS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
 
 
 @register_generator("flux", pipeline_classes=("FluxPipeline",),
-                    description="FLUX.1 [dev] (distilled guidance) / [schnell] (1-4 steps) rectified flow; CLIP + T5")
+                    description="FLUX.1 [dev] (distilled guidance) rectified flow; CLIP + T5")
 class FluxGenerator(FlowTransformerGenerator):
     """FLUX.1 [dev] and [schnell]; ``guidance_scale`` is the distilled guidance of [dev] (default 3.5)."""
 

@@ -41,9 +41,9 @@ def ddim_from(scheduler):
 
 
 @register_generator("sd", pipeline_classes=("StableDiffusionPipeline",),
-                    description="Stable Diffusion 1.x / 2.x and SD-Turbo (UNet; epsilon or v_prediction; DDIM)")
+                    description="Stable Diffusion 1.x / 2.x (UNet; epsilon or v_prediction; DDIM)")
 class StableDiffusionGenerator(Generator):
-    """Stable Diffusion 1.x / 2.x / SD-Turbo. Use ``guidance_scale=1`` (no guidance) for SD-Turbo."""
+    """Stable Diffusion 1.x / 2.x (and SD-Turbo with ``adapter="sd"``: then pass ``guidance_scale=0``, no CFG)."""
 
     pipeline_class = "StableDiffusionPipeline"
     lora_component = "unet"

@@ -18,9 +18,9 @@ from rewardflow.pipelines.sd import StableDiffusionGenerator
 
 
 @register_generator("sdxl", pipeline_classes=("StableDiffusionXLPipeline",),
-                    description="Stable Diffusion XL and SDXL-Turbo (UNet, two CLIP text encoders, pooled + time ids)")
+                    description="Stable Diffusion XL (UNet, two CLIP text encoders, pooled + time ids)")
 class StableDiffusionXLGenerator(StableDiffusionGenerator):
-    """SDXL / SDXL-Turbo. Use ``guidance_scale=1`` (no guidance) for SDXL-Turbo."""
+    """SDXL (and SDXL-Turbo with ``adapter="sdxl"``: then pass ``guidance_scale=0``, no CFG)."""
 
     pipeline_class = "StableDiffusionXLPipeline"
     lora_component = "unet"
