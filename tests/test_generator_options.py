@@ -218,3 +218,70 @@ def test_load_weights_takes_a_lora_or_a_full_finetune(dirs, tmp_path):
     other = load_generator(dirs / "sd3")
     with pytest.raises(ValueError, match="does not fit this model"):
         other.load_weights(tmp_path / "final" / "unet")
+
+
+# ------------------------------------------------------------------------------------- the trainer and the commands
+def test_trainer_keys_load_the_model_and_full_finetuning_keeps_fp32_master_weights(dirs, tmp_path):
+    """height/width/dtype/max_sequence_length reach the adapter; with lora_rank 0 the trained transformer is fp32 over
+    bf16 frozen text encoders and VAE; final/ holds trainable.safetensors and the save_pretrained folder, which the
+    plain pipeline's from_pretrained takes."""
+    from diffusers import SD3Transformer2DModel
+
+    from rewardflow.align.trainer import Trainer, split_config
+    from tests.trainer_utils import Brightness
+
+    tcfg, mcfg = split_config({"method": "draft", "model": str(dirs / "sd3"), "height": 16, "width": 16,
+                               "dtype": "bf16", "max_sequence_length": 8, "lora_rank": 0, "prompts": "toy:train",
+                               "eval_prompts": "", "eval_at_start": False, "report_to": "none", "max_steps": 1,
+                               "batch_size": 1, "sample_steps": 1, "output_dir": str(tmp_path), "resume": "never"})
+    tr = Trainer(tcfg, mcfg, reward=Brightness())
+    g = tr.gen
+    assert (g.height, g.width, g.max_sequence_length) == (16, 16, 8)
+    assert all(p.dtype == torch.float32 for p in tr.params) and len(tr.params) == len(list(g.denoiser.parameters()))
+    assert g.pipe.text_encoder.dtype == torch.bfloat16 and g.pipe.vae.dtype == torch.bfloat16
+    tr.train()
+    final = tmp_path / "final"
+    assert (final / "trainable.safetensors").is_file()
+    t = SD3Transformer2DModel.from_pretrained(final / "transformer")
+    assert torch.equal(t.proj_out.weight, g.denoiser.proj_out.weight.detach().cpu())
+
+
+def test_noise_opt_takes_the_generator_flags_and_a_lora(dirs, tmp_path):
+    import json
+
+    from PIL import Image
+
+    from rewardflow.cli import main
+    from rewardflow.testing.tiny_rewards import write_hf_clip
+
+    turbo = load_generator(dirs / "my-sd-turbo")
+    turbo.add_lora(rank=2)
+    lora = turbo.save_lora(tmp_path / "lora")
+    clip = write_hf_clip(tmp_path / "clip", 64, 16)
+    out = tmp_path / "reno"
+    assert main(["noise-opt", "--model", str(dirs / "my-sd-turbo"), "--prompt", "a red cat", "--reward", "clip",
+                 "--weights", f"clip={clip}", "--height", "24", "--width", "32", "--dtype", "fp32", "--lora", lora,
+                 "--iterations", "2", "--device", "cpu", "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["steps"] == 1 and len(s["per_prompt"]) == 1  # the sd-turbo adapter's one step
+    img = next((out / "final").rglob("*.png"))
+    assert Image.open(img).size == (32, 24)
+
+
+def test_sample_takes_a_training_checkpoint_as_lora(tmp_path):
+    from PIL import Image
+
+    from rewardflow.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "configs/toy/draft.yaml", f"output_dir={run}", "max_steps=2", "batch_size=2",
+                 "sample_steps=2", "eval_prompts=", "report_to=none", "save_every=1"]) == 0
+    ck = sorted((run / "checkpoints").glob("step_*"))[-1]
+    assert (ck / "pytorch_lora_weights.safetensors").is_file()
+    for lora in (ck, run / "final"):
+        assert main(["sample", "--model", "toy", "--lora", str(lora), "--prompt", "a red circle", "--steps", "2",
+                     "--out", str(tmp_path / lora.name)]) == 0
+    assert main(["sample", "--model", "toy", "--prompt", "a red circle", "--steps", "2",
+                 "--out", str(tmp_path / "base")]) == 0
+    a, b = (np.asarray(Image.open(tmp_path / d / "00000_00.png")) for d in ("final", "base"))
+    assert not np.array_equal(a, b)  # the trained LoRA changes the samples
