@@ -105,3 +105,18 @@ def test_noise_opt_recipe_smoke(tmp_path, capsys):
     s = json.loads((out / "summary.json").read_text())
     assert s["method"] == "reno" and s["reward"] == "hpsv2.1:5,imagereward:1,pickscore:0.05,clip:0.01"
     assert "reward clip: path=laion/CLIP-ViT-H-14-laion2B-s32B-b79K" in capsys.readouterr().out
+
+
+def test_the_family_of_a_hub_id_that_is_not_on_this_machine():
+    from rewardflow.testing.smoke import family_adapter
+
+    want = {"runwayml/stable-diffusion-v1-5": "sd", "CompVis/stable-diffusion-v1-4": "sd",
+            "stabilityai/sd-turbo": "sd-turbo", "stabilityai/sdxl-turbo": "sdxl-turbo",
+            "stabilityai/stable-diffusion-xl-base-1.0": "sdxl", "stabilityai/stable-diffusion-3.5-medium": "sd3",
+            "stabilityai/stable-diffusion-3.5-large-turbo": "sd3-turbo", "black-forest-labs/FLUX.1-dev": "flux",
+            "black-forest-labs/FLUX.1-schnell": "flux-schnell", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": "wan",
+            "THUDM/CogVideoX-2b": "cogvideox", "Lightricks/LTX-Video": "ltx"}
+    assert {m: family_adapter(m, None) for m in want} == want
+    assert family_adapter("some/model", "sdxl") == "sdxl"  # `adapter:` wins
+    with pytest.raises(ValueError, match="set `adapter:` in the recipe"):
+        family_adapter("someone/my-model", None)

@@ -55,7 +55,7 @@ TINY_MODELS = {
                                                       "max_sequence_length": 16}),
 }
 # the model family of a hub id that is not on this machine (its model_index.json cannot be read offline)
-HUB_FAMILIES = ((r"sdxl-turbo", "sdxl-turbo"), (r"sd-turbo", "sd-turbo"), (r"xl", "sdxl"),
+HUB_FAMILIES = ((r"sdxl-turbo", "sdxl-turbo"), (r"sd-turbo", "sd-turbo"), (r"sdxl|stable-diffusion-xl", "sdxl"),
                 (r"stable-diffusion-3.*turbo", "sd3-turbo"), (r"stable-diffusion-3", "sd3"),
                 (r"flux.*schnell", "flux-schnell"), (r"flux", "flux"), (r"wan", "wan"), (r"cogvideox", "cogvideox"),
                 (r"ltx", "ltx"), (r"stable-diffusion|sd-?1|sd-?2", "sd"))
