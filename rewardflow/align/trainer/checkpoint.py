@@ -21,6 +21,8 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
+from rewardflow.align.trainer.rng import reseed_process, rng_state, set_rng_state
+
 
 def fsync_dir(path: Path) -> None:
     try:
@@ -145,26 +147,6 @@ def trim_jsonl(path: Path, last_step: int) -> int:
         tmp.write_text("".join(ln + "\n" for ln in keep))
         os.replace(tmp, path)
     return dropped
-
-
-def rng_state(generators: dict[str, torch.Generator | None]) -> dict[str, torch.Tensor]:
-    st = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        st["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
-    for k, g in generators.items():
-        if g is not None:
-            st[f"gen_{k}"] = g.get_state()
-    return st
-
-
-def set_rng_state(st: dict[str, torch.Tensor], generators: dict[str, torch.Generator | None]) -> None:
-    torch.set_rng_state(st["torch"])
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(list(st["cuda"]))
-    for k, g in generators.items():
-        if g is not None and f"gen_{k}" in st:
-            g.set_state(st[f"gen_{k}"])
-
 
 
 class CheckpointMixin:
@@ -317,10 +299,7 @@ class CheckpointMixin:
         if acc.process_index == 0:
             set_rng_state(st["rng"], gens)
         else:
-            s = self.config.seed * 1000 + acc.process_index + 1_000_003 * self.step
-            torch.manual_seed(s)
-            self.prompt_rng.manual_seed(s)
-            self.sample_rng.manual_seed(s + 500)
+            reseed_process(self.config.seed, acc.process_index, self.step, self.prompt_rng, self.sample_rng)
         if acc.is_main_process:
             n = len(per) if per is not None else "an unknown number of"
             print(f"[rewardflow] the checkpoint was written by {n} processes, this run has {acc.num_processes}: "
@@ -358,7 +337,6 @@ class CheckpointMixin:
             elif hasattr(self.gen, "save_denoiser"):
                 self.gen.save_denoiser(str(out))
 
-    # ------------------------------------------------------------------ one optimizer step
     def save_final(self, name: str = "final", info: dict | None = None) -> Path | None:
         """``final/`` (or ``name/``): the LoRA (``pytorch_lora_weights.safetensors``, diffusers' layout), or for full
         fine-tuning the trainable weights as safetensors plus the denoiser folder written by ``save_pretrained``
