@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 from rewardflow.io.progress import add_quiet_flag
+from rewardflow.commands._options import add_reward_weights_option, build_reward_from_args
 
 
 def register(subparsers) -> None:
@@ -44,9 +45,7 @@ def register(subparsers) -> None:
                    help="a manifest.json (as `sample`, `eval`, `noise-opt` write), a .csv / .jsonl with file,prompt, "
                         "or one prompt per line matched to the sorted images (default: DIR/manifest.json of --images)")
     g.add_argument("--prompt", metavar="TEXT", help="the same prompt for every image")
-    p.add_argument("--weights", action="append", default=[], metavar="[NAME=]PATH",
-                   help="checkpoint path passed as path= to the reward (NAME=PATH when the spec has several; "
-                        "repeatable)")
+    add_reward_weights_option(p)
     p.add_argument("--out", default=None, metavar="FILE", help="write per-image scores to FILE (.csv or .json)")
     p.add_argument("--batch-size", type=int, default=16, help="images per reward call (default 16)")
     p.add_argument("--device", default="cpu", help="torch device for the rewards (default cpu)")
@@ -124,20 +123,6 @@ def read_prompts(path: str | Path, files: list[Path]) -> list[str]:
     return ordered
 
 
-def _reward_kwargs(weights: list[str], names: list[str]) -> dict[str, dict]:
-    out: dict[str, dict] = {}
-    for w in weights:
-        name, sep, path = w.partition("=")
-        if sep and name in names:
-            out[name] = {"path": path}
-        elif len(names) == 1:
-            out[names[0]] = {"path": w}
-        else:
-            raise ValueError(f"--weights {w!r}: the spec has several rewards ({', '.join(names)}); write "
-                             "--weights NAME=PATH")
-    return out
-
-
 # ----------------------------------------------------------------------------------------------- scoring
 def _score_batch(reward, names: list[str], media, prompts) -> tuple[dict[str, list[float]], list[float]]:
     from rewardflow.rewards.combine import WeightedReward
@@ -206,7 +191,7 @@ def run_score(args: argparse.Namespace) -> int:
     from rewardflow.io.images import ImageReadError, list_images, open_image
     from rewardflow.io.manifest import MANIFEST
     from rewardflow.io.progress import progress
-    from rewardflow.rewards.combine import build_reward, parse_reward_spec
+    from rewardflow.rewards.combine import parse_reward_spec
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -223,10 +208,7 @@ def run_score(args: argparse.Namespace) -> int:
         args.prompts = str(Path(args.images) / MANIFEST)
     prompts = read_prompts(args.prompts, files) if args.prompts else [args.prompt] * len(files)
 
-    try:
-        reward = build_reward(items, **_reward_kwargs(args.weights, names))
-    except TypeError as e:  # a factory that takes no checkpoint path, or a wrong keyword
-        raise ValueError(f"cannot build reward {args.reward!r} with the given --weights: {e}") from None
+    reward = build_reward_from_args(args.reward, args.weights)
     if reward.modality != "image":
         raise ValueError(f"rewardflow score scores images; {args.reward!r} is a {reward.modality} reward")
     reward = reward.to(args.device).eval()

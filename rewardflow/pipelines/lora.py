@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import json
 import os
 import warnings
 from collections.abc import Sequence
@@ -23,6 +24,14 @@ from rewardflow.io.paths import respect_umask
 
 # the file name diffusers' ``save_lora_weights`` writes and ``load_lora_weights`` looks for
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+
+
+def upcast_trainable(module: torch.nn.Module) -> None:
+    """Trainable parameters in float32 over frozen fp16 / bf16 weights (diffusers' ``cast_training_params``): the
+    optimizer state follows them, and peft's LoRA layers cast their input to the LoRA weights' dtype."""
+    for p in module.parameters():
+        if p.requires_grad and p.dtype in (torch.float16, torch.bfloat16):
+            p.data = p.data.float()
 
 
 class LoraMixin:
@@ -49,6 +58,7 @@ class LoraMixin:
         self.denoiser.requires_grad_(False)
         self.denoiser.add_adapter(LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights=init,
                                              target_modules=targets))
+        upcast_trainable(self.denoiser)
 
     def save_lora(self, save_directory: str | os.PathLike, adapter_name: str = "default") -> str:
         """Write the denoiser's LoRA so plain diffusers reads it: ``pipe.load_lora_weights(save_directory)``.
@@ -141,6 +151,72 @@ class LoraMixin:
             for n, p in self.denoiser.named_parameters():
                 if "lora_" in n and f".{adapter_name}." in f"{n}.":
                     p.requires_grad_(True)
+            upcast_trainable(self.denoiser)
+
+    # ------------------------------------------------------------------ full fine-tuning
+    def save_denoiser(self, save_directory: str | os.PathLike) -> str:
+        """Full fine-tuning: write the denoiser with diffusers' ``save_pretrained`` into
+        ``save_directory/<component>/`` (``unet`` or ``transformer``: ``config.json`` +
+        ``diffusion_pytorch_model.safetensors``), the folder a pipeline's ``from_pretrained`` takes as that
+        component::
+
+            unet = UNet2DConditionModel.from_pretrained("run/final/unet")
+            pipe = StableDiffusionPipeline.from_pretrained(BASE, unet=unet)
+
+        Returns the folder written. A denoiser with LoRA adapters is saved with :meth:`save_lora` instead."""
+        if self.has_lora():
+            raise ValueError("save_denoiser writes a fully fine-tuned denoiser; this one has LoRA adapters: use "
+                             "gen.save_lora(DIR)")
+        if not hasattr(self.denoiser, "save_pretrained"):
+            raise ValueError(f"{type(self.denoiser).__name__} has no save_pretrained (not a diffusers model)")
+        folder = os.path.join(str(save_directory), self.lora_component)
+        self.denoiser.save_pretrained(folder, safe_serialization=True)
+        return folder
+
+    def load_weights(self, path: str | os.PathLike, trainable: bool = False) -> str:
+        """Load trained weights into this generator, whatever form they were saved in; returns ``"lora"`` or
+        ``"full"``.
+
+        * a LoRA: a folder holding ``pytorch_lora_weights.safetensors`` (:meth:`save_lora`, diffusers'
+          ``save_lora_weights``, a training checkpoint) or a LoRA ``.safetensors`` file -> :meth:`load_lora`;
+        * a full fine-tune: a denoiser folder written by ``save_pretrained`` (``config.json`` + weights), or a
+          folder holding one as ``unet/`` / ``transformer/`` (:meth:`save_denoiser`) -> its weights replace the
+          denoiser's (same architecture required; dtype and device stay this generator's).
+        """
+        path = str(path)
+        if os.path.isfile(path) or os.path.isfile(os.path.join(path, LORA_WEIGHT_NAME)):
+            self.load_lora(path, trainable=trainable)
+            return "lora"
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"LoRA directory or file not found: {path} (expected a LoRA folder with "
+                                    f"{LORA_WEIGHT_NAME}, a LoRA .safetensors file, or a fine-tuned denoiser folder)")
+        folder = next((d for d in (path, os.path.join(path, self.lora_component))
+                       if os.path.isfile(os.path.join(d, "config.json"))), None)
+        if folder is None:
+            raise FileNotFoundError(f"{path} holds neither a LoRA ({LORA_WEIGHT_NAME}) nor a fine-tuned denoiser "
+                                    f"(config.json in {path} or in {os.path.join(path, self.lora_component)})")
+        self._load_denoiser_folder(folder)
+        self.denoiser.requires_grad_(bool(trainable))
+        return "full"
+
+    def _load_denoiser_folder(self, folder: str) -> None:
+        cls = type(self.denoiser)
+        if not hasattr(cls, "from_pretrained"):
+            raise ValueError(f"{cls.__name__} cannot load a save_pretrained folder (not a diffusers model)")
+        with open(os.path.join(folder, "config.json")) as fh:
+            saved = json.load(fh).get("_class_name")
+        if saved is not None and saved != cls.__name__:
+            raise ValueError(f"the {self.lora_component} in {folder} does not fit this model "
+                             f"({type(self).__name__}): it is a {saved}, this model's is a {cls.__name__}")
+        try:
+            trained = cls.from_pretrained(folder)
+        except (OSError, ValueError) as e:
+            raise FileNotFoundError(f"cannot load the fine-tuned {self.lora_component} in {folder}: {e}") from e
+        try:
+            self.denoiser.load_state_dict(trained.state_dict(), strict=True)
+        except RuntimeError as e:  # missing / unexpected keys, size mismatches: another architecture
+            raise ValueError(f"the {self.lora_component} in {folder} does not fit this model "
+                             f"({type(self).__name__}): {str(e).splitlines()[0]}") from None
 
     def _read_lora_file(self, folder: str, weight_name: str) -> tuple[dict, dict | None, dict | None]:
         """``(state dict in the diffusers layout, network alphas or None, adapter metadata or None)`` through the

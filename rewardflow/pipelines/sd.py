@@ -51,9 +51,9 @@ def ddim_from(scheduler):
 
 
 @register_generator("sd", pipeline_classes=("StableDiffusionPipeline",),
-                    description="Stable Diffusion 1.x / 2.x and SD-Turbo (UNet; epsilon or v_prediction; DDIM)")
+                    description="Stable Diffusion 1.x / 2.x (UNet; epsilon or v_prediction; DDIM)")
 class StableDiffusionGenerator(Generator):
-    """Stable Diffusion 1.x / 2.x / SD-Turbo. Use ``guidance_scale=1`` (no guidance) for SD-Turbo."""
+    """Stable Diffusion 1.x / 2.x (and SD-Turbo with ``adapter="sd"``: then pass ``guidance_scale=0``, no CFG)."""
 
     pipeline_class = "StableDiffusionPipeline"
     lora_component = "unet"
@@ -130,7 +130,8 @@ class StableDiffusionGenerator(Generator):
 
     # ------------------------------------------------------------------ network
     def _forward(self, x, model_t, embeds):
-        return self.denoiser(x.to(self.dtype), model_t, encoder_hidden_states=embeds["encoder_hidden_states"],
+        dt = self.dtype  # the text encoder may be fp16 under a fp32 (fully fine-tuned) UNet
+        return self.denoiser(x.to(dt), model_t, encoder_hidden_states=embeds["encoder_hidden_states"].to(dt),
                              return_dict=False)[0]
 
     # ------------------------------------------------------------------ DDIM grid
@@ -156,3 +157,14 @@ class StableDiffusionGenerator(Generator):
 
     def encode_images(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return vae_encode(self.pipe.vae, images.to(self.device), generator).to(self.dtype)
+
+
+@register_generator("sd-turbo", pipeline_classes=("StableDiffusionPipeline",), name_pattern=r"turbo",
+                    description="SD-Turbo (adversarially distilled SD 2.1): no guidance, one step by default")
+class SDTurboGenerator(StableDiffusionGenerator):
+    """SD-Turbo: the SD adapter with the model card's defaults, ``guidance_scale=0.0`` (no classifier-free guidance;
+    any value <= 1 is the same, see :meth:`Generator.predict`) and one sampler step. Chosen automatically for a
+    model whose name contains "turbo"; ``adapter="sd-turbo"`` forces it."""
+
+    default_guidance_scale = 0.0  # stabilityai/sd-turbo model card: pipe(prompt, num_inference_steps=1, guidance_scale=0.0)
+    run_defaults = {"steps": 1}

@@ -53,7 +53,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 @dataclass
 class DPOConfig:
-    beta: float = option(500.0, "DPO temperature (Diffusion-DPO SD: 5000; flow_grpo SD3: 100)")
+    beta: float = option(100.0, "DPO temperature on mean-over-dims errors (100: flow_grpo's SD3.5 Flow-DPO, "
+                                "config/dpo.py; the -0.5 * beta convention of Diffusion-DPO)")
     beta_schedule: str = option("constant", "'constant' or 'one_minus_t_sq' (beta (1-t)^2, flow generators only)")
     pairs: str = option("on_policy", "'on_policy' or 'offline'")
     num_samples_per_prompt: int = option(4, "on-policy group size; the pair is its best and worst sample")
@@ -190,7 +191,7 @@ class PreferencePairs:
             if not f.is_file():
                 raise FileNotFoundError(f"image not found: {f}")
             return load_image(f)  # a corrupt / truncated file raises ImageReadError naming it
-        if isinstance(item, (bytes, bytearray)):
+        if isinstance(item, (bytes, bytearray)):  # a binary column (Pick-a-Pic v2's jpg_0 / jpg_1)
             im = Image.open(io.BytesIO(item))
         elif isinstance(item, dict) and item.get("bytes") is not None:
             im = Image.open(io.BytesIO(item["bytes"]))
@@ -344,6 +345,14 @@ class _DPOBase(Method):
             self._ref.load_state_dict(state["ref"], strict=False)
 
 
+@dataclass
+class DiffusionDPOConfig(DPOConfig):
+    """:class:`DPOConfig` with Diffusion-DPO's temperature."""
+
+    beta: float = option(5000.0, "DPO temperature on mean-over-dims errors (5000: Diffusion-DPO's SD 1.5 launcher "
+                                 "--beta_dpo; the -0.5 * beta convention)")
+
+
 @register_method("flow_dpo")
 class FlowDPO(_DPOBase):
     """Flow-DPO (VideoAlign): the DPO loss on a flow generator's velocity errors (same code as Diffusion-DPO)."""
@@ -352,3 +361,5 @@ class FlowDPO(_DPOBase):
 @register_method("diffusion_dpo")
 class DiffusionDPO(_DPOBase):
     """Diffusion-DPO (Wallace et al. 2023): the DPO loss on an epsilon / v generator's errors (same code)."""
+
+    config_class = DiffusionDPOConfig

@@ -52,6 +52,9 @@ def fsync_tree(path: Path) -> None:
 
 MANIFEST = "manifest.json"  # written last inside a checkpoint: every other file with its size and sha256
 CHECKPOINT_FILES = ("trainable.safetensors", "state.pt", "trainer.json")
+# beside them, the weights in a form diffusers loads (CheckpointMixin.write_loadable_weights): the LoRA file, or the
+# fine-tuned denoiser folder (unet/ or transformer/)
+LOADABLE_NAME = "pytorch_lora_weights.safetensors"
 
 
 class CheckpointWriteError(OSError):
@@ -254,6 +257,8 @@ class CheckpointMixin:
             cur = tmp / "trainer.json"
             cur.write_text(json.dumps({"step": self.step, "samples_seen": self.samples_seen,
                                        "method": self.config.method, "config": _jsonable(self.resolved_config())}))
+            cur = tmp / (LOADABLE_NAME if self._saves_lora() else getattr(self.gen, "lora_component", "unet"))
+            self.write_loadable_weights(tmp)
             cur = tmp / MANIFEST
             write_manifest(tmp)
             cur = tmp
@@ -397,10 +402,29 @@ class CheckpointMixin:
         print(f"[rewardflow] resumed from {path} at step {self.step}", flush=True)
         return True
 
+    def _saves_lora(self) -> bool:
+        return self.config.lora_rank > 0 and hasattr(self.gen, "save_lora")
+
+    def write_loadable_weights(self, out: Path) -> None:
+        """The trained generator weights (EMA applied when EMA is on) in the form diffusers loads, into ``out``:
+        ``pytorch_lora_weights.safetensors`` for a LoRA (``pipe.load_lora_weights(out)``), or the fine-tuned
+        denoiser folder ``unet/`` / ``transformer/`` written by ``save_pretrained`` for full fine-tuning
+        (``UNet2DConditionModel.from_pretrained(out / "unet")``). ``rewardflow sample --lora out`` reads either.
+        Nothing for a method that trains its own module."""
+        if not self.trains_generator:
+            return
+        with self._ema_weights():
+            if self._saves_lora():
+                self.gen.save_lora(str(out))
+            elif hasattr(self.gen, "save_denoiser"):
+                self.gen.save_denoiser(str(out))
+
     def save_final(self, name: str = "final", info: dict | None = None) -> Path | None:
-        """``final/`` (or ``name/``): the LoRA (``gen.save_lora``, peft format) or the trainable weights as
-        safetensors; EMA weights when EMA is on; ``info`` as ``NAME.json`` beside them. Written to a temporary
-        directory and renamed, so a crash never leaves a half-written one."""
+        """``final/`` (or ``name/``): the LoRA (``pytorch_lora_weights.safetensors``, diffusers' layout), or for full
+        fine-tuning the trainable weights as safetensors plus the denoiser folder written by ``save_pretrained``
+        (:meth:`write_loadable_weights`); a method's own module through its ``save_pretrained``; EMA weights when
+        EMA is on; ``info`` as ``NAME.json`` beside them. Written to a temporary directory and renamed, so a crash
+        never leaves a half-written one."""
         if not self.accelerator.is_main_process:
             return None
         out, tmp, old = (self.run_dir / name, self.run_dir / f".{name}.tmp", self.run_dir / f".{name}.old")
@@ -409,10 +433,9 @@ class CheckpointMixin:
         with self._ema_weights():
             if not self.trains_generator:
                 self.method.save_pretrained(tmp)
-            elif self.config.lora_rank > 0 and hasattr(self.gen, "save_lora"):
-                self.gen.save_lora(str(tmp))
-            else:
+            elif not self._saves_lora():
                 safetensors.torch.save_file(self.trainable_state(), str(tmp / "trainable.safetensors"))
+        self.write_loadable_weights(tmp)
         if info is not None:
             (tmp / f"{name}.json").write_text(json.dumps(info, indent=1))
         respect_umask(tmp)

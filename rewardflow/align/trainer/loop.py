@@ -35,8 +35,18 @@ from rewardflow.eval.monitor import RewardHackingMonitor
 from rewardflow.io.manifest import append_manifest_row
 from rewardflow.io.progress import progress
 from rewardflow.io.prompts import load_prompt_source
-from rewardflow.pipelines.registry import load_generator
-from rewardflow.rewards.combine import build_reward
+from rewardflow.pipelines.lora import upcast_trainable
+from rewardflow.pipelines.options import GeneratorOptions, load_generator_with_options
+from rewardflow.rewards.combine import MissingWeightsError, build_reward, parse_reward_spec
+
+
+def generator_options(c: TrainConfig, device=None) -> GeneratorOptions:
+    """The generator options of a training config (gradient checkpointing is switched on by the trainer, after
+    LoRA is attached)."""
+    return GeneratorOptions(height=c.height, width=c.width, num_frames=c.num_frames, dtype=c.dtype,
+                            attention=c.attention, vae_slicing=c.vae_slicing, vae_tiling=c.vae_tiling,
+                            max_sequence_length=c.max_sequence_length, guidance_scale=c.guidance_scale,
+                            device=None if device is None else str(device))
 
 
 class Trainer(CheckpointMixin):
@@ -67,7 +77,7 @@ class Trainer(CheckpointMixin):
             if not c.model:
                 raise ValueError("the config needs `model:` (a diffusers pipeline directory, a hub id, or an "
                                  "embedded model such as toy)")
-            generator = load_generator(c.model, adapter=c.adapter, guidance_scale=c.guidance_scale)
+            generator = load_generator_with_options(c.model, c.adapter, generator_options(c, device=acc.device))
         self.gen = generator
         self.config = c = apply_model_defaults(c, getattr(type(generator), "run_defaults", {}))
         self.gen.guidance_scale = c.guidance_scale
@@ -83,6 +93,7 @@ class Trainer(CheckpointMixin):
                                   target_modules=c.lora_targets or None)
             else:
                 self.gen.denoiser.requires_grad_(True)
+                upcast_trainable(self.gen.denoiser)  # fp32 master weights over fp16 / bf16 frozen parts
             if c.gradient_checkpointing:
                 self.gen.enable_gradient_checkpointing()
             self.gen.denoiser.train()
@@ -93,7 +104,7 @@ class Trainer(CheckpointMixin):
 
         # -- reward
         if reward is None and c.reward:
-            reward = self._build_reward(c.reward)
+            reward = self._build_reward(c.reward, c.reward_kwargs)
         self.reward = reward
         if self.reward is not None:
             self.reward.to(acc.device).requires_grad_(False).eval()
@@ -143,7 +154,7 @@ class Trainer(CheckpointMixin):
         check_eval_hooks(self.eval_hook_names)
         # held-out rewards: scored at every eval; a RewardHackingMonitor warns when eval_reward rises while one of
         # them falls (eval/monitor.py)
-        self.heldout = {n.split("(")[0].strip(): self._build_reward(n).to(acc.device).eval()
+        self.heldout = {n.split("(")[0].strip(): self._build_reward(n, c.reward_kwargs).to(acc.device).eval()
                         for n in c.heldout_rewards}
         self.monitor = None
         if self.heldout and acc.is_main_process:
@@ -162,8 +173,14 @@ class Trainer(CheckpointMixin):
             self.gen.denoiser.to(device)
 
     @staticmethod
-    def _build_reward(spec: str):
-        return build_reward(spec)
+    def _build_reward(spec: str, reward_kwargs: dict | None = None):
+        """The reward ``spec`` with the ``reward_kwargs`` of its names; missing weights say which key to set."""
+        names = [n for n, _ in parse_reward_spec(spec)]
+        try:
+            return build_reward(spec, **{n: dict(v) for n, v in (reward_kwargs or {}).items() if n in names})
+        except MissingWeightsError as e:
+            raise e.with_hint(f"give the file in the config: reward_kwargs: {{{e.reward}: {{path: PATH}}}} (or "
+                              f"'reward_kwargs={{{e.reward}: {{path: PATH}}}}' on the command line)") from None
 
     def _gather(self, t: torch.Tensor) -> torch.Tensor:
         return self.accelerator.gather(t) if self.accelerator.num_processes > 1 else t
