@@ -20,6 +20,7 @@ from rewardflow.commands import (
     toy,
     train,
 )
+from rewardflow.io.progress import close_bars, set_quiet
 
 # in the order `rewardflow --help` lists them
 COMMANDS = (demo, rewards, models, score, sample, train, noise_opt, eval, eval_rewards, report, toy)
@@ -51,9 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     or an expected failure (the one-line message names the fix); 130 interrupted (Ctrl-C)."""
     _setup_env()
     args = build_parser().parse_args(argv)
+    if getattr(args, "quiet", False):
+        set_quiet(True)
     try:
         return int(args.fn(args) or 0)
     except KeyboardInterrupt:  # Ctrl-C: no traceback from wherever the interrupt landed (diffusers, torch, ...)
+        close_bars()
         print("\nrewardflow: interrupted", file=sys.stderr)
         return 130
     except (OSError, ValueError, KeyError, ImportError) as e:  # OSError: missing files, a full disk, ...

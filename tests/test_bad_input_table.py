@@ -100,7 +100,7 @@ TABLE = [
      ["argument --guidance: expected a finite number >= 0, got 'nan' (not a finite number)"]),
     ("sample-batch-size-0", SAMPLE + ["--batch-size", "0"], ["argument --batch-size: expected an integer >= 1"]),
     ("sample-height-on-toy", SAMPLE + ["--height", "64"],
-     ["--height/--width: toy is an embedded model with one fixed image size; leave them out"]),
+     ["--height: toy is an embedded model with one fixed size and dtype; leave it out"]),
     ("sample-bogus-device", SAMPLE + ["--device", "gpu0"], ["--device 'gpu0' is not a device; available here: cpu"]),
     ("sample-missing-gpu", SAMPLE + ["--device", "{missing_gpu}"], ["--device {missing_gpu}: ", "available here: cpu"]),
     ("score-bogus-device", ["score", "--reward", "toy_oracle", "--images", "{tmp}", "--prompt", "x", "--device",

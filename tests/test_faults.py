@@ -579,6 +579,10 @@ def test_resuming_with_another_lora_rank_names_the_tensor(tmp_path, tiny_pipe_di
 
     make_trainer(tmp_path, tiny_pipe_dir, "rwr", max_steps=1, lora_rank=4).train()
     tr = make_trainer(tmp_path, tiny_pipe_dir, "rwr", max_steps=2, lora_rank=8, resume="auto")
+    with pytest.raises(ValueError, match=r"was trained with other values of lora_rank: lora_rank \(4 -> 8\)"):
+        tr.train()  # the changed key, named before anything loads
+    tr = make_trainer(tmp_path, tiny_pipe_dir, "rwr", max_steps=2, lora_rank=8, resume="auto",
+                      resume_allow_changes=True)
     with pytest.raises(ValueError, match=r"checkpoint .*step_0000001: tensor \S+lora_A\S* has shape \(4, \d+\) but "
                                          r"this run's has \(8, \d+\): it was saved with a different lora_rank / "
                                          r"lora_targets / model \(this run: lora_rank=8\)"):

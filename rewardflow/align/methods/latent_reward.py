@@ -30,7 +30,7 @@ from rewardflow.rewards.losses import bt_with_ties_loss
 
 @dataclass
 class LatentRewardConfig:
-    judge: str = option("toy_oracle", "the reward that labels pairs (registry name)")
+    judge: str = option("", "the reward that labels pairs (a registry name, black boxes allowed; required)")
     n_blocks: int = option(1, "generator blocks in the backbone")
     hidden: int = option(128, "width of the reward head")
     k: float = option(5.0, "BT-with-ties tie parameter (VideoAlign: 5)")
@@ -40,6 +40,9 @@ class LatentRewardConfig:
 
     def __post_init__(self) -> None:
         check_numbers(self, where="latent_reward: ", non_negative=("nrg_scale",))
+        if not self.judge:
+            raise ValueError("latent_reward needs judge=NAME: the reward that labels its pairs (e.g. a human-preference "
+                             "reward, or the toy world's toy_clip / toy_oracle)")
         if self.n_blocks < 1 or self.hidden < 1 or self.t_per_pair < 1:
             raise ValueError(f"latent_reward: n_blocks, hidden and t_per_pair must be >= 1, got {self.n_blocks}, "
                              f"{self.hidden}, {self.t_per_pair}")

@@ -11,40 +11,21 @@ A failed write (disk full, ...) removes the partial directory, keeps the earlier
 
 from __future__ import annotations
 
-import errno as errno_mod
+import dataclasses
 import hashlib
 import json
 import os
-import re
 import shutil
 import warnings
 from pathlib import Path
 
 import safetensors.torch
 import torch
+import yaml
 
 from rewardflow.align.trainer.rng import reseed_process, rng_state, set_rng_state
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def fsync_tree(path: Path) -> None:
-    for p in sorted(path.rglob("*")):
-        if p.is_file():
-            with open(p, "rb+") as fh:
-                os.fsync(fh.fileno())
-    fsync_dir(path)
+from rewardflow.align.trainer.writes import CheckpointWriteError, fsync_dir, fsync_tree, write_error
+from rewardflow.io.paths import respect_umask
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoints
@@ -52,49 +33,9 @@ def fsync_tree(path: Path) -> None:
 MANIFEST = "manifest.json"  # written last inside a checkpoint: every other file with its size and sha256
 CHECKPOINT_FILES = ("trainable.safetensors", "state.pt", "trainer.json")
 RUN_LOGS = ("metrics.jsonl", "eval.jsonl", "hacking.jsonl")  # one record per step: trimmed on every (re)start
-
-
-class CheckpointWriteError(OSError):
-    """A checkpoint (or ``final/``, ``best/``) could not be written: disk full, permissions, ... Any exception of the
-    write counts (a full disk raises ``RuntimeError`` in ``torch.save`` and ``SafetensorError`` in safetensors, not
-    only ``OSError``). The partial directory was removed and the earlier checkpoints are intact; ``errno`` is the
-    underlying one when known (``errno.ENOSPC`` for a full disk)."""
-
-
-def _size(n: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} bytes"
-
-
-def free_space(path: Path) -> str:
-    """``"12.0 MiB free of 1.0 GiB"`` on the filesystem holding ``path`` (its nearest existing parent)."""
-    for p in (Path(path), *Path(path).parents):
-        if p.exists():
-            try:
-                u = shutil.disk_usage(p)
-            except OSError:
-                break
-            return f"{_size(u.free)} free of {_size(u.total)} on that filesystem"
-    return "free space unknown"
-
-
-def write_error(e: BaseException, what: str, path: Path, kept: str) -> CheckpointWriteError:
-    """The :class:`CheckpointWriteError` for exception ``e`` raised while writing ``path`` (naming the free space
-    and what was kept)."""
-    code = e.errno if isinstance(e, OSError) and e.errno else None
-    if code is None:  # safetensors: "I/O error: No space left on device (os error 28)"
-        m = re.search(r"os error (\d+)", str(e))
-        code = int(m.group(1)) if m else None
-    reason = (e.strerror if isinstance(e, OSError) and e.strerror else
-              f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else 'no message'}")
-    if code is not None and not (isinstance(e, OSError) and e.strerror):
-        reason += f" [{errno_mod.errorcode.get(code, code)}]"
-    msg = (f"could not write {what}: writing {path} failed ({reason}); {free_space(path)}. {kept} Free disk space "
-           "(or fix the permissions) and rerun the same command with resume=auto to continue from the latest one.")
-    return CheckpointWriteError(code, msg) if code is not None else CheckpointWriteError(msg)
+# beside them, the weights in a form diffusers loads (CheckpointMixin.write_loadable_weights): the LoRA file, or the
+# fine-tuned denoiser folder (unet/ or transformer/)
+LOADABLE_NAME = "pytorch_lora_weights.safetensors"
 
 
 def _sha256(path: Path) -> str:
@@ -200,6 +141,39 @@ def read_jsonl(path: Path) -> list[dict]:
     return out
 
 
+# trainer keys a resumed run may change: the run's length, where and how often it records, checkpoints and
+# evaluates, and the devices; every other key changes what the rest of the run computes
+RESUME_FREE_KEYS = ("max_steps", "output_dir", "resume", "resume_allow_changes", "device", "report_to", "run_name",
+                    "log_every", "save_every", "keep_checkpoints", "eval_every", "eval_at_start",
+                    "collective_timeout_s")
+
+
+def _jsonable(v):
+    return json.loads(json.dumps(v, default=list))
+
+
+def saved_run_config(ckpt: Path) -> dict | None:
+    """The resolved config a checkpoint was written with (``trainer.json``; for checkpoints written before it was
+    stored there, the run directory's ``config.yaml``), or None when neither has it."""
+    meta = json.loads((ckpt / "trainer.json").read_text()) if (ckpt / "trainer.json").is_file() else {}
+    if isinstance(meta.get("config"), dict):
+        return meta["config"]
+    cfg = ckpt.parent.parent / "config.yaml"
+    if cfg.is_file():
+        data = yaml.safe_load(cfg.read_text())
+        return data if isinstance(data, dict) else None
+    return None
+
+
+def config_changes(saved: dict | None, current: dict) -> dict[str, tuple]:
+    """``{key: (checkpoint's value, current value)}`` for the keys that differ, except :data:`RESUME_FREE_KEYS`."""
+    if not saved:
+        return {}
+    cur = _jsonable(current)
+    return {k: (saved.get(k), v) for k, v in cur.items()
+            if k not in RESUME_FREE_KEYS and k in saved and _jsonable(saved[k]) != v}
+
+
 class CheckpointMixin:
     """The :class:`~rewardflow.align.trainer.loop.Trainer`'s checkpoint methods (it provides ``config``,
     ``accelerator``, ``method``, ``params``, ``param_names``, ``optimizer``, ``lr_scheduler``, ``ema``, the RNGs,
@@ -283,10 +257,13 @@ class CheckpointMixin:
                         "per_process": per_process}, cur)
             cur = tmp / "trainer.json"
             cur.write_text(json.dumps({"step": self.step, "samples_seen": self.samples_seen,
-                                       "method": self.config.method}))
+                                       "method": self.config.method, "config": _jsonable(self.resolved_config())}))
+            cur = tmp / (LOADABLE_NAME if self._saves_lora() else getattr(self.gen, "lora_component", "unet"))
+            self.write_loadable_weights(tmp)
             cur = tmp / MANIFEST
             write_manifest(tmp)
             cur = tmp
+            respect_umask(tmp)
             fsync_tree(tmp)
             cur = final
             if final.exists():  # the same step written again (a resumed run redoing it): swap, then delete
@@ -366,6 +343,40 @@ class CheckpointMixin:
                   "process 0 continues its saved random streams, the others reseed (the continuation is "
                   "deterministic but not the uninterrupted run's)", flush=True)
 
+    def _optimizer_from_config(self) -> None:
+        """After a resume with allowed changes: the optimizer's hyperparameters and the lr schedule's base value
+        come from this run's config (the loaded optimizer state carries the old ones), and the current lr is the
+        schedule's value at the restored step."""
+        c, opt, sched = self.config, getattr(self.optimizer, "optimizer", self.optimizer), self.lr_scheduler
+        for g in opt.param_groups:
+            g["initial_lr"], g["weight_decay"] = c.lr, c.weight_decay
+            if "betas" in g:
+                g["betas"], g["eps"] = (c.adam_beta1, c.adam_beta2), c.adam_eps
+        sched.base_lrs = [c.lr] * len(opt.param_groups)
+        lams = getattr(sched, "lr_lambdas", None)
+        if lams is not None:  # diffusers' schedules are LambdaLR
+            for g, lam in zip(opt.param_groups, lams):
+                g["lr"] = c.lr * lam(sched.last_epoch)
+            sched._last_lr = [g["lr"] for g in opt.param_groups]
+
+    def resolved_config(self) -> dict:
+        """The trainer keys and the method's keys as this run uses them (tuples as lists)."""
+        resolved = {**dataclasses.asdict(self.config), **dataclasses.asdict(self.method_config)}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()}
+
+    def check_resume_config(self, path: Path) -> dict[str, tuple]:
+        """Keys this run sets differently from the run that wrote checkpoint ``path``: refused (ValueError naming
+        them) unless ``resume_allow_changes``; then returned, to be recorded."""
+        changes = config_changes(saved_run_config(path), self.resolved_config())
+        if changes and not self.config.resume_allow_changes:
+            listed = ", ".join(f"{k} ({old!r} -> {new!r})" for k, (old, new) in changes.items())
+            raise ValueError(f"resume: {self.run_dir} was trained with other values of {', '.join(changes)}: "
+                             f"{listed} (checkpoint {path.name}). Resuming with changed keys would continue a run "
+                             "whose records say otherwise: set resume_allow_changes=true to continue with the new "
+                             f"values (recorded in {self.run_dir / 'config_changes.jsonl'}), put the old values back, "
+                             "or start a new run (another output_dir, or resume=never)")
+        return changes
+
     def maybe_resume(self) -> bool:
         """Resume as ``config.resume`` says, then trim every run log to the resumed step (a fresh start: to
         nothing), so that each step has exactly one record however often the run was restarted. ``resume=auto``
@@ -387,7 +398,18 @@ class CheckpointMixin:
         else:
             path = Path(r)
         if path is not None:
+            changes = self.check_resume_config(path)
             self.load_checkpoint(path)
+            if changes:
+                self._optimizer_from_config()
+            if changes and main:
+                with open(self.run_dir / "config_changes.jsonl", "a") as fh:
+                    fh.write(json.dumps({"step": self.step, "checkpoint": str(path),
+                                         "changes": {k: {"before": old, "after": new}
+                                                     for k, (old, new) in changes.items()}}) + "\n")
+                print(f"[rewardflow] resume_allow_changes: continuing from step {self.step} with "
+                      + ", ".join(f"{k}={new!r} (was {old!r})" for k, (old, new) in changes.items())
+                      + f"; recorded in {self.run_dir / 'config_changes.jsonl'}", flush=True)
         self.checkpointed_step = self.step if path is not None else None
         if main:  # the steps after the checkpoint (all of them, without one) are redone: drop their old records
             for f in RUN_LOGS:
@@ -419,10 +441,29 @@ class CheckpointMixin:
             raise CheckpointWriteError(f"process 0 failed to write {name}/: {failed}")
         return out
 
+    def _saves_lora(self) -> bool:
+        return self.config.lora_rank > 0 and hasattr(self.gen, "save_lora")
+
+    def write_loadable_weights(self, out: Path) -> None:
+        """The trained generator weights (EMA applied when EMA is on) in the form diffusers loads, into ``out``:
+        ``pytorch_lora_weights.safetensors`` for a LoRA (``pipe.load_lora_weights(out)``), or the fine-tuned
+        denoiser folder ``unet/`` / ``transformer/`` written by ``save_pretrained`` for full fine-tuning
+        (``UNet2DConditionModel.from_pretrained(out / "unet")``). ``rewardflow sample --lora out`` reads either.
+        Nothing for a method that trains its own module."""
+        if not self.trains_generator:
+            return
+        with self._ema_weights():
+            if self._saves_lora():
+                self.gen.save_lora(str(out))
+            elif hasattr(self.gen, "save_denoiser"):
+                self.gen.save_denoiser(str(out))
+
     def save_final(self, name: str = "final", info: dict | None = None) -> Path | None:
-        """``final/`` (or ``name/``): the LoRA (``gen.save_lora``, peft format) or the trainable weights as
-        safetensors; EMA weights when EMA is on; ``info`` as ``NAME.json`` beside them. Written to a temporary
-        directory and renamed, so a crash never leaves a half-written one."""
+        """``final/`` (or ``name/``): the LoRA (``pytorch_lora_weights.safetensors``, diffusers' layout), or for full
+        fine-tuning the trainable weights as safetensors plus the denoiser folder written by ``save_pretrained``
+        (:meth:`write_loadable_weights`); a method's own module through its ``save_pretrained``; EMA weights when
+        EMA is on; ``info`` as ``NAME.json`` beside them. Written to a temporary directory and renamed, so a crash
+        never leaves a half-written one."""
         if not self.accelerator.is_main_process:
             return None
         out, tmp, old = (self.run_dir / name, self.run_dir / f".{name}.tmp", self.run_dir / f".{name}.old")
@@ -432,12 +473,12 @@ class CheckpointMixin:
             with self._ema_weights():
                 if not self.trains_generator:
                     self.method.save_pretrained(tmp)
-                elif self.config.lora_rank > 0 and hasattr(self.gen, "save_lora"):
-                    self.gen.save_lora(str(tmp))
-                else:
+                elif not self._saves_lora():
                     safetensors.torch.save_file(self.trainable_state(), str(tmp / "trainable.safetensors"))
+            self.write_loadable_weights(tmp)
             if info is not None:
                 (tmp / f"{name}.json").write_text(json.dumps(info, indent=1))
+            respect_umask(tmp)
             fsync_tree(tmp)
             shutil.rmtree(old, ignore_errors=True)
             if out.exists():
