@@ -33,8 +33,10 @@ def add_generator_options(p: argparse.ArgumentParser, *, guidance_help: str | No
     g.add_argument("--guidance", type=nonneg_float, default=None,
                    help=guidance_help or "classifier-free guidance scale (default: the adapter's; <= 1 = no guidance, "
                                          "as in diffusers: Turbo models use 0); FLUX.1-dev: the distilled guidance")
-    g.add_argument("--height", type=positive_int, default=None, help="image / video height in pixels (default: the model's)")
-    g.add_argument("--width", type=positive_int, default=None, help="image / video width in pixels (default: the model's)")
+    g.add_argument("--height", type=positive_int, default=None,
+                   help="image / video height in pixels (default: the model's)")
+    g.add_argument("--width", type=positive_int, default=None,
+                   help="image / video width in pixels (default: the model's)")
     g.add_argument("--num-frames", type=positive_int, default=None, help="video models: frames (default: the model's)")
     g.add_argument("--dtype", default=None, choices=DTYPE_CHOICES,
                    help="dtype of the model weights (default fp32; fp16 / bf16 halve the memory)")

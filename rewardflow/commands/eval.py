@@ -41,7 +41,8 @@ def register(subparsers) -> None:
                    help="comma-separated rewards, each reported on its own (a weighted spec is one reward)")
     add_reward_weights_option(p)
     p.add_argument("--n-per-prompt", type=positive_int, default=1)
-    p.add_argument("--steps", type=positive_int, default=None, help="sampler steps (default: the model family's, 4 for toy)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="sampler steps (default: the model family's, 4 for toy)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--bootstrap", type=nonneg_int, default=1000, help="bootstrap resamples for the 95%% CI (0 = none)")

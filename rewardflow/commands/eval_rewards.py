@@ -30,7 +30,8 @@ def register(subparsers) -> None:
                         "hpsv2.1:5,imagereward:1 is one combined reward); repeatable")
     add_reward_weights_option(p)
     p.add_argument("--out", default=None, metavar="FILE.json", help="write all metrics as JSON")
-    p.add_argument("--bootstrap", type=nonneg_int, default=1000, metavar="N", help="bootstrap resamples for the 95%% CI "
+    p.add_argument("--bootstrap", type=nonneg_int, default=1000, metavar="N",
+                   help="bootstrap resamples for the 95%% CI "
                    "(0 = no CI; default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--tie-threshold", type=nonneg_float, default=None,

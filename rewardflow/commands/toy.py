@@ -126,7 +126,8 @@ def register(subparsers) -> None:
     tg.add_argument("--warmup", type=nonneg_int, default=100, help="lr warm-up steps")
     tg.add_argument("--parametrization", choices=("flow", "epsilon"), default="flow",
                     help="flow (rectified flow, assets/toy/generator) or epsilon (DDPM/DDIM, assets/toy/generator_eps)")
-    tg.add_argument("--save-every", type=nonneg_int, default=0, help="also save the EMA weights every N steps (0 = end only)")
+    tg.add_argument("--save-every", type=nonneg_int, default=0,
+                    help="also save the EMA weights every N steps (0 = end only)")
     tg.set_defaults(fn=_train_generator)
     tr = tsub.add_parser("train-reward", help="train the tiny CLIP reward (~8 min on 2 cores)")
     tr.add_argument("--out", required=True)
@@ -135,7 +136,8 @@ def register(subparsers) -> None:
     tr.add_argument("--lr", type=positive_float, default=2e-3)
     tr.add_argument("--seed", type=int, default=1)
     tr.add_argument("--adv-eps", type=nonneg_float, default=0.0, help="FGSM adversarial training radius (0 = off)")
-    tr.add_argument("--swap-negatives", type=nonneg_int, default=3, help="attribute-swap negatives per two-object image")
+    tr.add_argument("--swap-negatives", type=nonneg_int, default=3,
+                    help="attribute-swap negatives per two-object image")
     tr.set_defaults(fn=_train_reward)
     ta = tsub.add_parser("train-all", help="reproduce all shipped toy weights (generator, reward, reward_adv)")
     ta.add_argument("--out", required=True,
