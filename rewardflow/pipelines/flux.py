@@ -46,6 +46,7 @@ class FluxGenerator(FlowTransformerGenerator):
 
     pipeline_class = "FluxPipeline"
     default_lora_targets = FLUX_LORA_TARGETS
+    shard_block_classes = ("FluxTransformerBlock", "FluxSingleTransformerBlock")
 
     def __init__(self, pipe, guidance_scale: float = 3.5, height: int | None = None, width: int | None = None,
                  max_sequence_length: int = 512, device: str | torch.device | None = None):

@@ -47,7 +47,8 @@ class LoraMixin:
         self.denoiser.add_adapter(LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights=init,
                                              target_modules=targets))
 
-    def save_lora(self, save_directory: str | os.PathLike, adapter_name: str = "default") -> str:
+    def save_lora(self, save_directory: str | os.PathLike, adapter_name: str = "default",
+                  state_dict: dict[str, torch.Tensor] | None = None) -> str:
         """Write the denoiser's LoRA so plain diffusers reads it: ``pipe.load_lora_weights(save_directory)``.
 
         As the diffusers training scripts do (``examples/text_to_image/train_text_to_image_lora.py`` for UNets,
@@ -55,6 +56,7 @@ class LoraMixin:
         (``get_peft_model_state_dict``), converted to the diffusers key layout for UNets
         (``convert_state_dict_to_diffusers``), written by the pipeline class's ``save_lora_weights`` together
         with the LoRA config (rank, alpha, targets) as adapter metadata. Returns the path of the written file.
+        ``state_dict``: the denoiser's (trainable) weights to write instead of its own, e.g. gathered from shards.
         """
         from peft.utils import get_peft_model_state_dict  # lazy: heavy import, needed only to save a LoRA
 
@@ -64,7 +66,7 @@ class LoraMixin:
         if self.lora_component not in ("unet", "transformer"):
             raise ValueError(f"lora_component must be 'unet' or 'transformer', got {self.lora_component!r}")
         writer = self._lora_writer()
-        state = get_peft_model_state_dict(self.denoiser, adapter_name=adapter_name)
+        state = get_peft_model_state_dict(self.denoiser, state_dict=state_dict, adapter_name=adapter_name)
         state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
         if self.lora_component == "unet":
             from diffusers.utils import convert_state_dict_to_diffusers  # lazy: diffusers is a heavy import

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import torch
 
-from rewardflow.pipelines.base import Conditioning, Generator, StepOutput
+from rewardflow.pipelines.base import UNET_BLOCK_CLASSES, Conditioning, Generator, StepOutput
 from rewardflow.pipelines.loading import load_diffusers_pipeline, parametrization_from_scheduler
 from rewardflow.pipelines.registry import register_generator
 from rewardflow.pipelines.vae import vae_decode, vae_encode
@@ -49,6 +49,7 @@ class StableDiffusionGenerator(Generator):
     lora_component = "unet"
     # the attention projections, as diffusers' examples/text_to_image/train_text_to_image_lora.py
     default_lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
+    shard_block_classes = UNET_BLOCK_CLASSES
     default_guidance_scale = 7.5  # StableDiffusionPipeline.__call__ default
     modality = "image"
 

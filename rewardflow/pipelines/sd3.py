@@ -39,6 +39,7 @@ class SD3Generator(FlowTransformerGenerator):
 
     pipeline_class = "StableDiffusion3Pipeline"
     default_lora_targets = SD3_LORA_TARGETS
+    shard_block_classes = ("JointTransformerBlock",)
 
     def __init__(self, pipe, guidance_scale: float = 7.0, height: int | None = None, width: int | None = None,
                  max_sequence_length: int = 256, device: str | torch.device | None = None):

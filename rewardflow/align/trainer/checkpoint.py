@@ -47,6 +47,9 @@ def fsync_tree(path: Path) -> None:
 
 MANIFEST = "manifest.json"  # written last inside a checkpoint: every other file with its size and sha256
 CHECKPOINT_FILES = ("trainable.safetensors", "state.pt", "trainer.json")
+# a sharded checkpoint (strategy fsdp / zero2 / zero3) holds the weights and optimizer state in sharded/, one or more
+# files per process (written by every process, then listed in the manifest by process 0)
+SHARDED_CHECKPOINT_FILES = ("state.pt", "trainer.json")
 
 
 class CheckpointWriteError(OSError):
@@ -88,7 +91,8 @@ def verify_checkpoint(ckpt: str | os.PathLike) -> str | None:
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         return f"{MANIFEST} is unreadable ({type(e).__name__}: {e})"
     listed = {k for k, _, _ in entries}
-    for need in CHECKPOINT_FILES:
+    sharded = any(k.startswith("sharded/") for k in listed)
+    for need in SHARDED_CHECKPOINT_FILES if sharded else CHECKPOINT_FILES:
         if need not in listed:
             return f"{MANIFEST} does not list {need}"
     for rel, size, sha in entries:
@@ -167,7 +171,8 @@ def set_rng_state(st: dict[str, torch.Tensor], generators: dict[str, torch.Gener
 class CheckpointMixin:
     """The :class:`~rewardflow.align.trainer.loop.Trainer`'s checkpoint methods (it provides ``config``,
     ``accelerator``, ``method``, ``params``, ``param_names``, ``optimizer``, ``lr_scheduler``, ``ema``, the RNGs,
-    ``step``, ``samples_seen``, ``run_dir``, ``ckpt_dir`` and ``_main_value``)."""
+    ``step``, ``samples_seen``, ``run_dir``, ``ckpt_dir``, ``sharding`` (:mod:`~rewardflow.align.trainer.sharding`)
+    and ``_main_value``)."""
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {n: p.detach().cpu().contiguous().clone() for n, p in zip(self.param_names, self.params)}
@@ -199,10 +204,12 @@ class CheckpointMixin:
             torch.distributed.all_gather_object(per_process, mine)
         else:
             per_process = [mine]
+        # sharded strategies: every process writes its shard into a staging directory first (None for ddp)
+        staged = self.sharding.stage_checkpoint(self.ckpt_dir, self.step)
         err, final = None, None
         if acc.is_main_process:
             try:
-                final = self._write_checkpoint(mine, method_state, per_process)
+                final = self._write_checkpoint(mine, method_state, per_process, staged)
             except Exception as e:  # noqa: BLE001 - re-raised below, after the other processes have been told
                 err = e
         # process 0's outcome on every process: a failed write stops them all with the same message instead of
@@ -216,7 +223,8 @@ class CheckpointMixin:
             raise CheckpointWriteError(failed[0], msg) if failed[0] is not None else CheckpointWriteError(msg)
         return final
 
-    def _write_checkpoint(self, mine: dict, method_state: dict, per_process: list) -> Path:
+    def _write_checkpoint(self, mine: dict, method_state: dict, per_process: list, staged: Path | None = None
+                          ) -> Path:
         """Process 0's part of :meth:`save_checkpoint`: the atomic write and the pruning."""
         final = self.ckpt_dir / f"step_{self.step:07d}"
         tmp = self.ckpt_dir / f".tmp_step_{self.step:07d}"
@@ -226,16 +234,22 @@ class CheckpointMixin:
         cur = tmp
         try:
             tmp.mkdir(parents=True)
-            cur = tmp / "trainable.safetensors"
-            safetensors.torch.save_file(self.trainable_state(), str(cur))
+            if staged is not None:  # the weights and optimizer state, already written by every process
+                cur = tmp / "sharded"
+                os.replace(staged, cur)
+            else:
+                cur = tmp / "trainable.safetensors"
+                safetensors.torch.save_file(self.trainable_state(), str(cur))
             cur = tmp / "state.pt"
-            torch.save({"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
+            torch.save({"optimizer": None if staged is not None else self.optimizer.state_dict(),
+                        "lr_scheduler": self.lr_scheduler.state_dict(),
                         "ema": None if self.ema is None else self.ema.state_dict(),
                         "rng": mine["rng"], "method": method_state,  # process 0's (older readers, shared keys)
                         "per_process": per_process}, cur)
             cur = tmp / "trainer.json"
             cur.write_text(json.dumps({"step": self.step, "samples_seen": self.samples_seen,
-                                       "method": self.config.method}))
+                                       "method": self.config.method, "strategy": self.config.strategy,
+                                       "num_processes": self.accelerator.num_processes}))
             cur = tmp / MANIFEST
             write_manifest(tmp)
             cur = tmp
@@ -248,6 +262,8 @@ class CheckpointMixin:
             fsync_dir(self.ckpt_dir)
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
+            if staged is not None:
+                shutil.rmtree(staged, ignore_errors=True)
             if old.exists() and not final.exists():
                 os.replace(old, final)
             kept = sorted(p.name for p in self.ckpt_dir.glob("step_*"))
@@ -287,9 +303,18 @@ class CheckpointMixin:
         if meta.get("method") != self.config.method:
             raise ValueError(f"checkpoint {path} was written by method {meta.get('method')!r}, "
                              f"not {self.config.method!r}")
-        self.load_trainable_state(safetensors.torch.load_file(str(path / "trainable.safetensors")))
+        saved = meta.get("strategy", "ddp")
+        if saved != self.config.strategy:
+            raise ValueError(f"checkpoint {path} was written with strategy={saved}; resume it with strategy={saved} "
+                             f"(this run has strategy={self.config.strategy}; checkpoints do not convert between "
+                             "strategies)")
+        if (path / "sharded").is_dir():
+            self.sharding.load_sharded(path / "sharded", meta)
+        else:
+            self.load_trainable_state(safetensors.torch.load_file(str(path / "trainable.safetensors")))
         st = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
-        self.optimizer.load_state_dict(st["optimizer"])
+        if st["optimizer"] is not None:
+            self.optimizer.load_state_dict(st["optimizer"])
         self.lr_scheduler.load_state_dict(st["lr_scheduler"])
         if self.ema is not None and st["ema"] is not None:
             self.ema.load_state_dict(st["ema"])
@@ -341,6 +366,8 @@ class CheckpointMixin:
         """``final/`` (or ``name/``): the LoRA (``gen.save_lora``, peft format) or the trainable weights as
         safetensors; EMA weights when EMA is on; ``info`` as ``NAME.json`` beside them. Written to a temporary
         directory and renamed, so a crash never leaves a half-written one."""
+        # sharded strategies: the whole trainable weights, gathered on process 0 (every process takes part)
+        full = self.sharding.full_trainable_state(self.param_names, self.params) if self.trains_generator else None
         if not self.accelerator.is_main_process:
             return None
         out, tmp, old = (self.run_dir / name, self.run_dir / f".{name}.tmp", self.run_dir / f".{name}.old")
@@ -350,9 +377,10 @@ class CheckpointMixin:
             if not self.trains_generator:
                 self.method.save_pretrained(tmp)
             elif self.config.lora_rank > 0 and hasattr(self.gen, "save_lora"):
-                self.gen.save_lora(str(tmp))
+                self.gen.save_lora(str(tmp), **({} if full is None else {"state_dict": full}))
             else:
-                safetensors.torch.save_file(self.trainable_state(), str(tmp / "trainable.safetensors"))
+                safetensors.torch.save_file(self.trainable_state() if full is None else full,
+                                            str(tmp / "trainable.safetensors"))
         if info is not None:
             (tmp / f"{name}.json").write_text(json.dumps(info, indent=1))
         fsync_tree(tmp)
