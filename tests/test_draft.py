@@ -91,3 +91,15 @@ def test_a_few_draft_steps_raise_the_reward(tmp_path, tiny_pipe_dir):
     before = mean_reward(tr.gen, reward, prompts)
     tr.train()
     assert mean_reward(tr.gen, reward, prompts) > before + 0.03  # measured: 0.4927 -> 0.5579
+
+
+def test_full_fine_tuning_with_kl_weight_snapshots_the_reference(tmp_path, tiny_pipe_dir):
+    # DRaFT needs the reference only when kl_weight > 0: the trainer must still freeze a copy of the initial weights
+    tr = make_trainer(tmp_path, tiny_pipe_dir, "draft", lora_rank=0, kl_weight=0.5, max_steps=1, batch_size=1)
+    ref = tr.gen._reference
+    before = {n: p.detach().clone() for n, p in ref.named_parameters()}
+    rec = tr.train_step()
+    assert not rec["skipped"] and rec["loss"] == rec["loss"]  # a real step (finite loss)
+    assert all(torch.equal(before[n], p) for n, p in ref.named_parameters())  # the reference did not move
+    moved = any(not torch.equal(a, b) for a, b in zip(ref.parameters(), tr.gen.denoiser.parameters()))
+    assert moved  # while the policy did

@@ -215,3 +215,13 @@ def test_dragon_raises_the_toy_clip_reward_in_the_toy_world(tmp_path):
     s = toy_world_run("configs/toy/dragon.yaml", tmp_path, "group_size=4")
     assert s["skipped_steps"] == 0
     assert s["after"]["eval_reward"] > s["before"]["eval_reward"], (s["before"], s["after"])
+
+
+def test_reward_spec_names_for_the_toy_distributional_rewards_and_a_clear_missing_option_error():
+    from rewardflow.rewards.base import load_reward
+
+    r = load_reward("toy_vendi")
+    imgs = torch.rand(4, 3, 32, 32)
+    assert 1.0 <= float(r.score_set(imgs, ["a red circle"] * 4)) <= 4.0
+    with pytest.raises(ValueError, match=r"reward 'frechet': missing a required argument: 'encoder'.*options are"):
+        load_reward("frechet")

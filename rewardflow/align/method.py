@@ -1,18 +1,22 @@
 """The contract between the shared trainer (:mod:`rewardflow.align.trainer`) and a training method.
 
-A method file (``rewardflow/align/<method>.py``) holds three things and nothing else:
+A method file (``rewardflow/align/methods/<method>.py``) holds three things and nothing else:
 
-1. its config dataclass (method hyper-parameters only; trainer keys such as ``max_steps``, ``lr``,
-   ``output_dir`` belong to :class:`rewardflow.align.trainer.TrainConfig`);
+1. its config dataclass (method hyper-parameters only, each with its help text; trainer keys such as
+   ``max_steps``, ``lr``, ``output_dir`` belong to :class:`rewardflow.align.trainer.TrainConfig`); its
+   ``__post_init__`` checks the values, so a bad one fails when the config is read, before any model loads;
 2. how it collects data: :meth:`Method.collect` — offline pairs from disk, on-policy samples, groups per prompt;
 3. its loss: :meth:`Method.loss` on one micro-batch.
 
 The trainer owns everything else (accelerate, LoRA, EMA, optimizer, NaN guard, checkpoints, logging, eval).
-Per optimizer step the trainer calls ``collect`` once (under ``torch.no_grad`` unless the method says
-``collect_needs_grad``) and then ``loss`` on each micro-batch it returned, accumulating gradients over them
-(PPO-style methods return several micro-batches; a method whose rollout serves several optimizer steps holds a
-:class:`~rewardflow.align.common.policy.RolloutReuse` in ``reuse``). A method never branches on the
-model: it uses only the :class:`~rewardflow.pipelines.base.Generator` and
+Per optimizer step the trainer calls ``collect`` ``grad_accum`` times (under ``torch.no_grad`` unless the method
+says ``collect_needs_grad``) and then ``loss`` on each micro-batch they returned, accumulating gradients over all of
+them (PPO-style methods return several micro-batches). Besides these two calls the trainer reads only what
+:class:`Method` declares: the flags below, ``samples_per_prompt`` (to count samples), ``updates_per_rollout`` and
+``collected_new_samples()`` (a method whose rollout serves several optimizer steps holds a
+:class:`~rewardflow.align.common.policy.RolloutReuse` in ``reuse``), ``state_dict`` / ``load_state_dict`` and, for a
+method that trains its own module, ``trainable_module`` / ``save_pretrained`` / ``evaluate``. A method never
+branches on the model: it uses only the :class:`~rewardflow.pipelines.base.Generator` and
 :class:`~rewardflow.rewards.base.Reward` interfaces.
 
 Register a method with ``@register_method("flow_dpo")`` on the class.
@@ -24,18 +28,18 @@ import dataclasses
 import difflib
 import importlib
 import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any
 
 import torch
 
+import rewardflow.align.methods
+from rewardflow.align.common.policy import RolloutReuse
 from rewardflow.plugins import load_plugins
 from rewardflow.rewards.base import require_differentiable
 
-if TYPE_CHECKING:
-    from rewardflow.align.common.policy import RolloutReuse
-
-_METHODS: dict[str, type["Method"]] = {}
+_METHODS: dict[str, type[Method]] = {}
 
 
 @dataclass
@@ -47,7 +51,8 @@ class MethodContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     rng: torch.Generator | None = None  # per-process sampling RNG, checkpointed by the trainer
     sample_steps: int = 4               # sampling steps for on-policy rollouts
-    batch_size: int = 8                 # prompts per process per optimizer step
+    batch_size: int = 8                 # prompts per process per collect() call
+    grad_accum: int = 1                 # collect() calls per optimizer step (a RolloutReuse keeps one rollout per call)
     process_index: int = 0
     num_processes: int = 1
     # gather a tensor from all processes (identity on one process); methods use it for group statistics
@@ -70,7 +75,7 @@ class Method:
     samples_per_prompt: int = 1          # samples one collect() draws per prompt (the trainer counts samples with it)
     # a RolloutReuse (rewardflow.align.common.policy) when each rollout serves several optimizer steps (DDPO's inner
     # epochs, PRDP's proximal steps); None: every step collects afresh
-    reuse: "RolloutReuse | None" = None
+    reuse: RolloutReuse | None = None
 
     @property
     def updates_per_rollout(self) -> int:
@@ -79,7 +84,7 @@ class Method:
 
     def collected_new_samples(self) -> bool:
         """Whether the last :meth:`collect` drew new samples (False when it re-served a cached rollout)."""
-        return self.reuse is None or self.reuse.served == 1
+        return self.reuse is None or self.reuse.fresh
 
     @classmethod
     def sharding_conflict(cls, config, strategy: str) -> str | None:
@@ -144,10 +149,9 @@ def register_method(name: str):
 
 
 def _import_builtin() -> None:
-    import rewardflow.align.methods as pkg  # lazy: the method modules import this one (they register here)
-
-    # every module of rewardflow/align/methods/ is one training method; plugins register more
-    for m in pkgutil.iter_modules(pkg.__path__):
+    # every module of rewardflow/align/methods/ is one training method (importing it registers it); plugins
+    # register more
+    for m in pkgutil.iter_modules(rewardflow.align.methods.__path__):
         importlib.import_module(f"rewardflow.align.methods.{m.name}")
     load_plugins()
 

@@ -24,6 +24,7 @@ Register a reward family with ``@register_reward("name")`` on a factory; build o
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Sequence
 
 import torch
@@ -214,7 +215,23 @@ def load_reward(name: str, **kwargs) -> Reward:
     if name.endswith(")") and "(" in name and name not in _REGISTRY:
         outer, inner = name[:-1].split("(", 1)
         return _WRAPPERS[outer.strip()](inner.strip(), **kwargs)
-    return _REGISTRY[name](**kwargs)
+    factory = _REGISTRY[name]
+    _check_arguments(name, factory, kwargs)
+    return factory(**kwargs)
+
+
+def _check_arguments(name: str, factory: Callable, kwargs: dict) -> None:
+    """A missing or unknown option of a reward factory as a ValueError naming the reward and its options, instead
+    of the factory's TypeError."""
+    sig = inspect.signature(factory)
+    try:
+        sig.bind(**kwargs)
+    except TypeError as e:
+        opts = ", ".join(f"{p.name}{'' if p.default is inspect.Parameter.empty else '=' + repr(p.default)}"
+                         for p in sig.parameters.values() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+        raise ValueError(f"reward {name!r}: {e}; its options are: {opts or '(none)'} (from the command line: "
+                         f"--weights {name}=PATH for path=; in a config: reward_kwargs: {{{name}: {{OPTION: VALUE}}}})"
+                         ) from None
 
 
 def check_reward_name(name: str) -> None:

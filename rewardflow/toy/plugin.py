@@ -6,8 +6,9 @@
 * rewards ``toy_clip``, ``toy_clip_adv``, ``toy_oracle`` and the toy video rewards;
 * the prompt source ``toy:train`` / ``toy:heldout`` (caption splits, sampled category-balanced) whose evaluation
   runs the ``toy_oracle`` hook (exact oracle accuracy, strict, partial and per category);
-* the distributional-reward encoders ``toy_clip`` / ``toy_clip_adv`` and the reference set ``toy`` (rendered
-  ground-truth images of training captions);
+* the distributional-reward encoders ``toy_clip`` / ``toy_clip_adv``, the reference set ``toy`` (rendered
+  ground-truth images of training captions) and the rewards ``toy_frechet``, ``toy_vendi``,
+  ``toy_exemplar_similarity`` built on them;
 * the media source ``toy`` (the rendered clip of a video caption, InstructVideo's real-data mode).
 
 The core library never imports this package; docs/toy-world.md describes the world itself.
@@ -28,6 +29,7 @@ import rewardflow.toy.video_rewards  # noqa: F401
 from rewardflow.eval.hooks import register_eval_hook
 from rewardflow.io.media_sources import register_media_source
 from rewardflow.io.prompts import PromptSource, register_prompt_source
+from rewardflow.rewards.base import load_reward, register_reward
 from rewardflow.rewards.distributional import ImageEncoder, _hash_files, register_encoder, register_reference_set
 from rewardflow.toy import world
 from rewardflow.toy.assets import asset_path
@@ -87,6 +89,15 @@ def _toy_clips(prompts, frames: int, seed: int) -> torch.Tensor:
     return render_clips(list(prompts), frames=frames, rng=np.random.default_rng(seed))
 
 
+def _toy_distributional(kind: str):
+    toy = {"encoder": "toy_clip"} if kind == "vendi" else {"encoder": "toy_clip", "reference": "toy"}
+
+    def factory(**kw):
+        return load_reward(kind, **{**toy, **kw})
+
+    return factory
+
+
 _registered = False
 
 
@@ -101,3 +112,8 @@ def register() -> None:
     register_encoder("toy_clip_adv")(_toy_encoder("reward_adv", "toy_clip_adv"))
     register_reference_set("toy")(_toy_reference_set)
     register_media_source("toy")(_toy_clips)
+    # the distributional rewards on the toy world's encoder and exemplars (DRAGON's set-level rewards in the toy)
+    for kind, desc in (("frechet", "-Fréchet distance of toy-CLIP embeddings to rendered toy exemplars"),
+                       ("vendi", "Vendi diversity of toy-CLIP embeddings"),
+                       ("exemplar_similarity", "cosine of a toy-CLIP embedding to the rendered exemplars' mean")):
+        register_reward(f"toy_{kind}", differentiable=False, description=desc)(_toy_distributional(kind))

@@ -15,9 +15,11 @@ its data collection and its loss (docs/algorithms.md#building-blocks):
 from __future__ import annotations
 
 import math
+import warnings
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -238,32 +240,57 @@ class RolloutReuse:
     """Serve each collected rollout for ``updates`` consecutive optimizer steps (DDPO's ``num_inner_epochs`` with one
     optimizer step per pass; PRDP's several proximal steps on a fixed batch, docs/algorithms.md#prdp-proximal).
 
-    The trainer takes one optimizer step per ``collect()``, so with ``updates = 1`` the gradient is always taken at
-    ratio 1 and the PPO / proximal clip never binds; from the second update on the stored ``old_log_prob`` belong to
-    an older policy and the clip keeps the update in its trust region. The cache is method state (resume-exact)."""
+    The trainer takes one optimizer step per ``slots`` calls of ``collect()`` (``slots`` = its ``grad_accum``, given
+    to the method as ``MethodContext.grad_accum``), so with ``updates = 1`` the gradient is always taken at ratio 1
+    and the PPO / proximal clip never binds; from the second update on the stored ``old_log_prob`` belong to an
+    older policy and the clip keeps the update in its trust region. The cache holds one rollout per call of a step:
+    in a window of ``updates`` steps the first step draws ``slots`` rollouts and the k-th call of every later step
+    is served the k-th of them. The cache is method state (resume-exact)."""
 
-    def __init__(self, updates: int = 1):
+    def __init__(self, updates: int = 1, slots: int = 1):
         if updates < 1:
             raise ValueError(f"updates_per_rollout must be >= 1, got {updates}")
-        self.updates, self.cache, self.served = updates, None, 0
+        if slots < 1:
+            raise ValueError(f"RolloutReuse needs slots >= 1 (collect() calls per optimizer step), got {slots}")
+        self.updates, self.slots = updates, slots
+        self.cache: list[list[dict[str, Any]]] = []  # one rollout (a list of micro-batches) per call of a step
+        self.calls = 0  # calls served in the current window of `updates` optimizer steps
 
     def get(self, make: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
-        if self.cache is None or self.served >= self.updates:
-            self.cache, self.served = make(), 0
-        self.served += 1
-        return self.cache
+        if self.calls >= self.updates * self.slots:
+            self.cache, self.calls = [], 0
+        if self.calls < self.slots:  # the window's first optimizer step draws its rollouts
+            self.cache.append(make())
+        out = self.cache[self.calls % self.slots]
+        self.calls += 1
+        return out
+
+    @property
+    def fresh(self) -> bool:
+        """Whether the last :meth:`get` drew a new rollout (False: it re-served a cached one)."""
+        return 0 < self.calls <= self.slots
 
     def state_dict(self) -> dict[str, Any]:
-        if self.updates == 1 or self.cache is None:
+        if self.updates == 1 or not self.cache:
             return {}
         cpu = lambda v: v.detach().cpu() if torch.is_tensor(v) else v
-        return {"cache": [{k: cpu(v) for k, v in b.items()} for b in self.cache], "served": self.served}
+        return {"rollouts": [[{k: cpu(v) for k, v in b.items()} for b in r] for r in self.cache],
+                "calls": self.calls, "slots": self.slots}
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
-        if "cache" in state:
-            dev = lambda k, v: v.to(device) if torch.is_tensor(v) and k in ("x", "x_next") else v
-            self.cache = [{k: dev(k, v) for k, v in b.items()} for b in state["cache"]]
-            self.served = int(state["served"])
+        if "cache" in state:  # written before the cache held one rollout per collect() call of a step
+            state = {"rollouts": [state["cache"]], "calls": state["served"], "slots": 1}
+        if "rollouts" not in state:
+            return
+        if int(state["slots"]) != self.slots:
+            warnings.warn(f"[rewardflow] the saved rollout cache holds {state['slots']} rollouts per optimizer step, "
+                          f"this run collects {self.slots} (grad_accum changed): the next step draws fresh rollouts",
+                          RuntimeWarning, stacklevel=2)
+            self.cache, self.calls = [], 0
+            return
+        dev = lambda k, v: v.to(device) if torch.is_tensor(v) and k in ("x", "x_next") else v
+        self.cache = [[{k: dev(k, v) for k, v in b.items()} for b in r] for r in state["rollouts"]]
+        self.calls = int(state["calls"])
 
 
 def train_step_indices(num_steps: int, fraction: float) -> int:

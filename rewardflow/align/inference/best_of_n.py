@@ -6,8 +6,8 @@ the initialisation ReNO can start from. Works with any reward, differentiable or
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

@@ -19,23 +19,37 @@ generator's own :meth:`~rewardflow.pipelines.base.Generator.sample`; NRG only su
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Sequence
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
+from rewardflow.config import option
 from rewardflow.pipelines.base import Generator
 from rewardflow.rewards.base import require_differentiable
 
 
 @dataclass
 class NRGConfig:
-    scale: float = 1.0                 # lambda'
-    weights: dict[str, float] = field(default_factory=lambda: {"score": 1.0})  # per reward head
-    steps: int = 8
-    t_min: float = 0.0                 # guide only for t in [t_min, t_max] (t = 1 is noise)
-    t_max: float = 1.0
-    seed: int = 0
+    scale: float = option(1.0, "guidance scale lambda' on the reward gradient (0: the plain sample)")
+    # option() turns a dict default into a default factory (a fresh dict per config)
+    weights: dict[str, float] = option({"score": 1.0}, "weight per reward head (e.g. VQ / MQ / TA)")  # noqa: RUF009
+    steps: int = option(8, "sampler steps")
+    t_min: float = option(0.0, "guide only for t in [t_min, t_max] (t = 1 is noise)")
+    t_max: float = option(1.0, "upper end of the guided interval of t")
+    seed: int = option(0, "seed of the initial noise when none is given")
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.scale):
+            raise ValueError(f"NRGConfig.scale must be a finite number, got {self.scale}")
+        if self.steps < 1:
+            raise ValueError(f"NRGConfig.steps must be >= 1, got {self.steps}")
+        if not 0.0 <= self.t_min <= self.t_max <= 1.0:
+            raise ValueError(f"NRGConfig needs 0 <= t_min <= t_max <= 1, got t_min={self.t_min}, t_max={self.t_max}")
+        bad = {h: w for h, w in self.weights.items() if not math.isfinite(w)}
+        if bad:
+            raise ValueError(f"NRGConfig.weights must be finite numbers, got {bad}")
 
 
 class NRG:

@@ -16,36 +16,54 @@ best iterates, which is the same as running each prompt on its own.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 
+from rewardflow.config import option
 from rewardflow.pipelines.base import Generator
 from rewardflow.rewards.base import Reward, require_differentiable
+
+_AUTOCAST = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
 class ReNOConfig:
-    iterations: int = 50
-    lr: float = 5.0
-    optimizer: str = "sgd"  # "sgd" (Nesterov, momentum 0.9) or "adam" (eps 1e-2)
-    grad_clip: float = 0.1
-    reg_weight: float = 0.01
-    steps: int = 1  # sampler steps of the (one- or few-step) generator
-    checkpoint: bool = True  # per-step gradient checkpointing of the generator
-    reward_checkpointing: bool = False  # gradient checkpointing inside the reward backbones (HPS/CLIP towers)
-    autocast: str = "none"  # "none", "fp16" or "bf16": mixed precision for the generator and rewards
-    seed: int = 0
+    iterations: int = option(50, "optimization iterations (the last only evaluates, as the official loop)")
+    lr: float = option(5.0, "learning rate on the noise")
+    optimizer: str = option("sgd", "'sgd' (Nesterov, momentum 0.9) or 'adam' (eps 1e-2)")
+    grad_clip: float = option(0.1, "per-sample gradient-norm clip on the noise")
+    reg_weight: float = option(0.01, "weight of the noise-norm regularizer (negative chi log-density)")
+    steps: int = option(1, "sampler steps of the (one- or few-step) generator")
+    checkpoint: bool = option(True, "per-step gradient checkpointing of the generator")
+    reward_checkpointing: bool = option(False, "gradient checkpointing inside the reward backbones (HPS/CLIP towers)")
+    autocast: str = option("none", "'none', 'fp16' or 'bf16': mixed precision for the generator and rewards")
+    seed: int = option(0, "seed of the initial noise when none is given")
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"ReNOConfig.optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if self.autocast not in _AUTOCAST:
+            raise ValueError(f"ReNOConfig.autocast must be one of {list(_AUTOCAST)}, got {self.autocast!r}")
+        if self.iterations < 1:
+            raise ValueError(f"ReNOConfig.iterations must be >= 1 (iteration 0 scores the initial noise), "
+                             f"got {self.iterations}")
+        if self.steps < 1:
+            raise ValueError(f"ReNOConfig.steps must be >= 1, got {self.steps}")
+        for name in ("lr", "grad_clip"):
+            v = getattr(self, name)
+            if not (v > 0 and math.isfinite(v)):
+                raise ValueError(f"ReNOConfig.{name} must be a positive number, got {v}")
+        if not (self.reg_weight >= 0 and math.isfinite(self.reg_weight)):
+            raise ValueError(f"ReNOConfig.reg_weight must be >= 0, got {self.reg_weight}")
 
 
 # ReNO's paper reward set and weights (docs/algorithms.md#reno-defaults): losses "offset - score" with these weights; our rewards
 # return the scores (HPS cos, standardized IR, PickScore s*cos, CLIP s*cos), so the same weights apply to them.
 RENO_PAPER_REWARDS = "hpsv2.1:5,imagereward:1,pickscore:0.05,clip:0.01"
-
-
-_AUTOCAST = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def enable_reward_checkpointing(reward: torch.nn.Module) -> int:
@@ -88,10 +106,6 @@ class ReNO:
     def __init__(self, generator: Generator, reward: Reward, config: ReNOConfig | None = None):
         require_differentiable(reward, "ReNO")
         self.gen, self.reward, self.cfg = generator, reward, config or ReNOConfig()
-        if self.cfg.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"ReNOConfig.optimizer must be 'sgd' or 'adam', got {self.cfg.optimizer!r}")
-        if self.cfg.autocast not in _AUTOCAST:
-            raise ValueError(f"ReNOConfig.autocast must be one of {list(_AUTOCAST)}, got {self.cfg.autocast!r}")
         if self.cfg.reward_checkpointing:
             enable_reward_checkpointing(reward)
 

@@ -73,7 +73,7 @@ class DDPO(Method):
         self.tracker = P.PerPromptStatTracker(config.stat_buffer_size, config.stat_min_count)
         self.noise_level = config.noise_level
         self.samples_per_prompt = config.samples_per_prompt
-        self.reuse = P.RolloutReuse(config.updates_per_rollout)
+        self.reuse = P.RolloutReuse(config.updates_per_rollout, slots=ctx.grad_accum)
 
     # ---------------------------------------------------------------- data
     def advantages(self, prompts: list[str], rewards: torch.Tensor) -> torch.Tensor:

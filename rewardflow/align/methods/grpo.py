@@ -81,7 +81,7 @@ class FlowGRPO(Method):
         if ctx.reward is None:
             raise ValueError("grpo needs a reward (any black-box scalar reward works)")
         self.samples_per_prompt = config.group_size
-        self.reuse = P.RolloutReuse(config.updates_per_rollout)
+        self.reuse = P.RolloutReuse(config.updates_per_rollout, slots=ctx.grad_accum)
 
     # ---------------------------------------------------------------- data
     def collect(self, prompts: list[str], step: int) -> list[dict[str, Any]]:

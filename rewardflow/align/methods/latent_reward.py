@@ -14,6 +14,7 @@ and loads with ``LatentRewardModel.from_pretrained(gen, dir)``.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,13 +30,28 @@ from rewardflow.rewards.losses import bt_with_ties_loss
 
 @dataclass
 class LatentRewardConfig:
-    judge: str = option("toy_oracle", "the reward that labels pairs (registry name)")
+    judge: str = option("", "the reward that labels pairs (a registry name, black boxes allowed; required)")
     n_blocks: int = option(1, "generator blocks in the backbone")
     hidden: int = option(128, "width of the reward head")
     k: float = option(5.0, "BT-with-ties tie parameter (VideoAlign: 5)")
     tie_tol: float = option(0.0, "|judge(A) - judge(B)| <= tie_tol -> tie")
     t_per_pair: int = option(4, "random noise levels per pair per step")
     nrg_scale: float = option(1.0, "guidance scale stored with the head (used by `noise-opt --method nrg` defaults)")
+
+    def __post_init__(self) -> None:
+        if not self.judge:
+            raise ValueError("latent_reward needs judge=NAME: the reward that labels its pairs (e.g. a human-preference "
+                             "reward, or the toy world's toy_clip / toy_oracle)")
+        if self.n_blocks < 1 or self.hidden < 1 or self.t_per_pair < 1:
+            raise ValueError(f"latent_reward: n_blocks, hidden and t_per_pair must be >= 1, got {self.n_blocks}, "
+                             f"{self.hidden}, {self.t_per_pair}")
+        if not (self.k > 1 and math.isfinite(self.k)):
+            raise ValueError(f"latent_reward: k must be > 1 (BT-with-ties gives ties probability 0 at k = 1), "
+                             f"got {self.k}")
+        if not (self.tie_tol >= 0 and math.isfinite(self.tie_tol)):
+            raise ValueError(f"latent_reward: tie_tol must be >= 0, got {self.tie_tol}")
+        if not math.isfinite(self.nrg_scale):
+            raise ValueError(f"latent_reward: nrg_scale must be a finite number, got {self.nrg_scale}")
 
 
 @register_method("latent_reward")

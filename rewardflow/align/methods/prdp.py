@@ -129,7 +129,7 @@ class PRDP(Method):
             raise ValueError("prdp needs a reward (any black-box scalar reward works)")
         self.needs_ref = config.kl_beta > 0 or config.base == "reference"
         self.samples_per_prompt = config.group_size
-        self.reuse = P.RolloutReuse(config.updates_per_rollout)
+        self.reuse = P.RolloutReuse(config.updates_per_rollout, slots=ctx.grad_accum)
 
     # ---------------------------------------------------------------- data
     def collect(self, prompts: list[str], step: int) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ A method (``rewardflow/align/methods/<method>.py``) says how to collect data and
 * ``distributed``: the ``Accelerator``, per-process batch, bucketed all-reduce / broadcast;
 * ``reporting``: metrics.jsonl, tensorboard / wandb, sample grids, the reward-curve plot;
 * ``selection``: :class:`BestTracker` (best/ and early stopping);
+* ``rng``: every process's random streams (seeding, their state in a checkpoint);
 * ``loop``: :class:`Trainer` (build, collect -> loss -> step, evaluate, train).
 
 What the trainer does:

@@ -21,6 +21,8 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
+from rewardflow.align.trainer.rng import reseed_process, rng_state, set_rng_state
+
 
 def fsync_dir(path: Path) -> None:
     try:
@@ -146,26 +148,6 @@ def trim_jsonl(path: Path, last_step: int) -> int:
         tmp.write_text("".join(ln + "\n" for ln in keep))
         os.replace(tmp, path)
     return dropped
-
-
-def rng_state(generators: dict[str, torch.Generator | None]) -> dict[str, torch.Tensor]:
-    st = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        st["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
-    for k, g in generators.items():
-        if g is not None:
-            st[f"gen_{k}"] = g.get_state()
-    return st
-
-
-def set_rng_state(st: dict[str, torch.Tensor], generators: dict[str, torch.Generator | None]) -> None:
-    torch.set_rng_state(st["torch"])
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(list(st["cuda"]))
-    for k, g in generators.items():
-        if g is not None and f"gen_{k}" in st:
-            g.set_state(st[f"gen_{k}"])
-
 
 
 class CheckpointMixin:
@@ -337,10 +319,7 @@ class CheckpointMixin:
         if acc.process_index == 0:
             set_rng_state(st["rng"], gens)
         else:
-            s = self.config.seed * 1000 + acc.process_index + 1_000_003 * self.step
-            torch.manual_seed(s)
-            self.prompt_rng.manual_seed(s)
-            self.sample_rng.manual_seed(s + 500)
+            reseed_process(self.config.seed, acc.process_index, self.step, self.prompt_rng, self.sample_rng)
         if acc.is_main_process:
             n = len(per) if per is not None else "an unknown number of"
             print(f"[rewardflow] the checkpoint was written by {n} processes, this run has {acc.num_processes}: "
@@ -361,7 +340,6 @@ class CheckpointMixin:
         print(f"[rewardflow] resumed from {path} at step {self.step}", flush=True)
         return True
 
-    # ------------------------------------------------------------------ one optimizer step
     def save_final(self, name: str = "final", info: dict | None = None) -> Path | None:
         """``final/`` (or ``name/``): the LoRA (``gen.save_lora``, peft format) or the trainable weights as
         safetensors; EMA weights when EMA is on; ``info`` as ``NAME.json`` beside them. Written to a temporary

@@ -141,13 +141,13 @@ class TrainConfig:
                    "ema_decay=0"),
                   (c.early_stop_patience >= 0, f"early_stop_patience must be >= 0, got {c.early_stop_patience}"),
                   (not c.early_stop_patience or c.best_metric,
-                   "early_stop_patience needs best_metric (the eval key to watch, e.g. "
-                   "best_metric=heldout_toy_clip)"),
+                   ("early_stop_patience needs best_metric (the eval key to watch, e.g. "
+                    "best_metric=heldout_toy_clip)")),
                   (not c.early_stop_patience or c.eval_every > 0,
                    "early_stop_patience needs eval_every > 0 (it counts evaluations without improvement)"),
                   (not c.best_metric.startswith("heldout_") or c.best_metric[8:] in c.heldout_rewards,
-                   f"best_metric={c.best_metric!r} names a held-out reward that is not in heldout_rewards "
-                   f"{list(c.heldout_rewards)}; add it there (it is scored at eval, never optimized)")]
+                   (f"best_metric={c.best_metric!r} names a held-out reward that is not in heldout_rewards "
+                    f"{list(c.heldout_rewards)}; add it there (it is scored at eval, never optimized)"))]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)

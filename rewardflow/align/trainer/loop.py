@@ -28,6 +28,7 @@ from rewardflow.align.trainer.reporting import (
     plot_reward_curve,
     save_image_grid,
 )
+from rewardflow.align.trainer.rng import seed_process
 from rewardflow.align.trainer.selection import BestTracker
 from rewardflow.align.trainer.sharding import check_method, describe_memory, make_sharding, resolve_strategy
 from rewardflow.eval.hooks import check_eval_hooks, run_eval_hooks
@@ -64,9 +65,7 @@ class Trainer(CheckpointMixin):
             (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
 
-        torch.manual_seed(c.seed + acc.process_index)
-        self.prompt_rng = torch.Generator().manual_seed(c.seed * 1000 + acc.process_index)
-        self.sample_rng = torch.Generator().manual_seed(c.seed * 1000 + 500 + acc.process_index)
+        self.prompt_rng, self.sample_rng = seed_process(c.seed, acc.process_index)
 
         # -- generator, trainable weights, reference
         if generator is None:
@@ -86,8 +85,6 @@ class Trainer(CheckpointMixin):
                                   target_modules=c.lora_targets or None)
             else:
                 self.gen.denoiser.requires_grad_(True)
-            if c.lora_rank == 0 and self.method_cls.uses_reference:
-                self.gen.snapshot_reference()
             if c.gradient_checkpointing:
                 self.gen.enable_gradient_checkpointing()
             self.gen.denoiser.train()
@@ -106,10 +103,14 @@ class Trainer(CheckpointMixin):
         # -- method
         self._log_buffer: dict[str, list[float]] = {}
         self.ctx = MethodContext(generator=self.gen, reward=self.reward, device=acc.device, rng=self.sample_rng,
-                                 sample_steps=c.sample_steps, batch_size=c.batch_size,
+                                 sample_steps=c.sample_steps, batch_size=c.batch_size, grad_accum=c.grad_accum,
                                  process_index=acc.process_index, num_processes=acc.num_processes,
                                  gather=self._gather, log=self._ctx_log)
         self.method = self.method_cls(method_config, self.ctx)
+        if self.trains_generator and c.lora_rank == 0 and self.method.uses_reference:
+            # full fine-tuning: the reference is a frozen copy of the initial weights; taken after the method is
+            # built because some methods need it only for some settings (DRaFT with kl_weight > 0)
+            self.gen.snapshot_reference()
         module = self.gen.denoiser if self.trains_generator else self.method.trainable_module()
         if module is None:
             raise TypeError(f"method {c.method!r} sets trains_generator=False but trainable_module() returned None")
@@ -207,7 +208,7 @@ class Trainer(CheckpointMixin):
                    f"{getattr(self.accelerator.state, 'backend', None) or 'no backend'}); each process samples its own "
                    "prompts, gradients are averaged over processes" if e["num_processes"] > 1 else ""))
 
-    # ------------------------------------------------------------------ checkpoints
+    # ------------------------------------------------------------------ one optimizer step
     def train_step(self) -> dict[str, float]:
         """Collect, accumulate the loss over micro-batches, guard against non-finite values, step."""
         c, acc, m, sh = self.config, self.accelerator, self.method, self.sharding
