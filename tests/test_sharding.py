@@ -284,6 +284,27 @@ def test_cli_trains_the_toy_draft_config_with_each_strategy(tmp_path, strategy):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("options", ["strategy=fsdp mixed_precision=bf16 gradient_checkpointing=true cpu_offload=true",
+                                     "strategy=zero3 mixed_precision=bf16 gradient_checkpointing=true",
+                                     "strategy=zero2 cpu_offload=true"])
+def test_sharded_options_evaluation_and_best_dir(tmp_path, options):
+    """bf16 (FSDP2 mixed precision / DeepSpeed bf16), per-block activation checkpointing and CPU offload train; the
+    evaluation runs on every process (sharded parameters) and best/ is gathered on process 0."""
+    res = _torchrun(["-m", "rewardflow", "train", "configs/toy/draft.yaml", *options.split(), "max_steps=2",
+                     "batch_size=2", "eval_every=1", "best_metric=eval_reward", "eval_per_category=1",
+                     "report_to=none", f"output_dir={tmp_path}"], timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["skipped_steps"] == 0 and s["strategy"] == options.split()[0].split("=")[1]
+    evals = [json.loads(ln) for ln in (tmp_path / "eval.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [0, 1, 2] and all(0 < e["eval_reward"] < 1 for e in evals)
+    best = json.loads((tmp_path / "best" / "best.json").read_text())
+    assert best["step"] == s["best"]["step"] and (tmp_path / "best" / "pytorch_lora_weights.safetensors").is_file()
+    if "bf16" in options and "zero3" in options:
+        assert set(s["memory"]["parameters"]) == {"bfloat16"}  # DeepSpeed holds the module in bf16 (fp32 masters)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_kill_9_mid_run_and_resume_auto_continues_exactly(tmp_path, tiny_pipe_dir, strategy):
     """An uninterrupted 4-step run against one killed with SIGKILL (the whole launch) once its step-2 checkpoint

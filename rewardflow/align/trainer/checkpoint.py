@@ -52,6 +52,7 @@ CHECKPOINT_FILES = ("trainable.safetensors", "state.pt", "trainer.json")
 # a sharded checkpoint (strategy fsdp / zero2 / zero3) holds the weights and optimizer state in sharded/, one or more
 # files per process (written by every process, then listed in the manifest by process 0)
 SHARDED_CHECKPOINT_FILES = ("state.pt", "trainer.json")
+SHARDED_DIR = "sharded"
 
 
 class CheckpointWriteError(OSError):
@@ -93,7 +94,7 @@ def verify_checkpoint(ckpt: str | os.PathLike) -> str | None:
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         return f"{MANIFEST} is unreadable ({type(e).__name__}: {e})"
     listed = {k for k, _, _ in entries}
-    sharded = any(k.startswith("sharded/") for k in listed)
+    sharded = any(k.startswith(SHARDED_DIR + "/") for k in listed)
     for need in SHARDED_CHECKPOINT_FILES if sharded else CHECKPOINT_FILES:
         if need not in listed:
             return f"{MANIFEST} does not list {need}"
@@ -217,7 +218,7 @@ class CheckpointMixin:
         try:
             tmp.mkdir(parents=True)
             if staged is not None:  # the weights and optimizer state, already written by every process
-                cur = tmp / "sharded"
+                cur = tmp / SHARDED_DIR
                 os.replace(staged, cur)
             else:
                 cur = tmp / "trainable.safetensors"
@@ -290,8 +291,8 @@ class CheckpointMixin:
             raise ValueError(f"checkpoint {path} was written with strategy={saved}; resume it with strategy={saved} "
                              f"(this run has strategy={self.config.strategy}; checkpoints do not convert between "
                              "strategies)")
-        if (path / "sharded").is_dir():
-            self.sharding.load_sharded(path / "sharded", meta)
+        if (path / SHARDED_DIR).is_dir():
+            self.sharding.load_sharded(path / SHARDED_DIR, meta)
         else:
             self.load_trainable_state(safetensors.torch.load_file(str(path / "trainable.safetensors")))
         st = torch.load(path / "state.pt", map_location="cpu", weights_only=True)

@@ -30,7 +30,13 @@ from rewardflow.align.trainer.reporting import (
 )
 from rewardflow.align.trainer.rng import seed_process
 from rewardflow.align.trainer.selection import BestTracker
-from rewardflow.align.trainer.sharding import check_method, describe_memory, make_sharding, resolve_strategy
+from rewardflow.align.trainer.sharding import (
+    SHARDED_WHAT,
+    check_method,
+    describe_memory,
+    make_sharding,
+    resolve_strategy,
+)
 from rewardflow.eval.hooks import check_eval_hooks, run_eval_hooks
 from rewardflow.eval.monitor import RewardHackingMonitor
 from rewardflow.io.prompts import load_prompt_source
@@ -206,7 +212,9 @@ class Trainer(CheckpointMixin):
                    f" = {e['batch_size']}" if self.config.global_batch_size else "")
                 + (f"\n[rewardflow] {e['num_processes']} processes ({self.accelerator.distributed_type}, "
                    f"{getattr(self.accelerator.state, 'backend', None) or 'no backend'}); each process samples its own "
-                   "prompts, gradients are averaged over processes" if e["num_processes"] > 1 else ""))
+                   "prompts, gradients are averaged over processes" if e["num_processes"] > 1 else "")
+                + (f"\n[rewardflow] strategy={self.config.strategy}: {SHARDED_WHAT[self.config.strategy]}"
+                   if self.config.strategy != "ddp" else ""))
 
     # ------------------------------------------------------------------ one optimizer step
     def train_step(self) -> dict[str, float]:
@@ -298,7 +306,7 @@ class Trainer(CheckpointMixin):
         if not self.trains_generator:  # the generator is frozen: the method reports on its own module
             with torch.random.fork_rng(devices=[]), self._ema_weights():
                 return {"step": self.step, "samples": self.samples_seen, **self.method.evaluate(prompts)}
-        with torch.random.fork_rng(devices=[]), self._ema_weights():
+        with torch.random.fork_rng(devices=[]), self._ema_weights(), self.sharding.eval_autocast():
             was_training = self.gen.denoiser.training
             self.gen.denoiser.eval()
             noise = torch.randn((len(prompts), *self.gen.latent_shape), generator=torch.Generator().manual_seed(0))

@@ -50,7 +50,11 @@ from rewardflow.align.trainer.checkpoint import CheckpointWriteError
 from rewardflow.align.trainer.config import TrainConfig
 from rewardflow.align.trainer.distributed import allreduce_mean
 
-SHARDED_DIR = "sharded"  # the sharded weights and optimizer state inside a checkpoint (DCP or DeepSpeed files)
+# what each strategy shards over the processes (printed at start)
+SHARDED_WHAT = {"ddp": "nothing sharded (each process holds the whole model)",
+                "fsdp": "parameters, gradients and optimizer state sharded over processes (torch FSDP2, per block)",
+                "zero2": "gradients and optimizer state sharded over processes (DeepSpeed ZeRO-2)",
+                "zero3": "parameters, gradients and optimizer state sharded over processes (DeepSpeed ZeRO-3)"}
 _TRUE = ("1", "true", "yes")
 
 
@@ -159,6 +163,11 @@ class DataParallel:
     @property
     def base_optimizer(self):
         return getattr(self.optimizer, "optimizer", self.optimizer)
+
+    def eval_autocast(self):
+        """Context of the evaluation's sampling: nothing, unless the denoiser itself holds bf16 weights (zero with
+        mixed_precision=bf16), whose inputs the autocast casts as in training."""
+        return contextlib.nullcontext()
 
     # -- one step
     def begin_step(self) -> None:
@@ -374,8 +383,13 @@ class ZeRO(_Sharded):
     def prepare_optimizer(self, gen, optimizer):
         import deepspeed  # lazy: an optional dependency (the `deepspeed` extra), needed only for zero2 / zero3
 
+        if not hasattr(deepspeed.DeepSpeedEngine, "managed_gradient_accumulation"):
+            raise ValueError(f"strategy={self.name} needs DeepSpeed >= 0.19.8 (the trainer accumulates gradients itself: "
+                             f"managed_gradient_accumulation=false); found {deepspeed.__version__}. "
+                             "pip install --no-build-isolation 'deepspeed>=0.19.8'")
         _init_process_group(self.acc)
-        cfg = deepspeed_config(self.config, self.acc.num_processes)
+        n = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
+        cfg = deepspeed_config(self.config, self.acc.num_processes, n)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=gen.denoiser, optimizer=optimizer, config=cfg)
         _route_through_engine(gen.denoiser, self.engine)
         if self.stage == 3 and len(self.modules) > 1:  # the frozen reference copy of full fine-tuning: sharded too
@@ -383,6 +397,9 @@ class ZeRO(_Sharded):
             self.ref_engine, *_ = deepspeed.initialize(model=self.modules[1], config=ref_cfg)
         gen._compute_device = self.acc.device
         return self.optimizer
+
+    def eval_autocast(self):
+        return self.acc.autocast() if self.config.mixed_precision == "bf16" else contextlib.nullcontext()
 
     def backward(self, loss):
         self.engine.backward(loss, scale_wrt_gas=False)
@@ -453,9 +470,12 @@ def describe_memory(rep: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ DeepSpeed helpers
-def deepspeed_config(c: TrainConfig, num_processes: int) -> dict:
+def deepspeed_config(c: TrainConfig, num_processes: int, n_trainable: int | None = None) -> dict:
     """The DeepSpeed config: the user's JSON (``deepspeed_config``) or nothing, plus the entries the trainer owns
-    (stage, accumulation, clipping, precision, micro-batch). A conflicting user value is an error naming the key."""
+    (stage, accumulation, clipping, precision, micro-batch). A conflicting user value is an error naming the key.
+    Unless the JSON sets them, the communication buckets and ZeRO-3's live-parameter limits scale with the model:
+    DeepSpeed's defaults (5e8-element buckets, 1e9 live parameters) where a quarter of the trainable parameters is
+    larger, else that quarter, so that a small model is still sharded block by block rather than held whole."""
     stage = int(c.strategy[-1])
     base: dict = {}
     if c.deepspeed_config:
@@ -480,6 +500,13 @@ def deepspeed_config(c: TrainConfig, num_processes: int) -> dict:
         raise ValueError(f"deepspeed_config {c.deepspeed_config}: zero_optimization.stage={zo['stage']} but "
                          f"strategy={c.strategy}")
     zo["stage"] = stage
+    if n_trainable:
+        quarter = max(n_trainable // 4, 2**20)
+        defaults = {"reduce_bucket_size": 5e8, **({"allgather_bucket_size": 5e8} if stage == 2 else
+                    {"stage3_prefetch_bucket_size": 5e7, "stage3_max_live_parameters": 1e9,
+                     "stage3_max_reuse_distance": 1e9})}
+        for key, ds_default in defaults.items():
+            zo.setdefault(key, int(min(ds_default, quarter)))
     if c.cpu_offload:
         zo.setdefault("offload_optimizer", {"device": "cpu"})
         if stage == 3:
