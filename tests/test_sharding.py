@@ -144,7 +144,8 @@ def test_strategy_keys_are_validated_before_any_model_loads():
 
 
 @pytest.mark.parametrize("method,extra,strategy,msg", [
-    ("latent_reward", {}, "fsdp", "trains its own module, not the generator: run it with strategy=ddp"),
+    ("latent_reward", {"judge": "toy_clip"}, "fsdp", "trains its own module, not the generator: run it with "
+                                                     "strategy=ddp"),
     ("flow_dpo", {"ref_update_every": 5}, "zero3", "ref_update_every > 0 keeps an unsharded copy"),
     ("draft", {"random_k": True}, "fsdp", "random_k=true draws K per process"),
 ])
@@ -216,21 +217,27 @@ def test_launcher_options_and_unsupported_zero_stage():
 
 def test_deepspeed_config_is_written_from_the_trainer_keys(tmp_path):
     from rewardflow.align.trainer import split_config
-    from rewardflow.align.trainer.sharding import deepspeed_config
+    from rewardflow.align.trainer.zero import deepspeed_config
 
     c = split_config({"method": "draft", "strategy": "zero3", "batch_size": 3, "grad_clip": 0.5,
                       "mixed_precision": "bf16", "cpu_offload": True})[0]
-    cfg = deepspeed_config(c, 2)
+    cfg = deepspeed_config(c)
     assert cfg["zero_optimization"] == {"stage": 3, "offload_optimizer": {"device": "cpu"},
                                         "offload_param": {"device": "cpu"}}
     assert cfg["gradient_clipping"] == 0.5 and cfg["train_micro_batch_size_per_gpu"] == 3
     assert cfg["gradient_accumulation_steps"] == 1 and cfg["managed_gradient_accumulation"] is False
     assert cfg["bf16"]["enabled"] is True and cfg["fp16"]["enabled"] is False
+    # buckets / live parameters: a quarter of the trainable parameters when that is below DeepSpeed's default
+    small = deepspeed_config(c, 8_000_000)["zero_optimization"]
+    big = deepspeed_config(c, 12 * 10**9)["zero_optimization"]
+    assert small["reduce_bucket_size"] == small["stage3_max_live_parameters"] == 2_000_000
+    assert (big["reduce_bucket_size"], big["stage3_prefetch_bucket_size"], big["stage3_max_live_parameters"]) == (
+        5 * 10**8, 5 * 10**7, 10**9)
     user = tmp_path / "ds.json"
     user.write_text(json.dumps({"zero_optimization": {"stage": "auto", "overlap_comm": True},
                                 "gradient_clipping": "auto", "wall_clock_breakdown": True}))
     c2 = split_config({"method": "draft", "strategy": "zero2", "deepspeed_config": str(user)})[0]
-    cfg = deepspeed_config(c2, 2)
+    cfg = deepspeed_config(c2)
     assert cfg["zero_optimization"] == {"stage": 2, "overlap_comm": True} and cfg["wall_clock_breakdown"] is True
     assert cfg["gradient_clipping"] == 1.0 and cfg["bf16"]["enabled"] is False
     for bad, msg in [({"gradient_clipping": 2.0}, "gradient_clipping=2.0 conflicts with the trainer"),
@@ -239,7 +246,7 @@ def test_deepspeed_config_is_written_from_the_trainer_keys(tmp_path):
                      ({"bf16": {"enabled": True}}, "bf16.enabled=True conflicts with mixed_precision=no")]:
         user.write_text(json.dumps(bad))
         with pytest.raises(ValueError, match=msg):
-            deepspeed_config(c2, 2)
+            deepspeed_config(c2)
 
 
 def test_every_adapter_names_its_shard_blocks():

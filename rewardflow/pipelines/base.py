@@ -96,7 +96,7 @@ class Generator(ParametrizationMixin, LoraMixin):
     # "diversity_encoder"
     run_defaults: dict[str, Any] = {"steps": 30}
     # class names of the denoiser's transformer / UNet blocks: strategy=fsdp shards each of them, then the whole
-    # denoiser (rewardflow/align/trainer/sharding.py)
+    # denoiser (rewardflow/align/trainer/fsdp.py)
     shard_block_classes: tuple[str, ...] = ()
     denoiser: torch.nn.Module
     scheduler: Any
@@ -118,7 +118,7 @@ class Generator(ParametrizationMixin, LoraMixin):
     @property
     def device(self) -> torch.device:
         # a sharded denoiser may keep its parameters in CPU memory (offload) and compute on the accelerator: the
-        # trainer then sets _compute_device (rewardflow/align/trainer/sharding.py)
+        # trainer then sets _compute_device (rewardflow/align/trainer/fsdp.py, zero.py)
         dev = getattr(self, "_compute_device", None)
         return dev if dev is not None else next(self.denoiser.parameters()).device
 

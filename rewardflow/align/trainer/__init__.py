@@ -6,6 +6,8 @@ A method (``rewardflow/align/methods/<method>.py``) says how to collect data and
 * ``config``: :class:`TrainConfig` (every key with its help), :func:`split_config`, :func:`load_train_config`;
 * ``checkpoint``: atomic checkpoints with a verified manifest, resume, ``final/`` and ``best/``;
 * ``distributed``: the ``Accelerator``, per-process batch, bucketed all-reduce / broadcast;
+* ``sharding`` (with ``fsdp`` and ``zero``): the ``strategy`` (ddp, fsdp, zero2, zero3): sharding the denoiser, the
+  lockstep step, sharded checkpoints and the memory report;
 * ``reporting``: metrics.jsonl, tensorboard / wandb, sample grids, the reward-curve plot;
 * ``selection``: :class:`BestTracker` (best/ and early stopping);
 * ``rng``: every process's random streams (seeding, their state in a checkpoint);

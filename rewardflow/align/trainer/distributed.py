@@ -74,7 +74,7 @@ def make_accelerator(c: TrainConfig):
         # process group when it is told to use the CPU (without it, N independent single-process runs start)
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
     pg = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=float(c.collective_timeout_s)))
-    with plain_accelerate_env():  # FSDP / DeepSpeed are the trainer's strategies (sharding.py), not accelerate's
+    with plain_accelerate_env():  # FSDP / DeepSpeed are the trainer's strategies, not accelerate's
         acc = Accelerator(mixed_precision=c.mixed_precision, cpu=cpu, kwargs_handlers=[pg])
     if world > 1 and acc.num_processes != world:
         raise RuntimeError(

@@ -23,6 +23,7 @@ from rewardflow.align.trainer.distributed import (
     make_accelerator,
     per_process_batch_size,
 )
+from rewardflow.align.trainer.fsdp import FSDP
 from rewardflow.align.trainer.reporting import (
     Reporter,
     plot_reward_curve,
@@ -32,11 +33,12 @@ from rewardflow.align.trainer.rng import seed_process
 from rewardflow.align.trainer.selection import BestTracker
 from rewardflow.align.trainer.sharding import (
     SHARDED_WHAT,
+    DataParallel,
     check_method,
     describe_memory,
-    make_sharding,
     resolve_strategy,
 )
+from rewardflow.align.trainer.zero import ZeRO
 from rewardflow.eval.hooks import check_eval_hooks, run_eval_hooks
 from rewardflow.eval.monitor import RewardHackingMonitor
 from rewardflow.io.prompts import load_prompt_source
@@ -56,10 +58,11 @@ class Trainer(CheckpointMixin):
         self.method_config = method_config
         self.accelerator = make_accelerator(c)
         acc = self.accelerator
-        # an accelerate config selecting FSDP / DeepSpeed maps onto `strategy` (one implementation: sharding.py)
+        # an accelerate config selecting FSDP / DeepSpeed maps onto `strategy` (sharding.py, fsdp.py, zero.py)
         c, launcher_blocks = resolve_strategy(c)
         self.config = c
-        self.sharding = make_sharding(c, acc, launcher_blocks)
+        strategies = {"ddp": DataParallel, "fsdp": FSDP, "zero2": ZeRO, "zero3": ZeRO}
+        self.sharding = strategies[c.strategy](c, acc, launcher_blocks)
         self.method_cls = get_method(c.method)
         check_method(c.strategy, self.method_cls, method_config)
         if c.global_batch_size:
@@ -432,7 +435,8 @@ class Trainer(CheckpointMixin):
                    "reward_curve": None if curve is None else str(curve),
                    "num_processes": acc.num_processes, "strategy": c.strategy,
                    "effective_batch": self.effective_batch(),
-                   "memory": {**self.memory, "optimizer_state_bytes_measured": self.sharding.measured_optimizer_bytes()},
+                   "memory": {**self.memory,
+                              "optimizer_state_bytes_measured": self.sharding.measured_optimizer_bytes()},
                    "before": first, "after": last, "early_stopped": stopped_early}
         if best is not None and acc.is_main_process:
             summary["best"] = {**best.summary(), "dir": str(self.run_dir / "best"),
