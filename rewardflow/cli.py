@@ -20,6 +20,7 @@ from rewardflow.commands import (
     toy,
     train,
 )
+from rewardflow.io.progress import set_quiet
 
 # in the order `rewardflow --help` lists them
 COMMANDS = (demo, rewards, models, score, sample, train, noise_opt, eval, eval_rewards, report, toy)
@@ -41,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     _setup_env()
     args = build_parser().parse_args(argv)
+    if getattr(args, "quiet", False):
+        set_quiet(True)
     try:
         return int(args.fn(args) or 0)
     except (OSError, ValueError, KeyError) as e:  # OSError: missing files, a full disk (CheckpointWriteError), ...

@@ -32,7 +32,8 @@ def test_manifest_lists_every_file_with_size_and_sha256(tmp_path, tiny_pipe_dir)
     make_trainer(tmp_path, tiny_pipe_dir, "rwr", max_steps=2, save_every=1).train()
     ck = tmp_path / "checkpoints" / "step_0000002"
     man = json.loads((ck / MANIFEST).read_text())["files"]
-    assert set(man) == {"trainable.safetensors", "state.pt", "trainer.json"}
+    # the resume files, and the LoRA as plain diffusers loads it (pipe.load_lora_weights(ck))
+    assert set(man) == {"trainable.safetensors", "state.pt", "trainer.json", "pytorch_lora_weights.safetensors"}
     for name, info in man.items():
         data = (ck / name).read_bytes()
         assert info == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}

@@ -9,9 +9,19 @@ from rewardflow.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_rewards_command_lists_registry(capsys):
+def test_rewards_command_lists_registry_wrappers_and_spec_syntax(capsys):
+    from rewardflow.rewards.combine import build_reward
+
     assert main(["rewards"]) == 0
-    assert "toy_clip" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "toy_clip" in out
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("segmental(REWARD) ")]
+    assert line.split()[1:4] == ["video", "as", "REWARD"] and "SegVR" in line
+    assert "NAME:W,NAME:W,...         a weighted sum" in out and "e.g. hpsv2.1:5,imagereward:1" in out
+    assert "--weights NAME=PATH" in out
+    # the syntax it shows builds: a wrapper inside a weighted sum
+    r = build_reward("segmental(toy_clip):1,toy_video:0.5")
+    assert [x.name for x in r.rewards] == ["segmental(toy_clip)", "toy_video"] and r.weights == [1.0, 0.5]
 
 
 def test_python_m_rewardflow_help():

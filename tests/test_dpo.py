@@ -141,19 +141,48 @@ def test_offline_pairs_from_jsonl_images_and_latents(tmp_path, tiny_pipe_dir):
     assert torch.allclose(got["a red circle"][0], gen.encode_images(red)[0], atol=1e-6)
     assert torch.equal(got["two blue squares"][0], lat)  # label_0 = 0: image_1 (the latent) wins
     assert m.cursor == 2 and m.state_dict()["cursor"] == 2
+    # Pick-a-Pic v2's own parquet columns: jpg_0 / jpg_1 with label_0, the caption as the prompt
+    (tmp_path / "pickapic.jsonl").write_text(json.dumps({"caption": "a cat", "jpg_0": "l.png", "jpg_1": "w.png",
+                                                         "label_0": 0.0}))
+    assert PreferencePairs(str(tmp_path / "pickapic.jsonl")).pairs == [("a cat", "w.png", "l.png")]
+
+
+def test_offline_pairs_from_a_folder_of_pickapic_parquet_shards(tmp_path, tiny_pipe_dir):
+    """A hub download of Pick-a-Pic v2 (data/*.parquet with jpg_0 / jpg_1 bytes, label_0, caption): read as it is,
+    ties dropped, images decoded only when their pair is used."""
+    import io
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    def png(rgb):
+        buf = io.BytesIO()
+        Image.fromarray(np.full((32, 32, 3), rgb, dtype=np.uint8)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    red, blue = png((255, 0, 0)), png((0, 0, 255))
+    (tmp_path / "data").mkdir()
+    pq.write_table(pa.table({"caption": ["a red circle", "a tie"], "jpg_0": [blue, red], "jpg_1": [red, blue],
+                             "label_0": [0.0, 0.5], "label_1": [1.0, 0.5]}), tmp_path / "data" / "train-0.parquet")
+    pq.write_table(pa.table({"caption": ["two blue squares"], "jpg_0": [blue], "jpg_1": [red],
+                             "label_0": [1.0], "label_1": [0.0]}), tmp_path / "data" / "train-1.parquet")
+    data = PreferencePairs(str(tmp_path))
+    assert [p for p, _, _ in data.pairs] == ["a red circle", "two blue squares"]
+    gen = ToyGenerator.from_pretrained(tiny_pipe_dir)
+    red_t = torch.zeros(1, 3, 32, 32)
+    red_t[:, 0] = 1
+    _, w, l = data.pairs[0]  # label_0 = 0: jpg_1 (red) wins
+    assert torch.allclose(data.load_item(w, gen), gen.encode_images(red_t)[0], atol=1e-6)
+    assert not torch.allclose(data.load_item(l, gen), gen.encode_images(red_t)[0], atol=1e-3)
 
 
 def test_offline_dataset_errors(tmp_path, tiny_pipe_dir):
     with pytest.raises(FileNotFoundError, match="not found"):
         PreferencePairs(str(tmp_path / "missing.jsonl"))
-    (tmp_path / "x.parquet").write_bytes(b"PAR1")
-    try:
-        import datasets  # noqa: F401
-    except ImportError:
-        with pytest.raises(ImportError, match="pip install datasets"):
-            PreferencePairs(str(tmp_path / "x.parquet"))
     (tmp_path / "bad.jsonl").write_text(json.dumps({"prompt": "p", "winner": "a.png"}))
-    with pytest.raises(ValueError, match="chosen/rejected"):
+    with pytest.raises(ValueError, match="no preference columns; expected caption, jpg_0, jpg_1, label_0"):
         PreferencePairs(str(tmp_path / "bad.jsonl"))
     gen = ToyGenerator.from_pretrained(tiny_pipe_dir)
     with pytest.raises(ValueError, match="dataset=PATH"):

@@ -26,8 +26,9 @@ def test_noise_opt_reno_writes_images_curve_and_summary(tmp_path):
         assert row["final_reward"] == pytest.approx(max(c), abs=1e-6)
         assert row["initial_reward"] == pytest.approx(c[0], abs=1e-6)
     assert (out / "curve.png").stat().st_size > 0
-    rows = [json.loads(x) for x in (out / "final" / "prompts.jsonl").read_text().splitlines()]
+    rows = json.loads((out / "final" / "manifest.json").read_text())["images"]
     assert [r["prompt"] for r in rows] == ["a red circle", "two blue squares"]
+    assert [r["final_reward"] for r in rows] == [r["final_reward"] for r in s["per_prompt"]]
     assert Image.open(out / "final" / rows[0]["file"]).size == (32, 32)
     assert len(list((out / "initial" / "images").glob("*.png"))) == 2
 

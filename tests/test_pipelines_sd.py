@@ -119,20 +119,60 @@ def test_sde_recorded_and_recomputed_log_probs_agree(dirs, name):
 
 def test_sde_equals_diffusers_ddim_eta_and_survives_other_step_counts(dirs):
     """DDIM eta=1 in diffusers draws one Gaussian per step from the generator, as Generator.sample does, so the
-    chains are equal; with trailing spacing and 3 steps DDIM's targets are not the grid points (1000 // 3)."""
+    chains are equal; with trailing spacing and 3 steps DDIM's targets are not the grid points (1000 // 3).
+    The last step differs on purpose: diffusers ends at alpha_bar = 1 (Euler source: set_alpha_to_one), a
+    deterministic step; like ddpo-pytorch (previous timestep clamped to 0) the SDE ends at alpha_bar[0], with a
+    log-prob."""
     gen = load_generator(dirs / "sd_turbo", guidance_scale=2.0)
     cond = gen.encode_prompts(PROMPTS)
     noise = _noise(gen)
     traj = gen.sample(cond, 3, sde=True, noise=noise, generator=torch.Generator().manual_seed(4))
-    ref = gen.pipe(PROMPTS, num_inference_steps=3, guidance_scale=2.0, eta=1.0, latents=noise, output_type="latent",
-                   generator=torch.Generator().manual_seed(4)).images
-    assert torch.allclose(traj.final, ref, atol=ATOL)
-    # the chain ends at alpha_bar = 1 (Euler source: set_alpha_to_one), so the last DDIM step is deterministic
-    assert traj.log_probs.shape == (2, 2)
+    seen = []
+
+    def keep(pipe, i, t, kw):
+        seen.append(kw["latents"].clone())
+        return kw
+
+    gen.pipe(PROMPTS, num_inference_steps=3, guidance_scale=2.0, eta=1.0, latents=noise, output_type="latent",
+             generator=torch.Generator().manual_seed(4), callback_on_step_end=keep)
+    for i in (1, 2):
+        assert torch.allclose(traj.latents[i], seen[i - 1], atol=ATOL), i
+    assert traj.log_probs.shape == (2, 3) and torch.isfinite(traj.log_probs).all()
+    assert traj.timesteps.tolist() == [999.0, 666.0, 332.0, -1.0]
+    # the last step: DDIM eta=1 from t=332 to alpha_bar[0] (not 1), std = sqrt((1-a0)/(1-a) * (1 - a/a0))
+    ac = gen.scheduler.alphas_cumprod.double()
+    a, a0 = ac[332], ac[0]
+    x = traj.latents[2]
+    st = gen.step(gen.predict(x, 332.0, cond), x, 332.0, -1.0, noise_level=1.0, prev_sample=traj.latents[3])
+    assert float(st.std) == pytest.approx(float(((1 - a0) / (1 - a) * (1 - a / a0)).sqrt()), rel=1e-5)
+    assert torch.allclose(st.log_prob, traj.log_probs[:, 2], atol=1e-5)
     gen.timesteps(7)  # e.g. an evaluation at another step count in between
-    for i in range(2):
+    for i in range(3):
         lp = gen.log_prob(traj.latents[i], traj.latents[i + 1], traj.timesteps[i], traj.timesteps[i + 1], cond, 1.0)
         assert torch.allclose(lp, traj.log_probs[:, i], atol=1e-5, rtol=0), i
+
+
+def test_one_step_ddpo_rollout_on_sd_turbo_has_a_log_prob(dirs):
+    """A 1-step SDE rollout on a set_alpha_to_one scheduler (SD-Turbo): the step goes from t=999 to alpha_bar[0]
+    with std eta * sqrt((1-a0)/(1-a999) * (1 - a999/a0)) (ddpo-pytorch's clamp), so DDPO has a log-prob to train;
+    the ODE step still ends at alpha_bar = 1 (x0 exactly, as diffusers)."""
+    gen = load_generator(dirs / "sd_turbo", adapter="sd")
+    cond = gen.encode_prompts(PROMPTS)
+    noise = _noise(gen)
+    traj = gen.sample(cond, 1, sde=True, noise=noise, generator=torch.Generator().manual_seed(0))
+    assert traj.log_probs.shape == (2, 1) and torch.isfinite(traj.log_probs).all()
+    lp = gen.log_prob(traj.latents[0], traj.latents[1], traj.timesteps[0], traj.timesteps[1], cond, 1.0)
+    assert torch.allclose(lp, traj.log_probs[:, 0], atol=1e-5)
+    ac = gen.scheduler.alphas_cumprod.double()
+    out = gen.predict(noise, 999.0, cond)
+    st = gen.step(out, noise, 999.0, -1.0, noise_level=1.0, prev_sample=traj.latents[1])
+    want = float(((1 - ac[0]) / (1 - ac[999]) * (1 - ac[999] / ac[0])).sqrt())
+    assert float(st.std) == pytest.approx(want, rel=1e-5) and want > 0
+    x0, eps = gen.convert(out, noise, torch.tensor(999.0))
+    mean = ac[0].sqrt().float() * x0 + (1 - ac[0] - want ** 2).clamp(min=0).sqrt().float() * eps
+    assert torch.allclose(st.mean, mean, atol=1e-5)
+    ode = gen.step(out, noise, 999.0, -1.0)
+    assert ode.log_prob is None and torch.allclose(ode.prev_sample, x0, atol=1e-5)
 
 
 def _lora_grads(gen, loss):
@@ -294,3 +334,27 @@ def test_loading_options(dirs):
         load_generator(dirs / "sd", attention="xformers")
     with pytest.raises(ValueError, match="unknown dtype 'fp8'"):
         load_generator(dirs / "sd", dtype="fp8")
+
+
+def test_sampler_substitution_is_said_once(dirs, tmp_path, monkeypatch, capsys):
+    """A pipeline shipped with PNDM (SD 1.x) or Euler (Turbo) samples with DDIM here: one stderr line per process,
+    naming both schedulers; a pipeline already on DDIM says nothing."""
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+
+    from rewardflow.pipelines import loading
+
+    monkeypatch.setattr(loading, "_NOTED", set())
+    pndm = tmp_path / "sd_pndm"
+    pipe = StableDiffusionPipeline.from_pretrained(str(dirs / "sd"))
+    pipe.scheduler = PNDMScheduler.from_config(pipe.scheduler.config)
+    pipe.save_pretrained(str(pndm))
+    capsys.readouterr()
+    load_generator(dirs / "sd")  # DDIM already
+    assert "[rewardflow] sampler" not in capsys.readouterr().err
+    for _ in range(2):
+        gen = load_generator(pndm)
+    assert type(gen.scheduler).__name__ == "DDIMScheduler"
+    err = capsys.readouterr().err
+    assert err.count("[rewardflow] sampler: the pipeline's PNDMScheduler is replaced by DDIMScheduler") == 1
+    load_generator(dirs / "sd_turbo")
+    assert "EulerDiscreteScheduler is replaced by DDIMScheduler" in capsys.readouterr().err

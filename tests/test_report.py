@@ -67,6 +67,22 @@ def test_report_healthy_run_and_live_monitor_flags(tmp_path):
     assert "warning at step 7" in html
 
 
+def test_report_without_held_out_signals_says_not_monitored_and_captions_grids(tmp_path):
+    d = _run_dir(tmp_path)
+    (d / "eval.jsonl").write_text("".join(json.dumps({"step": s, "eval_reward": 0.3 + 0.01 * s}) + "\n"
+                                          for s in (0, 30)))
+    html = render_report(d).read_text()
+    assert "Not monitored." in html and "No held-out reward ran" in html and "No divergence" not in html
+    assert "not monitored (no held-out reward)" in html  # the summary table says it too
+    (d / "eval.jsonl").unlink()
+    assert "No evaluation ran" in render_report(d).read_text()
+    # samples/manifest.json (as the trainer writes it): each grid captioned with its prompts in grid order
+    (d / "samples" / "manifest.json").write_text(json.dumps({"images": [
+        {"file": "step_0000000.png", "prompts": ["a red circle", "two <blue> squares"], "nrow": 8, "step": 0}]}))
+    html = render_report(d).read_text()
+    assert "<ol><li>a red circle</li><li>two &lt;blue&gt; squares</li></ol>" in html
+
+
 def test_report_errors(tmp_path, capsys):
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "run directory not found" in capsys.readouterr().err

@@ -321,7 +321,7 @@ def test_aesthetic_errors(aes_files, tmp_path):
     d = aes_files[0]
     with pytest.raises(FileNotFoundError, match="sac\\+logos\\+ava1-l14-linearMSE.pth"):
         load_reward("aesthetic", path=str(tmp_path), model=TINY_CLIP, pretrained=str(d / "clip.pt"))
-    with pytest.raises(ValueError, match="needs path="):
+    with pytest.raises(FileNotFoundError, match="needs path="):
         load_reward("aesthetic", model=TINY_CLIP, pretrained=str(d / "clip.pt"))
     head = torch.load(d / "sac+logos+ava1-l14-linearMSE.pth", weights_only=True)
     renamed = {k.replace("layers.6", "layers.5"): v for k, v in head.items()}

@@ -221,7 +221,7 @@ def test_score_cli_prompt_mappings_and_weights(image_dir, ref, tmp_path, tiny_re
 
 @pytest.mark.parametrize("argv, msg", [
     (["--prompt", "x", "--out", "s.txt"], "--out must end in .csv or .json"),
-    (["--prompts", "PROMPTS"], "has 2 prompts (non-blank lines) but 6 images"),
+    (["--prompts", "PROMPTS"], "has 2 prompts (lines that are not blank or '#' comments) but 6 images"),
     (["--prompt", "x", "--reward", "toy_oracle,jpeg_compressibility", "--weights", "w.pt"], "NAME=PATH"),
     (["--prompt", "x", "--reward", "toy_oracle", "--weights", "w.pt"], "reward 'toy_oracle': got an unexpected keyword argument 'path'"),
     (["--prompt", "x", "--reward", "nope"], "unknown reward 'nope'"),

@@ -69,3 +69,43 @@ def test_full_demo_meets_targets(tmp_path):
     torch.set_num_threads(2)
     s = run_demo(tmp_path)
     assert s["oracle_accuracy_after"] - s["oracle_accuracy_before"] >= 0.20
+
+
+def test_demo_picture_labels_each_pair_with_prompt_and_verdict(tmp_path):
+    """before_after.png: per prompt the before / after images with the oracle's bar under each, then the prompt and
+    the verdicts in words; row labels on the left (pixel checks at the layout's positions)."""
+    import numpy as np
+    from PIL import Image
+
+    from rewardflow.commands.demos.image import FAIL, PASS, _grid
+
+    n, cols, scale = 3, 2, 4
+    before, after = torch.zeros(n, 3, 32, 32), torch.ones(n, 3, 32, 32)
+    prompts = ["a red circle", "two blue squares at the top left and a green triangle", "a yellow square"]
+    _grid(before, after, [False, True, False], [True, True, False], tmp_path / "g.png", prompts, cols=cols,
+          scale=scale, title="t")
+    im = np.asarray(Image.open(tmp_path / "g.png").convert("RGB")).astype(int)
+    H, W, gap, left, bar, head = 128, 128, 12, 58, 5, 50
+    block_h = 2 * (H + bar + 4) + 5 * 14 + 10
+    assert im.shape == (head + 2 * (block_h + gap), left + cols * (W + gap), 3)
+
+    def bar_color(i, k):  # the bar under image k (0 before, 1 after) of prompt i
+        r, c = divmod(i, cols)
+        y = head + r * (block_h + gap) + k * (H + bar + 4) + H + 3
+        return tuple(im[y, left + c * (W + gap) + W // 2])
+
+    assert [bar_color(i, 0) for i in range(n)] == [FAIL, PASS, FAIL]
+    assert [bar_color(i, 1) for i in range(n)] == [PASS, PASS, FAIL]
+    y_img = head + H // 2
+    assert tuple(im[y_img, left + W // 2]) == (0, 0, 0)  # the before image itself
+    for i in range(n):  # text under each pair: the prompt lines and the verdict line are drawn
+        r, c = divmod(i, cols)
+        y0, x0 = head + r * (block_h + gap) + 2 * (H + bar + 4), left + c * (W + gap)
+        caption = im[y0:y0 + 5 * 14, x0:x0 + W]
+        assert (caption.sum(-1) < 300).any()
+        verdict = im[y0 + 4 * 14:y0 + 5 * 14, x0:x0 + W].reshape(-1, 3)  # "fail -> pass": each word in its colour
+        for color in ([FAIL, PASS], [PASS], [FAIL])[i]:
+            assert (np.abs(verdict - np.array(color)).sum(1) < 60).any()
+        if i:  # pass -> pass has no red, fail -> fail no green
+            assert not (np.abs(verdict - np.array((FAIL, PASS)[i - 1])).sum(1) < 60).any()
+    assert (im[head:head + H, :left].sum(-1) < 300).any()  # the "before" row label

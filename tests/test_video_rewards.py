@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from rewardflow.rewards.base import load_reward
+from rewardflow.testing.tiny_rewards import QWEN2VL_SPECIALS, tiny_qwen2vl, tiny_qwen2vl_tokenizer
 
 # ----------------------------------------------------------------------------------------------------------------
 # Segmental video reward
@@ -97,41 +98,6 @@ def test_segmental_black_box_inner_is_not_differentiable():
 # VideoReward
 # ----------------------------------------------------------------------------------------------------------------
 
-_SPECIALS = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>",
-             "<|image_pad|>"]
-
-
-def _tiny_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    words = ["system", "user", "assistant", "You", "are", "a", "helpful", "red", "circle", "moving", "left", "Video",
-             "Quality", "Motion", "Text", "Alignment", "END", ":", "-", "prompt", "Please"]
-    vocab = {w: i for i, w in enumerate(_SPECIALS + words)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    t = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>")
-    t.add_special_tokens({"additional_special_tokens": _SPECIALS[2:]})
-    return t
-
-
-def _tiny_qwen2vl(tok):
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
-
-    ids = tok.convert_tokens_to_ids
-    cfg = Qwen2VLConfig(
-        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=len(tok), bos_token_id=None, eos_token_id=None,
-                         pad_token_id=0, rope_parameters={"rope_type": "default", "mrope_section": [2, 1, 1],
-                                                          "rope_theta": 10000.0}),
-        vision_config=dict(depth=2, embed_dim=32, hidden_size=32, num_heads=4, mlp_ratio=2, patch_size=14,
-                           spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
-        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"))
-    torch.manual_seed(0)
-    return Qwen2VLForConditionalGeneration(cfg).eval()
-
-
 NORM_CFG = {"VQ_mean": 0.5, "VQ_std": 2.0, "MQ_mean": -0.25, "MQ_std": 0.5, "TA_mean": 1.5, "TA_std": 4.0}
 
 
@@ -146,14 +112,14 @@ def videoreward_ckpt(tmp_path_factory):
     from rewardflow.rewards.videoreward import SPECIAL_TOKENS
 
     root = tmp_path_factory.mktemp("videoreward")
-    tok = _tiny_tokenizer()
-    base = _tiny_qwen2vl(tok)
+    tok = tiny_qwen2vl_tokenizer()
+    base = tiny_qwen2vl(tok)
     base.save_pretrained(root / "base")
     tok.save_pretrained(root / "base")
     # "training": add the reward tokens, resize, LoRA on the LLM, perturb the vision tower, a random rm_head
-    trained = _tiny_qwen2vl(tok)
+    trained = tiny_qwen2vl(tok)
     trained.load_state_dict(base.state_dict())
-    tok.add_special_tokens({"additional_special_tokens": _SPECIALS[2:] + list(SPECIAL_TOKENS)})
+    tok.add_special_tokens({"additional_special_tokens": QWEN2VL_SPECIALS[2:] + list(SPECIAL_TOKENS)})
     trained.resize_token_embeddings(len(tok))
     peft_model = get_peft_model(trained, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
                                                     init_lora_weights=False))

@@ -7,6 +7,8 @@ Image (default): ReNO noise optimization on held-out prompts, judged by the exac
 
 from __future__ import annotations
 
+from rewardflow.io.progress import add_quiet_flag
+
 
 def register(subparsers) -> None:
     d = subparsers.add_parser("demo", help="ReNO-style noise optimization in the embedded toy world (CPU, ~1-2 min)")
@@ -20,6 +22,7 @@ def register(subparsers) -> None:
     d.add_argument("--video", action="store_true",
                    help="the toy text-to-video demo instead (--generator/--reward then name the toy video "
                         "generator / video reward directories)")
+    add_quiet_flag(d)
     d.set_defaults(fn=run)
 
 

@@ -17,6 +17,10 @@ import json
 import math
 from pathlib import Path
 
+from rewardflow.io.progress import add_quiet_flag
+from rewardflow.commands._options import (add_generator_options, add_reward_weights_option, build_reward_from_args,
+                                          check_weights_names, load_generator_from_args)
+
 
 def register(subparsers) -> None:
     from rewardflow.eval.layouts import LAYOUTS
@@ -27,18 +31,16 @@ def register(subparsers) -> None:
                     "toy_clip,toy_oracle --out eval_out`")
     p.add_argument("--model", required=True, metavar="DIR|ID|toy", help="pipeline directory, hub id, or an embedded "
                                                                           "model (toy)")
-    p.add_argument("--adapter", default=None, help="generator adapter (default: from model_index.json)")
-    p.add_argument("--lora", default=None, metavar="DIR", help="LoRA directory saved by training or diffusers")
     p.add_argument("--prompts", required=True, metavar="FILE|SOURCE",
-                   help="a prompts file (one per line, or .jsonl with 'prompt') or a registered source "
-                        "(toy:heldout / toy:train)")
+                   help="a prompts file (one per line, .jsonl with 'prompt', or a manifest.json: its prompts) or a "
+                        "registered source (toy:heldout / toy:train)")
     p.add_argument("--per-category", type=int, default=10,
                    help="prompts per group of a grouped source (the toy's caption categories)")
     p.add_argument("--reward", required=True, action="append", metavar="NAMES",
                    help="comma-separated rewards, each reported on its own (a weighted spec is one reward)")
+    add_reward_weights_option(p)
     p.add_argument("--n-per-prompt", type=int, default=1)
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model family's, 4 for toy)")
-    p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CI (0 = none)")
@@ -48,8 +50,9 @@ def register(subparsers) -> None:
     p.add_argument("--layout", default=None, choices=[x for x in LAYOUTS if x != "plain"],
                    help="also write the samples in this external-evaluator layout under OUT/LAYOUT/ (vbench: video "
                         "models)")
-    p.add_argument("--device", default=None)
     p.add_argument("--out", required=True, metavar="DIR")
+    add_quiet_flag(p)
+    add_generator_options(p)
     p.set_defaults(fn=run)
 
 
@@ -109,19 +112,19 @@ def run(args: argparse.Namespace) -> int:
     from rewardflow.eval.sampling import sample_to_files
     from rewardflow.eval.benchmarks import decode_media
     from rewardflow.io.images import pil_to_tensor
-    from rewardflow.pipelines.registry import load_generator
-    from rewardflow.rewards.combine import build_reward
+    from rewardflow.io.progress import progress
 
     prompts, source = resolve_prompts(args.prompts, args.per_category)
     specs = split_reward_specs(args.reward)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    gen = load_generator(args.model, adapter=args.adapter, device=device)
-    if args.lora:
-        gen.load_lora(args.lora, trainable=False)
+    check_weights_names(args.weights, specs)
+    # the rewards first (on the CPU): a missing weight file fails before the generator loads and samples
+    rewards = {spec: build_reward_from_args(spec, args.weights, strict=False) for spec in specs}
+    gen, _ = load_generator_from_args(args)
+    device = gen.device
     out = Path(args.out)
     man = sample_to_files(gen, prompts, out / "images", steps=args.steps or gen.run_defaults["steps"],
-                          guidance_scale=args.guidance, seed=args.seed, n_per_prompt=args.n_per_prompt,
-                          batch_size=args.batch_size, info={"model": args.model, "lora": args.lora})
+                          seed=args.seed, n_per_prompt=args.n_per_prompt, batch_size=args.batch_size,
+                          info={"model": args.model, "lora": args.lora})
     rows = man["images"]
     video = man.get("media") == "video"
     # score what external evaluators will read: the files as decoded (PIL images / uint8 MP4 frames), each reward
@@ -133,9 +136,10 @@ def run(args: argparse.Namespace) -> int:
     result: dict = {"model": args.model, "lora": args.lora, "prompts": args.prompts, "n_images": len(rows),
                     "n_per_prompt": args.n_per_prompt, "seed": args.seed, "rewards": {}}
     for spec in specs:
-        reward = build_reward(spec).to(device).eval()
+        reward = rewards[spec].to(device).eval()
         s = torch.cat([reward.score_files(decoded[i:i + args.batch_size], all_prompts[i:i + args.batch_size])
-                       [reward.primary_head] for i in range(0, len(rows), args.batch_size)])
+                       [reward.primary_head] for i in progress(range(0, len(rows), args.batch_size),
+                                                               desc=f"scoring {spec}", unit="batch")])
         result["rewards"][spec] = mean_ci(s.tolist(), args.bootstrap, args.seed)
     enc_name = args.diversity_encoder or gen.run_defaults.get("diversity_encoder")
     if enc_name and video:

@@ -9,6 +9,9 @@ import json
 import math
 from pathlib import Path
 
+from rewardflow.io.progress import add_quiet_flag
+from rewardflow.commands._options import add_reward_weights_option, build_reward_from_args, check_weights_names
+
 
 def register(subparsers) -> None:
     from rewardflow.eval.benchmarks import FORMATS
@@ -17,11 +20,14 @@ def register(subparsers) -> None:
         "eval-rewards", help="reward-model accuracy on a preference benchmark (Pick-a-Pic, HPD v2, ...)",
         description="e.g. `rewardflow eval-rewards --dataset data/pickapic --format pickapic --reward pickscore,"
                     "hpsv2.1 --out acc.json`")
-    p.add_argument("--dataset", required=True, metavar="PATH", help="a table file or a folder of them (+ media)")
+    p.add_argument("--dataset", required=True, metavar="PATH",
+                   help="a table file or a folder of them (+ media); pickapic: the parquet shards as published, the "
+                        "jsonl sample, or chosen/rejected pairs")
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--reward", required=True, action="append", metavar="NAMES",
                    help="comma-separated reward names, each evaluated on its own (a weighted spec such as "
                         "hpsv2.1:5,imagereward:1 is one combined reward); repeatable")
+    add_reward_weights_option(p)
     p.add_argument("--out", default=None, metavar="FILE.json", help="write all metrics as JSON")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples for the 95%% CI "
                    "(0 = no CI; default 1000)")
@@ -30,6 +36,7 @@ def register(subparsers) -> None:
                    help="pickapic: fixed tie threshold instead of tuning it on validation_unique")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu")
+    add_quiet_flag(p)
     p.set_defaults(fn=run)
 
 
@@ -79,21 +86,22 @@ def _json_safe(x):
 
 def run(args: argparse.Namespace) -> int:
     from rewardflow.eval.benchmarks import PRIMARY_METRIC, evaluate_benchmark, load_benchmark, score_benchmark
-    from rewardflow.rewards.combine import build_reward
 
     if args.bootstrap < 0:
         raise ValueError(f"--bootstrap must be >= 0, got {args.bootstrap}")
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix.lower() != ".json":
         raise ValueError(f"--out must end in .json, got {out}")
+    specs = split_reward_specs(args.reward)
+    check_weights_names(args.weights, specs)
     bench = load_benchmark(args.dataset, args.format)
     print(f"{bench.format}: {len(bench.items)} {'prompts' if bench.kind == 'ranking' else 'pairs'} of "
           f"{bench.modality}s from {bench.source}")
     for n in bench.notes:
         print(f"note: {n}")
     results = {}
-    for spec in split_reward_specs(args.reward):
-        reward = build_reward(spec).to(args.device).eval()
+    for spec in specs:
+        reward = build_reward_from_args(spec, args.weights, strict=False).to(args.device).eval()
         scores = score_benchmark(bench, reward, args.batch_size, args.device, progress=True)
         results[spec] = evaluate_benchmark(bench, scores, reward.primary_head, args.bootstrap, args.seed,
                                            args.tie_threshold)

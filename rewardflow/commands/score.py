@@ -6,9 +6,12 @@ Decisions (documented in docs/usage/score.md):
   and scored with :meth:`~rewardflow.rewards.base.Reward.score_files`: every reward applies its official
   preprocessing to the file's pixels (PIL where the official package uses PIL), so the scores equal the official
   package's; images are never resized here.
-* ``--prompts FILE``: a ``.csv`` (columns ``file,prompt``) or ``.jsonl`` (``{"file": ..., "prompt": ...}``) maps
-  files to prompts (``file`` is the file name or the path as listed); any other file is one prompt per line
-  (blank lines ignored), matched in order to the sorted image files.
+* ``--prompts FILE``: a media manifest (``manifest.json`` of ``rewardflow sample`` / ``eval`` / ``noise-opt``,
+  :mod:`rewardflow.io.manifest`), a ``.csv`` (columns ``file,prompt``) or a ``.jsonl`` (``{"file": ..., "prompt":
+  ...}``) maps files to prompts (``file`` relative to the prompts file's folder, the path as listed, or a unique
+  file name); a ``.csv`` / ``.jsonl`` without ``file`` and any other file (one prompt per line, read as every prompt
+  file is: :mod:`rewardflow.io.prompts`) are matched in order to the sorted image files. Without ``--prompt`` /
+  ``--prompts``, a ``manifest.json`` in the ``--images`` folder is used.
 * An unreadable image is reported on stderr, listed under ``skipped`` in JSON output, and the rest are scored.
 * A score that is NaN (a black-box judge that could not score) is written as ``nan`` in CSV and ``null`` in JSON
   and left out of the summary statistics (the ``nan`` column counts them).
@@ -23,6 +26,9 @@ import math
 import sys
 from pathlib import Path
 
+from rewardflow.io.progress import add_quiet_flag
+from rewardflow.commands._options import add_reward_weights_option, build_reward_from_args
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -34,77 +40,87 @@ def register(subparsers) -> None:
                    help="reward spec, e.g. toy_clip or hpsv2.1:5,imagereward:1 (see `rewardflow rewards`)")
     p.add_argument("--images", required=True, metavar="DIR|GLOB",
                    help="a directory (PNG/JPEG/WebP, not recursive) or a quoted glob such as 'out/**/*.png'")
-    g = p.add_mutually_exclusive_group(required=True)
+    g = p.add_mutually_exclusive_group()
     g.add_argument("--prompts", metavar="FILE",
-                   help="one prompt per line matched to the sorted images, or a .csv / .jsonl with file,prompt")
+                   help="a manifest.json (as `sample`, `eval`, `noise-opt` write), a .csv / .jsonl with file,prompt, "
+                        "or one prompt per line matched to the sorted images (default: DIR/manifest.json of --images)")
     g.add_argument("--prompt", metavar="TEXT", help="the same prompt for every image")
-    p.add_argument("--weights", action="append", default=[], metavar="[NAME=]PATH",
-                   help="checkpoint path passed as path= to the reward (NAME=PATH when the spec has several; "
-                        "repeatable)")
+    add_reward_weights_option(p)
     p.add_argument("--out", default=None, metavar="FILE", help="write per-image scores to FILE (.csv or .json)")
     p.add_argument("--batch-size", type=int, default=16, help="images per reward call (default 16)")
     p.add_argument("--device", default="cpu", help="torch device for the rewards (default cpu)")
+    add_quiet_flag(p)
     p.set_defaults(fn=run_score)
 
 
 # ----------------------------------------------------------------------------------------------- inputs
+def _match_files(path: Path, rows: list[dict], files: list[Path]) -> list[str]:
+    """The prompt of each image file from ``{"file", "prompt"}`` rows: ``file`` relative to the prompts file's
+    folder (as a manifest writes it), the path as listed by ``--images``, or the bare file name when it is unique."""
+    base = path.parent
+    by_path = {(base / str(r["file"])).resolve(): str(r["prompt"]) for r in rows}
+    by_str = {str(r["file"]): str(r["prompt"]) for r in rows}
+    names: dict[str, list[str]] = {}
+    for r in rows:
+        names.setdefault(Path(str(r["file"])).name, []).append(str(r["prompt"]))
+    prompts, missing = [], []
+    for fp in files:
+        p = by_path.get(fp.resolve(), by_str.get(str(fp)))
+        if p is None and len(names.get(fp.name, ())) == 1:
+            p = names[fp.name][0]
+        if p is None:
+            missing.append(fp.name)
+        prompts.append(p or "")
+    if missing:
+        raise ValueError(f"{path} has no prompt for {len(missing)} image(s): "
+                         f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} (of the {len(files)} "
+                         f"--images; its 'file' entries are relative to {base}; point --images at the files it "
+                         "lists)")
+    return prompts
+
+
 def read_prompts(path: str | Path, files: list[Path]) -> list[str]:
-    """One prompt per image file (see the module docstring for the accepted formats)."""
+    """One prompt per image file: from a media manifest (``.json``, :mod:`rewardflow.io.manifest`), a ``.csv`` /
+    ``.jsonl`` with ``file,prompt`` (or with ``prompt`` only: in order), or a prompt file (one per line, in order);
+    see the module docstring."""
+    from rewardflow.io.manifest import read_manifest
+    from rewardflow.io.prompts import read_prompt_file, read_prompt_rows
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prompts file not found: {path}")
     suffix = path.suffix.lower()
-    if suffix in (".csv", ".jsonl"):
-        mapping: dict[str, str] = {}
-        with open(path, newline="", encoding="utf-8") as f:
-            if suffix == ".csv":
-                reader = csv.DictReader(f)
-                if not reader.fieldnames or not {"file", "prompt"} <= set(reader.fieldnames):
-                    raise ValueError(f"{path}: a prompts CSV needs the header columns file,prompt, got "
-                                     f"{reader.fieldnames}")
-                rows = list(reader)
-            else:
-                rows = []
-                for n, line in enumerate(f, 1):
-                    if line.strip():
-                        try:
-                            rows.append(json.loads(line))
-                        except ValueError as e:
-                            raise ValueError(f"{path}:{n}: not a JSON object: {e}") from None
-                        if not isinstance(rows[-1], dict) or not {"file", "prompt"} <= set(rows[-1]):
-                            raise ValueError(f'{path}:{n}: expected {{"file": ..., "prompt": ...}}')
-        for row in rows:
-            mapping[str(row["file"])] = str(row["prompt"])
-        prompts, missing = [], []
-        for fp in files:
-            key = next((k for k in (str(fp), fp.name) if k in mapping), None)
-            if key is None:
-                missing.append(fp.name)
-            prompts.append(mapping.get(key, ""))
-        if missing:
-            raise ValueError(f"{path} has no prompt for {len(missing)} image(s): {', '.join(missing[:5])}"
-                             f"{' ...' if len(missing) > 5 else ''}")
-        return prompts
-    lines = [ln.rstrip("\r\n") for ln in path.read_text(encoding="utf-8").splitlines()]
-    lines = [ln for ln in lines if ln.strip()]
-    if len(lines) != len(files):
-        raise ValueError(f"{path} has {len(lines)} prompts (non-blank lines) but {len(files)} images were found; "
-                         "give one prompt per image in sorted file order, or a .csv/.jsonl with file,prompt")
-    return lines
-
-
-def _reward_kwargs(weights: list[str], names: list[str]) -> dict[str, dict]:
-    out: dict[str, dict] = {}
-    for w in weights:
-        name, sep, path = w.partition("=")
-        if sep and name in names:
-            out[name] = {"path": path}
-        elif len(names) == 1:
-            out[names[0]] = {"path": w}
-        else:
-            raise ValueError(f"--weights {w!r}: the spec has several rewards ({', '.join(names)}); write "
-                             "--weights NAME=PATH")
-    return out
+    ordered: list[str] | None = None
+    if suffix == ".json":
+        rows = [r for r in read_manifest(path)["images"] if "prompt" in r]
+        return _match_files(path, rows, files)
+    if suffix == ".csv":
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            cols = set(reader.fieldnames or ())
+            if "prompt" not in cols:
+                raise ValueError(f"{path}: a prompts CSV needs the header columns file,prompt (or prompt alone, "
+                                 f"matched in order), got {reader.fieldnames}")
+            rows = list(reader)
+        if "file" in cols:
+            return _match_files(path, rows, files)
+        ordered = [r["prompt"] for r in rows]
+    elif suffix == ".jsonl":
+        rows = read_prompt_rows(path)
+        with_file = [r for r in rows if "file" in r]
+        if with_file and len(with_file) != len(rows):
+            raise ValueError(f"{path}: {len(with_file)} of {len(rows)} lines have a 'file'; give every line a "
+                             "'file' (matched by file) or none (matched in order)")
+        if with_file:
+            return _match_files(path, rows, files)
+        ordered = [r["prompt"] for r in rows]
+    else:
+        ordered = read_prompt_file(path)
+    if len(ordered) != len(files):
+        raise ValueError(f"{path} has {len(ordered)} prompts (lines that are not blank or '#' comments) but "
+                         f"{len(files)} images were found; give one prompt per image in sorted file order, or a "
+                         "manifest.json, .csv or .jsonl with file,prompt")
+    return ordered
 
 
 # ----------------------------------------------------------------------------------------------- scoring
@@ -173,7 +189,9 @@ def run_score(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from rewardflow.io.images import ImageReadError, list_images, open_image
-    from rewardflow.rewards.combine import build_reward, parse_reward_spec
+    from rewardflow.io.manifest import MANIFEST
+    from rewardflow.io.progress import progress
+    from rewardflow.rewards.combine import parse_reward_spec
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -183,12 +201,14 @@ def run_score(args: argparse.Namespace) -> int:
     items = parse_reward_spec(args.reward)
     names = [n for n, _ in items]
     files = list_images(args.images)
+    if args.prompts is None and args.prompt is None:
+        if not (Path(args.images).is_dir() and (Path(args.images) / MANIFEST).is_file()):
+            raise ValueError(f"give --prompts FILE or --prompt TEXT ({args.images} holds no {MANIFEST} to take the "
+                             "prompts from)")
+        args.prompts = str(Path(args.images) / MANIFEST)
     prompts = read_prompts(args.prompts, files) if args.prompts else [args.prompt] * len(files)
 
-    try:
-        reward = build_reward(items, **_reward_kwargs(args.weights, names))
-    except TypeError as e:  # a factory that takes no checkpoint path, or a wrong keyword
-        raise ValueError(f"cannot build reward {args.reward!r} with the given --weights: {e}") from None
+    reward = build_reward_from_args(args.reward, args.weights)
     if reward.modality != "image":
         raise ValueError(f"rewardflow score scores images; {args.reward!r} is a {reward.modality} reward")
     reward = reward.to(args.device).eval()
@@ -196,7 +216,7 @@ def run_score(args: argparse.Namespace) -> int:
 
     rows: list[dict | None] = [None] * len(files)
     skipped: list[dict] = []
-    bar = tqdm(total=len(files), unit="img", desc="scoring", file=sys.stderr)
+    bar = progress(total=len(files), unit="img", desc="scoring")
     for start in range(0, len(files), args.batch_size):
         ids, media = [], []
         for i in range(start, min(start + args.batch_size, len(files))):

@@ -7,6 +7,9 @@ model loads and lists the valid keys. See docs/usage/training.md.
 
 from __future__ import annotations
 
+from rewardflow.io.progress import add_quiet_flag, set_quiet
+import argparse
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -14,13 +17,38 @@ def register(subparsers) -> None:
         description="Train with one method on the shared trainer, e.g. "
                     "`rewardflow train configs/toy/flow_dpo.yaml max_steps=50 output_dir=runs/dpo`.")
     p.add_argument("config", nargs="?", default=None, help="YAML config (trainer keys and the method's keys, flat)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
+    # REMAINDER: flags may follow the overrides (`rewardflow train R --smoke output_dir=D`); _split_flags takes them
+    p.add_argument("overrides", nargs=argparse.REMAINDER, metavar="key=value", help="override config keys")
     p.add_argument("--list-methods", action="store_true", help="list the registered training methods and exit")
     p.add_argument("--print-config", action="store_true",
                    help="validate the config, print the resolved keys and exit (loads no model)")
     p.add_argument("--help-config", nargs="?", const="", default=None, metavar="METHOD",
                    help="print every trainer key (type, default, help) and, with METHOD, the method's keys; exit")
+    add_quiet_flag(p)
+    p.add_argument("--smoke", action="store_true",
+                   help="dry run on the CPU: the recipe with a tiny random model of the same family and random-weight "
+                        "rewards, 2 steps with capped sizes; prints what the real run would load, checks that the "
+                        "saved weights change a plain diffusers pipeline's output")
     p.set_defaults(fn=_run)
+
+
+FLAGS_AFTER_CONFIG = ("--smoke", "--print-config", "--list-methods", "--quiet")
+
+
+def _split_flags(a) -> None:
+    """Flags written among the ``key=value`` overrides (after the config) set as if written before it."""
+    rest = []
+    for tok in a.overrides:
+        if tok in FLAGS_AFTER_CONFIG or tok == "-q":
+            setattr(a, "quiet" if tok == "-q" else tok[2:].replace("-", "_"), True)
+            if tok in ("--quiet", "-q"):
+                set_quiet(True)
+        elif tok.startswith("-"):
+            raise ValueError(f"unknown option {tok!r} after the config; train takes key=value overrides and "
+                             f"{', '.join(FLAGS_AFTER_CONFIG)}")
+        else:
+            rest.append(tok)
+    a.overrides = rest
 
 
 def _run(a) -> int:
@@ -30,6 +58,8 @@ def _run(a) -> int:
 
     from rewardflow.align.method import list_methods
 
+    _split_flags(a)
+
     if a.list_methods:
         print("\n".join(list_methods()))
         return 0
@@ -38,6 +68,12 @@ def _run(a) -> int:
         return 0
     if a.config is None:
         raise ValueError("give a config file: rewardflow train CONFIG [key=value ...] (see configs/)")
+    check_recipe_command(a.config, "train")
+    if a.smoke:
+        from rewardflow.testing.smoke import run_train_smoke
+
+        run_train_smoke(a.config, a.overrides)
+        return 0
     from rewardflow.align.trainer import Trainer, load_train_config
 
     tcfg, mcfg = load_train_config(a.config, a.overrides)
@@ -58,11 +94,23 @@ def _run(a) -> int:
     return 0
 
 
+def check_recipe_command(path: str, command: str) -> None:
+    """A recipe for another command (``command: noise-opt`` at its top) is refused with the command to run."""
+    from rewardflow.config import read_config_dict
+
+    other = read_config_dict(path).get("command", command)
+    if other != command:
+        raise ValueError(f"{path} is a `rewardflow {other}` recipe: run `rewardflow {other} --config {path}`")
+
+
 def preflight(tcfg):
     """Fail in seconds, not after the model loaded: the model's adapter is known, the run names its prompts (or the
     model supplies them), prompt files exist and hold prompts, reward names are known. Returns the config with the
     model's defaults applied."""
+    import os
+
     from rewardflow.align.trainer import apply_model_defaults
+    from rewardflow.align.trainer.loop import generator_options
     from rewardflow.io.prompts import load_prompt_source
     from rewardflow.pipelines.registry import resolve_adapter
     from rewardflow.rewards.base import check_reward_name
@@ -71,8 +119,11 @@ def preflight(tcfg):
     if not tcfg.model:
         raise ValueError("the config needs `model:` (a diffusers pipeline directory, a hub id, or an embedded model "
                          "such as toy)")
-    tcfg = apply_model_defaults(tcfg, resolve_adapter(tcfg.model, tcfg.adapter)["cls"].run_defaults)
+    entry = resolve_adapter(tcfg.model, tcfg.adapter)
+    tcfg = apply_model_defaults(tcfg, entry["cls"].run_defaults)
 
+    if tcfg.init_lora and not os.path.exists(tcfg.init_lora):
+        raise FileNotFoundError(f"init_lora: LoRA directory or file not found: {tcfg.init_lora}")
     for key in ("prompts", "eval_prompts"):
         spec = getattr(tcfg, key)
         if not spec:
@@ -81,9 +132,16 @@ def preflight(tcfg):
             load_prompt_source(spec)
         except ValueError as e:
             raise ValueError(f"{key}: {e}") from None
+    names = set()
     for spec in ([tcfg.reward] if tcfg.reward else []) + list(tcfg.heldout_rewards):
         for name, _ in parse_reward_spec(spec):
             check_reward_name(name)
+            names.add(name)
+    extra = sorted(set(tcfg.reward_kwargs) - names)
+    if extra:
+        raise ValueError(f"reward_kwargs names {extra}, which are not rewards of this run (reward / heldout_rewards: "
+                         f"{sorted(names) or 'none'})")
+    generator_options(tcfg).load_kwargs(entry)  # an option the model family cannot take fails here, by name
     return tcfg
 
 

@@ -10,7 +10,9 @@ MJ-Bench config (``alignment``, ``safety``, ``quality``, ``bias``...) becomes th
 Formats (official column names):
 
 * ``pickapic`` — ``yuvalkirstain/pickapic_v1|v2``: ``caption``, ``jpg_0``, ``jpg_1``, ``label_0`` in {0, 0.5, 1};
-  splits ``validation_unique`` (tie threshold) and ``test_unique`` (reported).
+  splits ``validation_unique`` (tie threshold) and ``test_unique`` (reported). Read by
+  :class:`rewardflow.io.preferences.PreferenceDataset` (Hugging Face ``datasets``), the reader offline DPO trains
+  from: the parquet shards as published (images as bytes), the jsonl sample, or ``prompt``/``chosen``/``rejected``.
 * ``hpdv2`` — ``zhwang/HPDv2`` ``test.json``: ``prompt``, ``image_path`` (list), ``rank`` (list, 1 = best).
 * ``imagerewarddb`` — ``THUDM/ImageReward`` ``data/test.json``: ``prompt``, ``generations`` (list), ``ranking``
   (list, 1 = best); or ``THUDM/ImageRewardDB`` per-image rows (``prompt_id``, ``prompt``, ``image``/``image_path``,
@@ -36,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from rewardflow.eval import accuracy as acc
+from rewardflow.io.preferences import PreferenceDataset
 
 FORMATS = ("pickapic", "hpdv2", "imagerewarddb", "videogen-rewardbench", "mjbench", "mjbench-video", "genai-bench")
 TABLE_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
@@ -189,22 +192,13 @@ def _pair_label(value, mapping: dict, where: str) -> int:
 
 
 def read_pickapic(path: Path) -> Benchmark:
+    """Pick-a-Pic (or chosen/rejected pairs) through :class:`rewardflow.io.preferences.PreferenceDataset`, the
+    reader offline DPO trains from: parquet shards as published, the shipped jsonl sample, csv / json tables."""
+    data = PreferenceDataset(path)
     items = []
-    for f in _table_files(path):
-        res = _Resolver(f.parent)
-        split_from_name = next((s for s in ("validation_unique", "test_unique", "validation", "test", "train")
-                                if f.stem.startswith(s)), None)
-        for i, row in enumerate(read_table(f)):
-            where = f"{f}:{i}"
-            _need(row, ("caption", "label_0"), where, "pickapic")
-            if "jpg_0" not in row and "image_0_url" in row:
-                raise ValueError(f"{where}: this is the `_no_images` variant (image URLs); download the images "
-                                 "(the full dataset's jpg_0/jpg_1 columns) for offline evaluation")
-            _need(row, ("jpg_0", "jpg_1"), where, "pickapic")
-            h = _pair_label(row["label_0"], {1.0: 1, 0.0: -1, 0.5: 0}, where)  # get_label() of the official script
-            items.append(PairItem(str(row["caption"]), res(row["jpg_0"], where), res(row["jpg_1"], where),
-                                  {"overall": h}, row.get("category") or None,
-                                  row.get("split") or split_from_name))
+    for i in range(len(data)):
+        r = data[i]
+        items.append(PairItem(r.prompt, r.a, r.b, {"overall": r.label}, r.category, r.split))
     return Benchmark("pickapic", "image", items, str(path))
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-import sys
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from rewardflow.eval import accuracy as acc
 from rewardflow.eval.benchmark_readers import (
@@ -36,6 +34,7 @@ from rewardflow.eval.benchmark_readers import (
     read_table,
 )
 from rewardflow.io.images import open_image, pil_to_tensor
+from rewardflow.io.progress import progress as progress_bar
 from rewardflow.io.video import load_video
 
 __all__ = ["FORMATS", "MJBENCH_CONFIGS", "MJV_ASPECTS", "PRIMARY_METRIC", "TABLE_SUFFIXES", "VIDEOGEN_ASPECTS",
@@ -96,7 +95,7 @@ def score_benchmark(bench: Benchmark, reward, batch_size: int = 8, device: str =
     out: dict[tuple[str, str], dict[str, float]] = {}
     bar = None
     if progress:
-        bar = tqdm(total=len(units), unit=bench.modality, desc=f"scoring {reward.name}", file=sys.stderr)
+        bar = progress_bar(total=len(units), unit=bench.modality, desc=f"scoring {reward.name}")
     for s in range(0, len(units), batch_size):
         chunk = units[s:s + batch_size]
         heads = reward.score_files([decode_media(m, bench.modality) for m, _ in chunk], [p for _, p in chunk])

@@ -1,6 +1,8 @@
 """Write generated images in the folder layouts external evaluators read.
 
-* ``plain``: ``OUT/images/{i:05d}.png`` + ``OUT/prompts.jsonl`` (one ``{"index", "prompt", "file", ...}`` per image).
+* ``plain``: ``OUT/images/{i:05d}.png`` + ``OUT/manifest.json``, the media manifest of
+  :mod:`rewardflow.io.manifest` (one ``{"file": "images/00000.png", "prompt", "prompt_index", "sample_index", ...}``
+  row per image; ``rewardflow score --prompts OUT/manifest.json`` reads it).
 * ``geneval``: GenEval (``djghosh13/geneval``, ``generation/diffusers_generate.py`` writes and
   ``evaluation/evaluate_images.py`` reads): ``OUT/{prompt_index:05d}/metadata.jsonl`` holding the prompt's metadata
   line (the object from ``evaluation_metadata.jsonl``; ``{"prompt": ...}`` for plain prompts) and
@@ -21,6 +23,7 @@ from typing import Sequence
 import torch
 from PIL import Image
 
+from rewardflow.io.manifest import write_manifest
 from rewardflow.io.video import save_video
 
 LAYOUTS = ("plain", "geneval", "t2i-compbench", "vbench")
@@ -36,10 +39,11 @@ def save_png(img: torch.Tensor, path: str | Path) -> None:
 
 def write_layout(images: torch.Tensor, prompts: Sequence[str], out: str | Path, layout: str = "plain",
                  sample_index: Sequence[int] | None = None, metadata: Sequence[dict] | None = None,
-                 extra: Sequence[dict] | None = None) -> list[str]:
+                 extra: Sequence[dict] | None = None, info: dict | None = None) -> list[str]:
     """Write ``images[i]`` for ``prompts[i]``; ``sample_index[i]`` numbers several samples of one prompt
     (default 0). Returns the written file paths. ``vbench`` takes videos ``[N, T, 3, H, W]`` (``fps`` from
-    ``extra[i]["fps"]``, default 8), the other layouts images ``[N, 3, H, W]``."""
+    ``extra[i]["fps"]``, default 8), the other layouts images ``[N, 3, H, W]``. ``plain``: ``extra[i]`` is merged
+    into image i's manifest row and ``info`` into the manifest."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     is_video = images.ndim == 5
@@ -58,11 +62,12 @@ def write_layout(images: torch.Tensor, prompts: Sequence[str], out: str | Path, 
         for i, p in enumerate(prompts):
             f = out / "images" / f"{i:05d}.png"
             save_png(images[i], f)
-            row = {"index": i, "prompt": p, "file": str(f.relative_to(out))}
+            row = {"file": f.relative_to(out).as_posix(), "prompt": p, "prompt_index": i,
+                   "sample_index": sample_index[i]}
             row.update((extra or [{}] * len(prompts))[i])
             rows.append(row)
             files.append(str(f))
-        (out / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        write_manifest(out, rows, "image", info)
     elif layout == "geneval":
         order = list(dict.fromkeys(prompts))  # prompt index = order of first appearance
         for i, p in enumerate(prompts):

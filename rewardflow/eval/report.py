@@ -3,8 +3,11 @@ embedded as base64 data URIs, so the file can be mailed or attached as is).
 
 Reads the run-directory layout of :mod:`rewardflow.align.trainer`: ``config.yaml`` (resolved config),
 ``metrics.jsonl`` (training log), ``eval.jsonl`` (evaluations), ``samples/*.png`` (evaluation grids, named by step;
-the first is "before", the last "after"), ``reward_curve.png``, ``summary.json``, and ``hacking.jsonl`` (warnings of
+the first is "before", the last "after") with ``samples/manifest.json`` (each grid's prompts, row-major:
+:mod:`rewardflow.io.manifest`), ``reward_curve.png``, ``summary.json``, and ``hacking.jsonl`` (warnings of
 :class:`rewardflow.eval.monitor.RewardHackingMonitor`). Missing pieces are reported in their section, never fatal.
+Reward hacking is watched only through held-out signals (``heldout_rewards``, the toy oracle): a run without any
+says "not monitored", never "no divergence".
 
 Sections (each a ``<section id=...>``): ``summary``, ``hacking``, ``reward-curves``, ``samples``, ``config``,
 ``eval-tables``.
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from rewardflow.eval.monitor import scan_records
+from rewardflow.io.manifest import MANIFEST, read_manifest
 
 SECTIONS = ("summary", "hacking", "reward-curves", "samples", "config", "eval-tables")
 HELD_OUT_KEYS = ("oracle_accuracy", "oracle_partial")  # toy-world held-out signals; plus every heldout_* key
@@ -29,6 +33,8 @@ h1{font-size:22px}h2{font-size:18px;border-bottom:1px solid #ccc;padding-bottom:
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
 th{background:#f0f0f0}pre{background:#f6f6f6;padding:10px;font-size:12px;overflow:auto}
 .warn{background:#fff3cd;border:1px solid #e0b000;padding:8px;margin:4px 0}.ok{color:#1a7f37}
+.na{background:#eef0f3;border:1px solid #9aa3ad;padding:8px;margin:4px 0;color:#333}
+figcaption ol{font-size:11px;margin:4px 0 0 0;padding-left:22px;max-width:420px;columns:2}
 .grid{display:flex;gap:16px;flex-wrap:wrap}.grid figure{margin:0}img{image-rendering:pixelated;max-width:100%}"""
 
 
@@ -94,12 +100,26 @@ def svg_curves(series: dict[str, list[tuple[float, float]]], width: int = 640, h
             f'style="border:1px solid #ddd">{axis}{"".join(parts)}{"".join(legend)}</svg>')
 
 
+def held_out_keys(evals: list[dict]) -> list[str]:
+    """The held-out signals the evaluations recorded (toy oracle, every ``heldout_*`` reward)."""
+    return [k for k in dict.fromkeys(k for r in evals for k in r)
+            if k in HELD_OUT_KEYS or (k.startswith("heldout_") and not k.endswith("_ci"))]
+
+
+def _grid_prompts(samples: Path) -> dict[str, list[str]]:
+    """``samples/manifest.json``: grid file name -> its prompts (row-major); {} when absent or unreadable."""
+    try:
+        rows = read_manifest(samples / MANIFEST)["images"] if (samples / MANIFEST).is_file() else []
+    except ValueError:
+        return {}
+    return {r["file"]: list(r.get("prompts") or [r.get("prompt", "")]) for r in rows}
+
+
 def hacking_flags(run_dir: Path, evals: list[dict]) -> list[dict]:
     """Warnings logged live (``hacking.jsonl``) plus an offline scan of ``eval.jsonl``: optimized ``eval_reward``
     against the held-out toy oracle and every ``heldout_*`` reward (deduplicated by step and reward)."""
     flags = _read_jsonl(run_dir / "hacking.jsonl")
-    held = [k for k in dict.fromkeys(k for r in evals for k in r)
-            if k in HELD_OUT_KEYS or (k.startswith("heldout_") and not k.endswith("_ci"))]
+    held = held_out_keys(evals)
     if held and any("eval_reward" in r for r in evals):
         seen = {(f.get("step"), f.get("held_out")) for f in flags}
         for w in scan_records(evals, "eval_reward", held):
@@ -131,6 +151,8 @@ def render_report(run_dir: str | Path, out: str | Path | None = None, max_metric
         for k in keys[:6]:
             if k in first:
                 items[f"{k} (first -> last eval)"] = f"{_num(first[k])} -> {_num(last[k])}"
+    if items:
+        items["reward-hacking watch"] = ", ".join(held_out_keys(evals)) or "not monitored (no held-out reward)"
     S["summary"] = _table([items]) if items else "<p>(no summary.json or eval.jsonl yet)</p>"
 
     # reward curves
@@ -144,8 +166,18 @@ def render_report(run_dir: str | Path, out: str | Path | None = None, max_metric
     grids = sorted((run_dir / "samples").glob("*.png")) if (run_dir / "samples").is_dir() else []
     if grids:
         pick = [("before", grids[0]), ("after", grids[-1])] if len(grids) > 1 else [("only evaluation", grids[0])]
+        captions = _grid_prompts(run_dir / "samples")
+
+        def caption(p: Path) -> str:
+            prompts = captions.get(p.name)
+            if not prompts:
+                return ""
+            return ("<ol>" + "".join(f"<li>{html.escape(x)}</li>" for x in prompts) + "</ol>")
+
         S["samples"] = '<div class="grid">' + "".join(
-            f"<figure>{_img(p, label, 420)}<figcaption>{label}: {html.escape(p.name)}</figcaption></figure>"
+            f"<figure>{_img(p, label, 420)}<figcaption>{label}: {html.escape(p.name)}"
+            f"{' (prompts in grid order, left to right, top to bottom)' if captions.get(p.name) else ''}"
+            f"{caption(p)}</figcaption></figure>"
             for label, p in pick) + "</div>" + (f"<p>{len(grids)} grids in samples/</p>" if len(grids) > 2 else "")
     else:
         S["samples"] = "<p>(no sample grids in samples/)</p>"
@@ -164,11 +196,20 @@ def render_report(run_dir: str | Path, out: str | Path | None = None, max_metric
 
     # reward hacking
     flags = hacking_flags(run_dir, evals)
-    S["hacking"] = ("".join(f'<div class="warn">{html.escape(f["message"])}'
-                            f'{" (" + html.escape(f["source"]) + ")" if f.get("source") else ""}</div>'
-                            for f in flags)
-                    if flags else '<p class="ok">No divergence between the optimized reward and the held-out '
-                                  'rewards was flagged.</p>')
+    held = held_out_keys(evals)
+    if flags:
+        S["hacking"] = "".join(f'<div class="warn">{html.escape(f["message"])}'
+                               f'{" (" + html.escape(f["source"]) + ")" if f.get("source") else ""}</div>'
+                               for f in flags)
+    elif not held:
+        S["hacking"] = ('<p class="na"><b>Not monitored.</b> ' + ("No evaluation ran" if not evals else
+                        "No held-out reward ran at the evaluations") + ", so reward hacking (the optimized reward "
+                        "rising while an independent one falls) could not be detected. Add "
+                        "<code>heldout_rewards=NAME</code> (scored at every evaluation, never optimized) and "
+                        "<code>eval_prompts</code> to watch for it.</p>")
+    else:
+        S["hacking"] = (f'<p class="ok">No divergence between the optimized reward and the held-out signals '
+                        f'({html.escape(", ".join(held))}) was flagged.</p>')
 
     titles = {"summary": "Summary", "reward-curves": "Reward curves", "samples": "Samples before / after",
               "config": "Resolved config", "eval-tables": "Evaluation tables", "hacking": "Reward-hacking flags"}

@@ -8,23 +8,27 @@ the other prompts in the file. Sampling is the adapter's ODE sampler (:meth:`Gen
 Layout of ``out``::
 
     out/00000_00.png ... out/{prompt_index:05d}_{sample_index:02d}.png   (.mp4 for a video model, ``fps`` frames/s)
-    out/manifest.json   {"model", "adapter", "lora", "steps", "guidance_scale", "seed", "n_per_prompt",
-                         "height", "width", ["media": "video", "frames", "fps"],
+    out/manifest.json   {"format", "media": "image" | "video", "model", "adapter", "lora", "steps",
+                         "guidance_scale", "seed", "n_per_prompt", "height", "width", ["frames", "fps"],
                          "images": [{"file", "prompt", "prompt_index", "sample_index", "seed"}]}
+
+(the media manifest of :mod:`rewardflow.io.manifest`, which ``rewardflow score --prompts`` reads). A progress bar
+counts the samples (off under ``--quiet``).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from rewardflow.io.images import save_image
+from rewardflow.io.manifest import MANIFEST, write_manifest
+from rewardflow.io.progress import progress
 from rewardflow.io.video import save_video
 
-MANIFEST = "manifest.json"
+__all__ = ["MANIFEST", "initial_noise", "sample_to_files"]
 
 
 def initial_noise(gen, seeds: Sequence[int]) -> torch.Tensor:
@@ -34,7 +38,7 @@ def initial_noise(gen, seeds: Sequence[int]) -> torch.Tensor:
 
 def sample_to_files(gen, prompts: Sequence[str], out: str | Path, *, steps: int, guidance_scale: float | None = None,
                     seed: int = 0, n_per_prompt: int = 1, batch_size: int = 4, info: dict | None = None,
-                    fps: float = 8.0) -> dict:
+                    fps: float = 8.0, desc: str = "sampling") -> dict:
     """Generate ``n_per_prompt`` images (or videos) per prompt with ``gen`` and write PNGs (MP4s at ``fps``) +
     ``manifest.json`` into ``out``. ``info`` is merged into the manifest (model path, adapter, LoRA, ...). Returns the
     manifest."""
@@ -48,6 +52,7 @@ def sample_to_files(gen, prompts: Sequence[str], out: str | Path, *, steps: int,
     jobs = [(i, k, p, seed + i * n_per_prompt + k) for i, p in enumerate(prompts) for k in range(n_per_prompt)]
     rows = []
     g = gen.guidance_scale if guidance_scale is None else float(guidance_scale)
+    bar = progress(total=len(jobs), desc=desc, unit="sample")
     for b in range(0, len(jobs), batch_size):
         chunk = jobs[b:b + batch_size]
         noise = initial_noise(gen, [j[3] for j in chunk])
@@ -60,11 +65,11 @@ def sample_to_files(gen, prompts: Sequence[str], out: str | Path, *, steps: int,
             else:
                 save_image(img, out / name)
             rows.append({"file": name, "prompt": p, "prompt_index": i, "sample_index": k, "seed": s})
-    manifest = dict(info or {})
-    manifest.update(steps=steps, guidance_scale=g, seed=seed, n_per_prompt=n_per_prompt,
-                    height=int(images.shape[-2]), width=int(images.shape[-1]))
+        bar.update(len(chunk))
+    bar.close()
+    meta = dict(info or {})
+    meta.update(steps=steps, guidance_scale=g, seed=seed, n_per_prompt=n_per_prompt,
+                height=int(images.shape[-2]), width=int(images.shape[-1]))
     if images.ndim == 5:
-        manifest.update(media="video", frames=int(images.shape[1]), fps=fps)
-    manifest["images"] = rows
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    return manifest
+        meta.update(frames=int(images.shape[1]), fps=fps)
+    return write_manifest(out, rows, "video" if images.ndim == 5 else "image", meta)

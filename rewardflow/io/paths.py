@@ -1,4 +1,5 @@
-"""Where shipped files live, and how a relative input path written in a config file is resolved."""
+"""Where shipped files live, how a relative input path written in a config file is resolved, and file modes that
+follow the user's umask."""
 
 from __future__ import annotations
 
@@ -27,3 +28,28 @@ def resolve_input_path(value: str, base_dir: str | os.PathLike) -> str:
         if shipped.exists():
             return str(shipped)
     return value
+
+
+def current_umask() -> int:
+    """The process's umask (read from /proc where available; else set and restored)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def respect_umask(path: str | os.PathLike) -> None:
+    """Give ``path`` (a file, or every file under a folder) the mode a plain ``open()`` would have created:
+    ``0o666 & ~umask``. Some writers (safetensors' ``save_file``) create their files ``0600`` whatever the umask,
+    so weights saved for others to read would not be readable."""
+    path = Path(path)
+    mode = 0o666 & ~current_umask()
+    for f in ([path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]):
+        if (f.stat().st_mode & 0o777) != mode:
+            os.chmod(f, mode)

@@ -3,7 +3,9 @@
 Prompt files
     ``.txt`` (or any other suffix): one prompt per line; blank lines and lines whose first non-blank character is
     ``#`` are skipped. ``.jsonl``: one JSON object per line with a ``"prompt"`` field (GenEval metadata; the other
-    fields are kept as the row's metadata). Files are read as UTF-8 with an optional byte-order mark.
+    fields are kept as the row's metadata). ``.json``: a media manifest (:mod:`rewardflow.io.manifest`, e.g. the
+    ``manifest.json`` of ``rewardflow sample``): its prompts, once each, in prompt order. Files are read as UTF-8 with
+    an optional byte-order mark.
 
 Prompt sources (trainer keys ``prompts`` / ``eval_prompts``)
     ``SCHEME:ARG`` for a registered scheme (plugins register them, e.g. the toy world's ``toy:train`` /
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from rewardflow.io.manifest import manifest_prompts
 from rewardflow.plugins import load_plugins
 
 
@@ -27,6 +30,8 @@ def read_prompt_rows(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prompt file not found: {path}")
+    if path.suffix.lower() == ".json":
+        return [{"prompt": p} for p in manifest_prompts(path)]
     lines = path.read_text(encoding="utf-8-sig").splitlines()
     rows: list[dict] = []
     if path.suffix.lower() == ".jsonl":

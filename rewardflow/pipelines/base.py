@@ -129,13 +129,17 @@ class Generator(ParametrizationMixin, LoraMixin):
     # ------------------------------------------------------------------ denoiser call with guidance
     def predict(self, x_t: torch.Tensor, t: torch.Tensor | float, cond: Conditioning,
                 guidance_scale: float | None = None, detach_uncond: bool = False) -> torch.Tensor:
-        """Raw model output (eps / v / flow velocity) with classifier-free guidance applied inside."""
+        """Raw model output (eps / v / flow velocity) with classifier-free guidance applied inside.
+
+        As in diffusers (``do_classifier_free_guidance = guidance_scale > 1`` in the SD / SDXL / SD3 / Wan
+        pipelines), ``guidance_scale <= 1`` means no guidance: one forward pass on the prompt, so 0 (the Turbo
+        model cards' value) and 1 give the same output."""
         g = self.guidance_scale if guidance_scale is None else guidance_scale
         t = torch.as_tensor(t, device=x_t.device, dtype=torch.float32)
         if t.ndim == 0:
             t = t.expand(x_t.shape[0])
         mt = self.model_time(t)
-        if g == 1.0:
+        if g <= 1.0:
             return self._forward(x_t, mt, cond.embeds)
         if cond.uncond is None:
             raise ValueError(f"guidance_scale={g} needs unconditional embeddings, but this Conditioning has none "

@@ -32,7 +32,7 @@ import torch
 
 from rewardflow.pipelines._video import VideoGenerator
 from rewardflow.pipelines.base import StepOutput
-from rewardflow.pipelines.loading import load_diffusers_pipeline
+from rewardflow.pipelines.loading import load_diffusers_pipeline, note_sampler_substitution
 from rewardflow.pipelines.registry import register_generator
 
 
@@ -42,6 +42,8 @@ def cogvideox_ddim_from(scheduler):
 
     if isinstance(scheduler, CogVideoXDDIMScheduler):
         return scheduler
+    note_sampler_substitution(type(scheduler).__name__, "CogVideoXDDIMScheduler",
+                              "the same config; training, log-probs and sampling all use DDIM steps")
     return CogVideoXDDIMScheduler.from_config(scheduler.config)
 
 

@@ -40,28 +40,31 @@ FLUX_LORA_TARGETS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
 
 
 @register_generator("flux", pipeline_classes=("FluxPipeline",),
-                    description="FLUX.1 [dev] (distilled guidance) / [schnell] (1-4 steps) rectified flow; CLIP + T5")
+                    description="FLUX.1 [dev] (distilled guidance) rectified flow; CLIP + T5")
 class FluxGenerator(FlowTransformerGenerator):
     """FLUX.1 [dev] and [schnell]; ``guidance_scale`` is the distilled guidance of [dev] (default 3.5)."""
 
     pipeline_class = "FluxPipeline"
     default_lora_targets = FLUX_LORA_TARGETS
+    # FluxPipeline.__call__ defaults: distilled guidance 3.5, T5 length 512 (1024 px from the transformer config)
+    default_guidance_scale = 3.5
+    default_max_sequence_length = 512
     shard_block_classes = ("FluxTransformerBlock", "FluxSingleTransformerBlock")
 
-    def __init__(self, pipe, guidance_scale: float = 3.5, height: int | None = None, width: int | None = None,
-                 max_sequence_length: int = 512, device: str | torch.device | None = None):
-        # defaults are those of FluxPipeline.__call__ (guidance 3.5, T5 length 512, 1024 px)
-        super().__init__(pipe, guidance_scale, height, width, max_sequence_length, device)
+    def __init__(self, pipe, guidance_scale: float | None = None, height: int | None = None,
+                 width: int | None = None, max_sequence_length: int | None = None,
+                 device: str | torch.device | None = None):
+        super().__init__(pipe, self.default_guidance_scale if guidance_scale is None else guidance_scale, height,
+                         width, max_sequence_length or self.default_max_sequence_length, device)
         self.guidance_embeds = bool(self.denoiser.config.guidance_embeds)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype | str = torch.float32,
-                        device: str | torch.device = "cpu", guidance_scale: float = 3.5,
-                        height: int | None = None, width: int | None = None, max_sequence_length: int = 512,
+                        device: str | torch.device = "cpu", guidance_scale: float | None = None,
+                        height: int | None = None, width: int | None = None, max_sequence_length: int | None = None,
                         **load_options) -> FluxGenerator:
-        """Load a ``FluxPipeline`` directory or hub id (``black-forest-labs/FLUX.1-dev`` / ``-schnell``; use
-        ``max_sequence_length=256`` for schnell as its model card does); ``load_options`` go to
-        :func:`rewardflow.pipelines.loading.load_diffusers_pipeline`."""
+        """Load a ``FluxPipeline`` directory or hub id (``black-forest-labs/FLUX.1-dev`` / ``-schnell``);
+        ``load_options`` go to :func:`rewardflow.pipelines.loading.load_diffusers_pipeline`."""
         from diffusers import FluxPipeline  # lazy: diffusers is a heavy import
 
         pipe = load_diffusers_pipeline(FluxPipeline, path, dtype=dtype, device=device, **load_options)
@@ -132,3 +135,15 @@ class FluxGenerator(FlowTransformerGenerator):
                             return_dict=False)[0]
         f = self.vae_scale_factor
         return FluxPipeline._unpack_latents(out, h * f, w * f, f)
+
+
+@register_generator("flux-schnell", pipeline_classes=("FluxPipeline",), name_pattern=r"schnell",
+                    description="FLUX.1 [schnell] (timestep-distilled, no guidance): 4 steps, T5 length 256")
+class FluxSchnellGenerator(FluxGenerator):
+    """FLUX.1 [schnell] with its model card's defaults: 4 steps, ``max_sequence_length=256``, no guidance (the
+    transformer has no guidance embedding, so the scale is ignored). Chosen automatically for a model whose name
+    contains "schnell"."""
+
+    default_guidance_scale = 0.0  # black-forest-labs/FLUX.1-schnell model card: guidance_scale=0.0, 4 steps, 256
+    default_max_sequence_length = 256
+    run_defaults = {"steps": 4}

@@ -3,7 +3,7 @@
 :func:`load_diffusers_pipeline` (dtype, device or model offload, VAE slicing / tiling, gradient checkpointing,
 attention backend; every non-denoiser component frozen), :func:`check_pipeline_dir` (a missing component or file of
 a local pipeline directory is reported by name before diffusers runs), :func:`resolve_dtype` and
-:func:`parametrization_from_scheduler`.
+:func:`parametrization_from_scheduler`, and :func:`note_sampler_substitution` (a replaced sampler is said once).
 """
 
 from __future__ import annotations
@@ -11,9 +11,23 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from typing import Any
 
 import torch
+
+
+_NOTED: set[tuple[str, str]] = set()
+
+
+def note_sampler_substitution(source: str, target: str, reason: str) -> None:
+    """Say on stderr, once per process and pair, that a pipeline's sampler ``source`` runs as ``target``: samples
+    then differ from ``pipe(...)`` with the original scheduler, and a user should know why."""
+    if (source, target) in _NOTED:
+        return
+    _NOTED.add((source, target))
+    print(f"[rewardflow] sampler: the pipeline's {source} is replaced by {target} ({reason})", file=sys.stderr,
+          flush=True)
 
 
 def parametrization_from_scheduler(scheduler) -> str:

@@ -38,6 +38,15 @@ def _bcast(v: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
     return v.reshape(v.shape + (1,) * (like.ndim - v.ndim)) if v.ndim else v
 
 
+def shift_sigmas(sigma: torch.Tensor, shift: float) -> torch.Tensor:
+    """The static time shift of SD3 (Esser et al. 2024, Sec. 5.3.2), ``shift * s / (1 + (shift - 1) * s)``: the
+    formula ``FlowMatchEulerDiscreteScheduler`` applies to its table when ``use_dynamic_shifting`` is off
+    (docs/algorithms.md#timestep-sampling). ``shift = 1`` is the identity."""
+    if shift == 1.0:
+        return sigma
+    return shift * sigma / (1 + (shift - 1) * sigma)
+
+
 def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """log N(x; mean, std^2 I), averaged over every non-batch dimension, in fp32 (docs/algorithms.md#log-probs)."""
     x, mean = x.float(), mean.float()
@@ -131,13 +140,35 @@ class ParametrizationMixin:
             return (x - (1 - ab).sqrt() * out) / ab.sqrt(), out
         return ab.sqrt() * x - (1 - ab).sqrt() * out, ab.sqrt() * out + (1 - ab).sqrt() * x
 
+    @property
+    def train_shift(self) -> float:
+        """The shift of the flow *training* timesteps: the scheduler's static ``shift``, or 1 when the scheduler
+        shifts dynamically (FLUX.1-dev, LTX-Video).
+
+        This is what diffusers' training scripts get by looking sigmas up in the scheduler's init-time table
+        (``train_dreambooth_lora_sd3.py``, ``train_dreambooth_lora_flux.py``; flow_grpo ``train_sd3_dpo.py``):
+        the table is shifted with the static shift (3.0 for SD3 / SD3.5), and left unshifted when
+        ``use_dynamic_shifting`` is on, since the resolution shift ``mu`` is only computed at sampling time
+        (docs/algorithms.md#timestep-sampling)."""
+        cfg = getattr(self.scheduler, "config", None) or {}
+        if self.parametrization != "flow" or cfg.get("use_dynamic_shifting", False):
+            return 1.0
+        return float(cfg.get("shift", 1.0) or 1.0)
+
     def sample_t(self, batch: int, generator: torch.Generator | None = None,
-                 dist: str = "logit_normal") -> torch.Tensor:
-        """Training timesteps: logit-normal sigmas (SD3) for flow, uniform integers for diffusion."""
+                 dist: str = "logit_normal", shift: float | None = None) -> torch.Tensor:
+        """Training timesteps.
+
+        flow: ``u = sigmoid(n), n ~ N(0, 1)`` (SD3's logit-normal) or ``u ~ U(0, 1)`` (``dist="uniform"``),
+        mapped through the training shift, ``sigma = shift * u / (1 + (shift - 1) * u)`` (``shift`` default:
+        :attr:`train_shift`, i.e. 3.0 on SD3 / SD3.5: median sigma 0.75).
+        diffusion: uniform integers in ``[0, num_train_timesteps)``."""
         if self.parametrization == "flow":
-            if dist == "uniform":
-                return torch.rand(batch, generator=generator)
-            return torch.sigmoid(torch.randn(batch, generator=generator))
+            if dist not in ("logit_normal", "uniform"):
+                raise ValueError(f"dist must be 'logit_normal' or 'uniform', got {dist!r}")
+            u = torch.rand(batch, generator=generator) if dist == "uniform" else \
+                torch.sigmoid(torch.randn(batch, generator=generator))
+            return shift_sigmas(u, self.train_shift if shift is None else float(shift))
         return torch.randint(0, self.num_train_timesteps, (batch,), generator=generator).float()
 
     # ------------------------------------------------------------------ one sampler step
@@ -159,7 +190,9 @@ class ParametrizationMixin:
         if self.parametrization == "flow":
             dt = t_next - t  # negative
             if noise_level > 0:
-                denom_sigma = sigma_max if (t >= 1.0 and sigma_max is not None) else t
+                # at t = 1 the SDE's sqrt(t / (1 - t)) is infinite: flow_grpo uses the grid's second point there
+                # (sd3_sde_with_logprob: sigma_max = sigmas[1]), which is t_next on the first step of a chain
+                denom_sigma = t if t < 1.0 else (sigma_max if sigma_max is not None else t_next)
                 std_t = noise_level * math.sqrt(t / max(1 - denom_sigma, 1e-8))
                 v = out.float()
                 mean = xf * (1 + std_t**2 / (2 * t) * dt) + v * (1 + std_t**2 * (1 - t) / (2 * t)) * dt
@@ -167,6 +200,11 @@ class ParametrizationMixin:
             else:
                 mean, std = xf + dt * out.float(), 0.0
         else:
+            if noise_level > 0 and t_next < 0:
+                # the last stochastic DDIM step goes to timestep 0, not to the scheduler's final alpha: ddpo-pytorch
+                # clamps the previous timestep to [0, 999] (ddim_with_logprob.py), so the step keeps a Gaussian
+                # (and a log-prob) even when set_alpha_to_one=True (SD-Turbo) would make it deterministic
+                t_next = 0.0
             x0, eps = self.convert(out, x, torch.tensor(t))
             ab = self._alpha_bar(torch.tensor(t)).item()
             ab_prev = self._alpha_bar(torch.tensor(t_next)).item()

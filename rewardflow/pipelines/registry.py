@@ -8,7 +8,9 @@ Each adapter module in ``rewardflow/pipelines/`` registers itself::
         def from_pretrained(cls, path, **kw) -> "SD3Generator": ...
 
 ``load_generator(path_or_id)`` reads ``model_index.json`` (``_class_name``) to pick the adapter; ``adapter=``
-overrides the detection. A registered adapter name that is not a path on disk (a plugin's embedded model, e.g. the
+overrides the detection. Where several adapters load the same pipeline class (``sd`` and ``sd-turbo``), the one whose
+``name_pattern`` matches the model's name wins (``stabilityai/sd-turbo``, ``./my-SDXL-Turbo``), else the one without
+a pattern. A registered adapter name that is not a path on disk (a plugin's embedded model, e.g. the
 toy world's ``toy``) loads that adapter's default weights. Plugins (:mod:`rewardflow.plugins`) register more
 adapters with the same decorator.
 """
@@ -20,25 +22,28 @@ import importlib
 import json
 import os
 import pkgutil
+import re
 
 import rewardflow.pipelines
 from rewardflow.plugins import load_plugins
 
 _ADAPTERS: dict[str, dict] = {}
 # modules of this package that are not adapters (everything else not starting with "_" is one)
-_SUPPORT_MODULES = ("base", "registry", "parametrization", "lora", "loading", "vae")
+_SUPPORT_MODULES = ("base", "registry", "parametrization", "lora", "loading", "vae", "options")
 
 
 def register_generator(name: str, *, pipeline_classes: tuple[str, ...] = (), description: str = "",
-                       embedded: bool = False):
+                       embedded: bool = False, name_pattern: str | None = None):
     """Class decorator registering a generator adapter. ``embedded``: the adapter ships its own default weights,
-    so ``load_generator(name)`` works without a path (the toy models)."""
+    so ``load_generator(name)`` works without a path (the toy models). ``name_pattern``: a regular expression
+    (case-insensitive) on the model's path or hub id that selects this adapter among those of the same pipeline
+    class (e.g. ``turbo`` for SD-Turbo's defaults: no guidance, one step)."""
     def deco(cls):
         if name in _ADAPTERS:
             raise ValueError(f"generator adapter {name!r} is already registered")
         _ADAPTERS[name] = {"name": name, "cls": cls, "pipeline_classes": tuple(pipeline_classes),
                            "description": description or (cls.__doc__ or "").strip().split("\n")[0],
-                           "embedded": bool(embedded)}
+                           "embedded": bool(embedded), "name_pattern": name_pattern}
         return cls
 
     return deco
@@ -74,6 +79,13 @@ def _pipeline_class_name(path: str) -> str | None:
                                 "--adapter NAME") from e
 
 
+def _model_name(path: str) -> str:
+    """The last component of a path or hub id (``stabilityai/sd-turbo`` -> ``sd-turbo``): a name pattern is matched
+    against the model's own name, not against a parent folder."""
+    parts = [p for p in re.split(r"[\\/]+", str(path)) if p not in ("", ".")]
+    return parts[-1] if parts else ""
+
+
 def resolve_adapter(path: str | os.PathLike | None, adapter: str | None = None) -> dict:
     """The registry entry (``name``, ``cls``, ``pipeline_classes``, ``description``, ``embedded``) of the adapter
     that loads ``path``, without loading any weights: ``adapter`` if given, an embedded model's name, or the adapter
@@ -93,7 +105,9 @@ def resolve_adapter(path: str | os.PathLike | None, adapter: str | None = None) 
                 raise ValueError(f"no adapter for pipeline class {cls_name!r} of {path}; known adapters: "
                                  + ", ".join(f"{a['name']} ({'/'.join(a['pipeline_classes'])})"
                                              for a in _ADAPTERS.values()))
-            adapter = hits[0]["name"]
+            named = [a for a in hits if a["name_pattern"] and re.search(a["name_pattern"], _model_name(path), re.I)]
+            plain = [a for a in hits if not a["name_pattern"]]
+            adapter = (named or plain or hits)[0]["name"]
     if adapter not in _ADAPTERS:
         close = difflib.get_close_matches(adapter, _ADAPTERS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""

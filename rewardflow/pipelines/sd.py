@@ -20,7 +20,11 @@ from typing import Sequence
 import torch
 
 from rewardflow.pipelines.base import UNET_BLOCK_CLASSES, Conditioning, Generator, StepOutput
-from rewardflow.pipelines.loading import load_diffusers_pipeline, parametrization_from_scheduler
+from rewardflow.pipelines.loading import (
+    load_diffusers_pipeline,
+    note_sampler_substitution,
+    parametrization_from_scheduler,
+)
 from rewardflow.pipelines.registry import register_generator
 from rewardflow.pipelines.vae import vae_decode, vae_encode
 
@@ -37,13 +41,19 @@ def ddim_from(scheduler):
     cfg = dict(scheduler.config)
     name = type(scheduler).__name__
     to_one = True if "Euler" in name else bool(cfg.get("set_alpha_to_one", True))
+    if name == "DDIMScheduler":
+        note_sampler_substitution("DDIMScheduler with clip_sample / thresholding", "DDIMScheduler without them",
+                                  "the ODE / SDE steps do not clip")
+    else:
+        note_sampler_substitution(name, "DDIMScheduler", "the same training schedule and timestep spacing; "
+                                  "training, log-probs and sampling all use DDIM steps")
     return DDIMScheduler.from_config(cfg, clip_sample=False, thresholding=False, set_alpha_to_one=to_one)
 
 
 @register_generator("sd", pipeline_classes=("StableDiffusionPipeline",),
-                    description="Stable Diffusion 1.x / 2.x and SD-Turbo (UNet; epsilon or v_prediction; DDIM)")
+                    description="Stable Diffusion 1.x / 2.x (UNet; epsilon or v_prediction; DDIM)")
 class StableDiffusionGenerator(Generator):
-    """Stable Diffusion 1.x / 2.x / SD-Turbo. Use ``guidance_scale=1`` (no guidance) for SD-Turbo."""
+    """Stable Diffusion 1.x / 2.x (and SD-Turbo with ``adapter="sd"``: then pass ``guidance_scale=0``, no CFG)."""
 
     pipeline_class = "StableDiffusionPipeline"
     lora_component = "unet"
@@ -121,7 +131,8 @@ class StableDiffusionGenerator(Generator):
 
     # ------------------------------------------------------------------ network
     def _forward(self, x, model_t, embeds):
-        return self.denoiser(x.to(self.dtype), model_t, encoder_hidden_states=embeds["encoder_hidden_states"],
+        dt = self.dtype  # the text encoder may be fp16 under a fp32 (fully fine-tuned) UNet
+        return self.denoiser(x.to(dt), model_t, encoder_hidden_states=embeds["encoder_hidden_states"].to(dt),
                              return_dict=False)[0]
 
     # ------------------------------------------------------------------ DDIM grid
@@ -147,3 +158,14 @@ class StableDiffusionGenerator(Generator):
 
     def encode_images(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return vae_encode(self.pipe.vae, images.to(self.device), generator).to(self.dtype)
+
+
+@register_generator("sd-turbo", pipeline_classes=("StableDiffusionPipeline",), name_pattern=r"turbo",
+                    description="SD-Turbo (adversarially distilled SD 2.1): no guidance, one step by default")
+class SDTurboGenerator(StableDiffusionGenerator):
+    """SD-Turbo: the SD adapter with the model card's defaults, ``guidance_scale=0.0`` (no classifier-free guidance;
+    any value <= 1 is the same, see :meth:`Generator.predict`) and one sampler step. Chosen automatically for a
+    model whose name contains "turbo"; ``adapter="sd-turbo"`` forces it."""
+
+    default_guidance_scale = 0.0  # stabilityai/sd-turbo model card: pipe(prompt, num_inference_steps=1, guidance_scale=0.0)
+    run_defaults = {"steps": 1}

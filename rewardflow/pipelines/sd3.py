@@ -41,15 +41,20 @@ class SD3Generator(FlowTransformerGenerator):
     default_lora_targets = SD3_LORA_TARGETS
     shard_block_classes = ("JointTransformerBlock",)
 
-    def __init__(self, pipe, guidance_scale: float = 7.0, height: int | None = None, width: int | None = None,
-                 max_sequence_length: int = 256, device: str | torch.device | None = None):
-        # defaults are those of StableDiffusion3Pipeline.__call__ (guidance 7.0, T5 length 256, 1024 px)
-        super().__init__(pipe, guidance_scale, height, width, max_sequence_length, device)
+    # StableDiffusion3Pipeline.__call__ defaults: guidance 7.0, T5 length 256 (1024 px from the transformer config)
+    default_guidance_scale = 7.0
+    default_max_sequence_length = 256
+
+    def __init__(self, pipe, guidance_scale: float | None = None, height: int | None = None,
+                 width: int | None = None, max_sequence_length: int | None = None,
+                 device: str | torch.device | None = None):
+        super().__init__(pipe, self.default_guidance_scale if guidance_scale is None else guidance_scale, height,
+                         width, max_sequence_length or self.default_max_sequence_length, device)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype | str = torch.float32,
-                        device: str | torch.device = "cpu", guidance_scale: float = 7.0,
-                        height: int | None = None, width: int | None = None, max_sequence_length: int = 256,
+                        device: str | torch.device = "cpu", guidance_scale: float | None = None,
+                        height: int | None = None, width: int | None = None, max_sequence_length: int | None = None,
                         **load_options) -> SD3Generator:
         """Load a ``StableDiffusion3Pipeline`` directory or hub id (e.g.
         ``stabilityai/stable-diffusion-3.5-medium``); ``load_options`` (offload, VAE slicing / tiling, gradient
@@ -103,3 +108,13 @@ class SD3Generator(FlowTransformerGenerator):
         return self.denoiser(hidden_states=x.to(dt), timestep=model_t,
                              encoder_hidden_states=embeds["prompt_embeds"].to(dt),
                              pooled_projections=embeds["pooled_projections"].to(dt), return_dict=False)[0]
+
+
+@register_generator("sd3-turbo", pipeline_classes=("StableDiffusion3Pipeline",), name_pattern=r"turbo",
+                    description="Stable Diffusion 3.5 Large Turbo (distilled): no guidance, 4 steps by default")
+class SD3TurboGenerator(SD3Generator):
+    """SD 3.5 Large Turbo with its model card's defaults: ``guidance_scale=0.0`` (no guidance) and 4 steps. Chosen
+    automatically for a model whose name contains "turbo"."""
+
+    default_guidance_scale = 0.0  # stabilityai/stable-diffusion-3.5-large-turbo card: 4 steps, guidance_scale=0.0
+    run_defaults = {"steps": 4}

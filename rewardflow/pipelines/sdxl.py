@@ -18,9 +18,9 @@ from rewardflow.pipelines.sd import StableDiffusionGenerator
 
 
 @register_generator("sdxl", pipeline_classes=("StableDiffusionXLPipeline",),
-                    description="Stable Diffusion XL and SDXL-Turbo (UNet, two CLIP text encoders, pooled + time ids)")
+                    description="Stable Diffusion XL (UNet, two CLIP text encoders, pooled + time ids)")
 class StableDiffusionXLGenerator(StableDiffusionGenerator):
-    """SDXL / SDXL-Turbo. Use ``guidance_scale=1`` (no guidance) for SDXL-Turbo."""
+    """SDXL (and SDXL-Turbo with ``adapter="sdxl"``: then pass ``guidance_scale=0``, no CFG)."""
 
     pipeline_class = "StableDiffusionXLPipeline"
     lora_component = "unet"
@@ -50,6 +50,17 @@ class StableDiffusionXLGenerator(StableDiffusionGenerator):
         return e
 
     def _forward(self, x, model_t, embeds):
-        added = {"text_embeds": embeds["text_embeds"], "time_ids": embeds["time_ids"]}
-        return self.denoiser(x.to(self.dtype), model_t, encoder_hidden_states=embeds["encoder_hidden_states"],
+        dt = self.dtype
+        added = {"text_embeds": embeds["text_embeds"].to(dt), "time_ids": embeds["time_ids"].to(dt)}
+        return self.denoiser(x.to(dt), model_t, encoder_hidden_states=embeds["encoder_hidden_states"].to(dt),
                              added_cond_kwargs=added, return_dict=False)[0]
+
+
+@register_generator("sdxl-turbo", pipeline_classes=("StableDiffusionXLPipeline",), name_pattern=r"turbo",
+                    description="SDXL-Turbo (adversarially distilled SDXL): no guidance, one step by default")
+class SDXLTurboGenerator(StableDiffusionXLGenerator):
+    """SDXL-Turbo: the SDXL adapter with the model card's defaults, ``guidance_scale=0.0`` (no classifier-free
+    guidance) and one sampler step. Chosen automatically for a model whose name contains "turbo"."""
+
+    default_guidance_scale = 0.0  # stabilityai/sdxl-turbo model card: num_inference_steps=1, guidance_scale=0.0
+    run_defaults = {"steps": 1}

@@ -163,8 +163,8 @@ def _aesthetic(path: str | os.PathLike | None = None, clip_path: str | None = No
     from rewardflow.rewards.clip import load_clip_backbone
 
     if path is None:
-        raise ValueError(f"aesthetic needs path= to the predictor weights {AESTHETIC_WEIGHTS} "
-                         f"(download: {AESTHETIC_URL})")
+        raise FileNotFoundError(f"aesthetic needs path= to the predictor weights {AESTHETIC_WEIGHTS} "
+                                f"(download: {AESTHETIC_URL})")
     head = load_aesthetic_head(path)
     backbone = load_clip_backbone(clip_path, model=model, pretrained=pretrained, backend=backend, mode="crop",
                                   device=device, dtype=dtype)

@@ -193,19 +193,30 @@ def reward_info() -> list[dict]:
 
 
 _WRAPPERS: dict[str, Callable[..., "Reward"]] = {}
+_WRAPPER_INFO: dict[str, dict] = {}
 
 
-def register_reward_wrapper(name: str):
+def register_reward_wrapper(name: str, *, modality: str = "image", takes: str = "image", description: str = ""):
     """Decorator: register a factory ``f(inner_name, **kwargs)`` that wraps another reward, so that
-    ``load_reward("name(inner)")`` works (e.g. ``segmental(toy_clip)``)."""
+    ``load_reward("name(inner)")`` works (e.g. ``segmental(toy_clip)``). ``takes``: the modality of the wrapped
+    reward; ``modality``: the wrapper's own (what ``rewardflow rewards`` lists)."""
 
     def deco(factory):
         if name in _WRAPPERS:
             raise ValueError(f"reward wrapper {name!r} is already registered")
         _WRAPPERS[name] = factory
+        doc = description or (factory.__doc__ or "").strip().split("\n")[0]
+        _WRAPPER_INFO[name] = {"name": name, "modality": modality, "takes": takes, "description": doc}
         return factory
 
     return deco
+
+
+def wrapper_info() -> list[dict]:
+    """Registered reward wrappers, one dict each: name, modality (its own), takes (the wrapped reward's), and
+    description."""
+    _import_builtin()
+    return [_WRAPPER_INFO[n] for n in sorted(_WRAPPERS)]
 
 
 def load_reward(name: str, **kwargs) -> Reward:

@@ -14,6 +14,7 @@ transformers ``CLIPModel`` (a ``save_pretrained`` directory or hub id, ``backend
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -270,14 +271,24 @@ def load_open_clip_backbone(model_name: str, pretrained: str | None = None, *, m
 
     if pretrained is not None:
         check_local(pretrained, f"open_clip checkpoint for {model_name}")
+    previous = logging.root.manager.disable
+    logging.disable(logging.ERROR)  # open_clip logs a failed download before raising; the error below says it
     try:
+        tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained) if pretrained and not os.path.isfile(
+            os.path.expanduser(str(pretrained))) else None
+        if tag_cfg:  # fetch a tag's weights (or find them cached) before building the model: offline fails at once
+            open_clip.download_pretrained(tag_cfg)
         model = open_clip.create_model(model_name, pretrained=pretrained)
-    except RuntimeError as e:
+    except (RuntimeError, OSError) as e:  # open_clip wraps hub errors in RuntimeError
         msg = str(e)
         if "not found" in msg.lower() and "model config" in msg.lower():
             raise ValueError(f"unknown open_clip model {model_name!r}; see open_clip.list_models()") from e
-        raise RuntimeError(f"could not load open_clip weights {model_name}/{pretrained}: {msg}. Without internet, "
-                           "pass pretrained=/path/to/checkpoint (or download it into the open_clip cache)") from e
+        raise FileNotFoundError(f"could not load open_clip weights {model_name}/{pretrained} (not downloadable: "
+                                f"{msg.splitlines()[0][:200]}); give the local checkpoint file: --weights NAME=PATH on the "
+                                "command line, reward_kwargs {NAME: {path: PATH}} in a config, path= in Python") \
+            from e
+    finally:
+        logging.disable(previous)
     return OpenCLIPBackbone(model, open_clip.get_tokenizer(model_name), open_clip_spec(model, mode), device=device,
                             dtype=dtype, name=f"{model_name}/{pretrained}")
 
@@ -344,7 +355,8 @@ def load_clip_backbone(path: str | None = None, *, model: str = "ViT-B-32", pret
         backend = "transformers" if path is not None and not is_file else "open_clip"
     if backend == "transformers":
         if path is None:
-            raise ValueError("backend='transformers' needs path= (a save_pretrained directory or hub id)")
+            raise ValueError("backend='transformers' needs the model: a save_pretrained directory or hub id "
+                             "(--weights NAME=DIR on the command line, path= in Python)")
         return load_transformers_backbone(path, processor, mode=mode, device=device, dtype=dtype)
     return load_open_clip_backbone(model, path if path is not None else pretrained, mode=mode, device=device,
                                    dtype=dtype)
@@ -354,19 +366,25 @@ def load_clip_backbone(path: str | None = None, *, model: str = "ViT-B-32", pret
 # Rewards
 # ------------------------------------------------------------------------------------------------------------
 class CLIPReward(Reward):
-    """``cos(f_img, f_txt)``; with ``weight`` set, CLIP-S ``weight * max(cos, 0)`` (Hessel et al. 2021, eq. 1)."""
+    """``cos(f_img, f_txt)``; with ``weight`` set, CLIP-S ``weight * max(cos, 0)`` (Hessel et al. 2021, eq. 1);
+    with ``logit_scale=True``, the model's ``logit_scale.exp() * cos`` (about 100x the cosine; the CLIP term of ReNO,
+    ExplainableML/ReNO ``rewards/clip.py``)."""
 
     modality = "image"
     differentiable = True
     file_input = True  # the backbone preprocesses files officially (CLIPBackbone.encode_image)
 
-    def __init__(self, backbone: CLIPBackbone, name: str = "clip", prefix: str = "", weight: float | None = None):
+    def __init__(self, backbone: CLIPBackbone, name: str = "clip", prefix: str = "", weight: float | None = None,
+                 logit_scale: bool = False):
         super().__init__()
+        if weight is not None and logit_scale:
+            raise ValueError("CLIPReward: give weight (CLIP-S) or logit_scale, not both")
         self.backbone = backbone
         self.name = name
         # jmhessel/clipscore: a prefix without a trailing space gets one ("A photo depicts" -> "A photo depicts ")
         self.prefix = prefix if not prefix or prefix.endswith(" ") else prefix + " "
         self.weight = weight
+        self.logit_scale = bool(logit_scale)
 
     def cosine(self, media: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         img = self.backbone.encode_image(media)
@@ -375,16 +393,19 @@ class CLIPReward(Reward):
 
     def score(self, media, prompts):
         cos = self.cosine(media, prompts)
+        if self.logit_scale:
+            return self.backbone.logit_scale().to(cos.device) * cos
         return cos if self.weight is None else self.weight * cos.clamp_min(0.0)
 
 
 @register_reward("clip", description="CLIP cosine(image, prompt) on open_clip or transformers CLIP")
 def _clip(path: str | None = None, model: str = "ViT-B-32", pretrained: str | None = "openai",
           backend: str | None = None, processor: str | None = None, mode: str | None = None, device="cpu",
-          dtype=None) -> CLIPReward:
+          dtype=None, logit_scale: bool = False) -> CLIPReward:
+    """``logit_scale=True``: score ``logit_scale.exp() * cos`` instead of ``cos`` (ReNO's CLIP term)."""
     bb = load_clip_backbone(path, model=model, pretrained=pretrained, backend=backend, processor=processor, mode=mode,
                             device=device, dtype=dtype)
-    return CLIPReward(bb, name="clip")
+    return CLIPReward(bb, name="clip", logit_scale=logit_scale)
 
 
 @register_reward("clipscore", description="CLIPScore 2.5*max(cos,0) with the 'A photo depicts' prefix (Hessel 2021)")

@@ -60,6 +60,22 @@ class WeightedReward(Reward):
         return out
 
 
+class MissingWeightsError(FileNotFoundError):
+    """A reward's weight files are not on disk and could not be downloaded (offline, gated, unknown repo).
+    ``reward`` is the reward's name in the spec, so a caller can say how to give the file (``--weights NAME=PATH``
+    on the command line, ``reward_kwargs: {NAME: {path: PATH}}`` in a training config)."""
+
+    def __init__(self, reward: str, message: str):
+        super().__init__(" ".join(str(message).split()))  # one line: hub errors span several
+        self.reward = reward
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    def with_hint(self, hint: str) -> "MissingWeightsError":
+        return MissingWeightsError(self.reward, f"{self}; {hint}")
+
+
 def parse_reward_spec(spec: str) -> list[tuple[str, float]]:
     """``"hpsv2.1:5,imagereward:1"`` -> ``[("hpsv2.1", 5.0), ("imagereward", 1.0)]``.
 
@@ -99,14 +115,25 @@ def build_reward(spec: str | Sequence[tuple[str, float]], **per_reward_kwargs: M
     ``per_reward_kwargs`` maps a reward name to the keyword arguments of its factory, e.g.
     ``build_reward("hpsv2.1:5,imagereward:1", **{"hpsv2.1": {"path": "HPS_v2.1_compressed.pt"}})``.
     One reward with weight 1 is returned as itself; otherwise a :class:`WeightedReward` that keeps every component.
-    An unknown name raises ``KeyError`` listing the known rewards.
+    An unknown name raises ``KeyError`` listing the known rewards; missing weight files raise
+    :class:`MissingWeightsError` naming the reward and the file.
     """
     items = parse_reward_spec(spec) if isinstance(spec, str) else [(str(n), float(w)) for n, w in spec]
     names = [n for n, _ in items]
     extra = sorted(set(per_reward_kwargs) - set(names))
     if extra:
         raise ValueError(f"keyword arguments given for {extra}, which are not in the reward spec {names}")
-    rewards = [load_reward(n, **dict(per_reward_kwargs.get(n) or {})) for n in names]
+    rewards = []
+    for n in names:
+        try:
+            rewards.append(load_reward(n, **dict(per_reward_kwargs.get(n) or {})))
+        except MissingWeightsError:
+            raise
+        except FileNotFoundError as e:  # the factories name the missing file (and the hub repo it comes from)
+            raise MissingWeightsError(n, f"reward {n!r}: {e}") from None
+        except TypeError as e:  # a keyword the factory does not take
+            raise ValueError(f"cannot build reward {n!r} with options {sorted(per_reward_kwargs.get(n) or {})}: "
+                             f"{e}") from None
     if len(rewards) == 1 and items[0][1] == 1.0:
         return rewards[0]
     return WeightedReward(rewards, [w for _, w in items])

@@ -33,6 +33,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from rewardflow.io.paths import respect_umask
 from rewardflow.plugins import load_plugins
 from rewardflow.rewards.base import Reward, register_reward
 from rewardflow.rewards.clip import load_clip_backbone
@@ -261,6 +262,7 @@ class ReferenceStats:
         save_file({"mu": self.mu.contiguous(), "sigma": self.sigma.contiguous(),
                    "direction": self.direction.contiguous(), "count": torch.tensor([self.count])}, str(tmp),
                   metadata={"key": self.key, "version": _CACHE_VERSION})
+        respect_umask(tmp)  # safetensors writes 0600 whatever the umask
         os.replace(tmp, path)  # atomic: a concurrent reader never sees a half-written file
 
     @classmethod

@@ -53,8 +53,10 @@ def resolve_hps_checkpoint(path: str | os.PathLike | None, version: str) -> str:
     try:
         return hf_hub_download(ref, filename)
     except Exception as e:  # offline, missing repo/file, ...
+        name = "hpsv2" if version == "v2.0" else "hpsv2.1"
         raise FileNotFoundError(f"could not fetch {filename} from hub repo {ref!r}: {e}. Offline? Download it and "
-                                "pass path=/path/to/" + filename) from e
+                                f"give its path: --weights {name}=/path/to/{filename} on the command line (path= in "
+                                "Python)") from e
 
 
 def load_hps_state_dict(file: str) -> dict[str, torch.Tensor]:

@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rewardflow.io.paths import respect_umask
+
 _BLOCK_LISTS = ("down_blocks", "transformer_blocks", "blocks", "layers")
 
 
@@ -106,6 +108,7 @@ class LatentRewardModel(nn.Module):
         (p / "latent_reward.json").write_text(json.dumps(
             {"n_blocks": self.n_blocks, "heads": list(self.heads), "hidden": self.hidden,
              "feature_dim": self.feature_dim}, indent=1))
+        respect_umask(p / "head.safetensors")
 
     @classmethod
     def from_pretrained(cls, generator, path: str | os.PathLike) -> "LatentRewardModel":

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rewardflow.io.paths import respect_umask
 from rewardflow.rewards.base import Reward, register_reward
 
 ASPECTS: dict[str, tuple[str, ...]] = {
@@ -194,6 +195,7 @@ class MJVideoReward(Reward):
         (path / "config.json").write_text(json.dumps(cfg, indent=1))
         state = {k: v.contiguous() for k, v in self.model.state_dict().items() if not k.startswith("backbone.")}
         save_file(state, str(path / "model.safetensors"))
+        respect_umask(path)  # safetensors writes 0600 whatever the umask
         return path
 
     @classmethod

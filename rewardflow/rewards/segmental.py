@@ -93,7 +93,9 @@ class SegmentalVideoReward(Reward):
         return out
 
 
-@register_reward_wrapper("segmental")
+@register_reward_wrapper("segmental", modality="video", takes="image",
+                         description="InstructVideo SegVR + TAR: an image reward on a few frames of each video "
+                                     "segment, weighted over time (options: segments, lam, selection)")
 def _segmental(inner: str, segments: int = 4, lam: float = 1.0, selection: str = "tsn", normalize: bool = False,
                seed: int | None = None, inner_kwargs: dict | None = None) -> SegmentalVideoReward:
     """``segmental(<image reward>)``: InstructVideo SegVR + TAR over any registered image reward."""

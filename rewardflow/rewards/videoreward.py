@@ -331,11 +331,15 @@ class VideoReward(Reward):
         base = base_model or mcfg.get("model_name_or_path") or "Qwen/Qwen2-VL-2B-Instruct"
         tok_dir = ckpt if (ckpt / "tokenizer_config.json").is_file() else (
             root if (root / "tokenizer_config.json").is_file() else base)
-        tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+            backbone = Qwen2VLForConditionalGeneration.from_pretrained(str(base), dtype=dtype)
+        except OSError as e:  # offline / not in the cache
+            raise FileNotFoundError(f"VideoReward: cannot load the base model {base!r} ({str(e).splitlines()[0]}); "
+                                    "give a local Qwen2-VL-2B-Instruct directory as base_model=") from e
         missing = [t for t in SPECIAL_TOKENS if t not in tokenizer.get_vocab()]
         if missing:
             tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
-        backbone = Qwen2VLForConditionalGeneration.from_pretrained(str(base), dtype=dtype)
         if backbone.get_input_embeddings().num_embeddings < len(tokenizer):
             backbone.resize_token_embeddings(len(tokenizer))
         if (ckpt / "adapter_config.json").is_file():
@@ -372,6 +376,10 @@ class VideoReward(Reward):
 @register_reward("videoreward", modality="video",
                  description="VideoReward (VideoAlign): Qwen2-VL-2B, heads VQ/MQ/TA normalised, Overall = sum")
 def _videoreward(path: str = "KwaiVGI/VideoReward", **kw) -> VideoReward:
+    if isinstance(kw.get("dtype"), str):  # "bf16" from a config file or the command line
+        from rewardflow.rewards.clip import parse_dtype
+
+        kw["dtype"] = parse_dtype(kw["dtype"])
     if not os.path.isdir(path):
         from huggingface_hub import snapshot_download
 
@@ -380,5 +388,6 @@ def _videoreward(path: str = "KwaiVGI/VideoReward", **kw) -> VideoReward:
         except Exception as e:  # offline, unknown repo, no access
             raise FileNotFoundError(f"VideoReward checkpoint {path!r} is neither a local directory nor downloadable "
                                     f"({type(e).__name__}); clone https://huggingface.co/KwaiVGI/VideoReward and "
-                                    "pass path=<dir>") from e
+                                    "give the folder: --weights videoreward=DIR on the command line (path= in "
+                                    "Python)") from e
     return VideoReward.from_pretrained(path, **kw)

@@ -9,6 +9,7 @@ files load through the real loaders (:func:`rewardflow.rewards.base.load_reward`
     write_hf_clip(tmp / "pickscore")                       # transformers CLIPModel + tokenizer + image processor
     write_imagereward(tmp / "ir")                          # ImageReward.pt + med_config.json + vocab.txt
     write_aesthetic_head(tmp / "sac+logos+ava1-l14-linearMSE.pth", 32)
+    write_videoreward(tmp / "videoreward")                 # VideoAlign layout + a tiny Qwen2-VL base
 
 The default input resolution is the real one (224), so the official geometry (short side -> 224, pad to 224, ...)
 is exercised as with the released checkpoints.
@@ -208,3 +209,67 @@ def write_aesthetic_head(path: str | os.PathLike, n_in: int, seed: int = 1) -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(mlp_head_state_dict(n_in, seed), path)
     return path
+
+
+# ---------------------------------------------------------------------------------------------------- VideoReward
+QWEN2VL_SPECIALS = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                    "<|video_pad|>", "<|image_pad|>"]
+QWEN2VL_WORDS = ["system", "user", "assistant", "You", "are", "a", "helpful", "red", "circle", "moving", "left",
+                 "Video", "Quality", "Motion", "Text", "Alignment", "END", ":", "-", "prompt", "Please"]
+
+
+def tiny_qwen2vl_tokenizer():
+    """A word-level tokenizer with Qwen2-VL's special tokens (unknown words map to ``<unk>``)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(QWEN2VL_SPECIALS + QWEN2VL_WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    t = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>")
+    t.add_special_tokens({"additional_special_tokens": QWEN2VL_SPECIALS[2:]})
+    return t
+
+
+def tiny_qwen2vl(tok, seed: int = 0):
+    """A random 2-layer ``Qwen2VLForConditionalGeneration`` (hidden 32, vision patch 14, merge 2) for ``tok``."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    ids = tok.convert_tokens_to_ids
+    cfg = Qwen2VLConfig(
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=len(tok), bos_token_id=None, eos_token_id=None,
+                         pad_token_id=0, rope_parameters={"rope_type": "default", "mrope_section": [2, 1, 1],
+                                                          "rope_theta": 10000.0}),
+        vision_config=dict(depth=2, embed_dim=32, hidden_size=32, num_heads=4, mlp_ratio=2, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"))
+    torch.manual_seed(seed)
+    return Qwen2VLForConditionalGeneration(cfg).eval()
+
+
+def write_videoreward(out_dir: str | os.PathLike, seed: int = 0, max_frame_pixels: int = 56 * 56) -> Path:
+    """The VideoAlign checkpoint layout (``git clone KwaiVGI/VideoReward``): ``model_config.json`` (data, model and
+    inference configs) + ``checkpoint-1/non_lora_state_dict.safetensors`` (a random ``rm_head``), with a tiny random
+    Qwen2-VL saved as the base model in ``OUT/base``. Returns ``OUT``, the reward's ``path``."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    tok = tiny_qwen2vl_tokenizer()
+    base = tiny_qwen2vl(tok, seed)
+    base.save_pretrained(out / "base")
+    tok.save_pretrained(out / "base")
+    ckpt = out / "checkpoint-1"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    save_file({"rm_head.weight": torch.randn(1, base.config.text_config.hidden_size, generator=g)},
+              str(ckpt / "non_lora_state_dict.safetensors"))
+    (out / "model_config.json").write_text(json.dumps({
+        "data_config": {"fps": 2.0, "num_frames": None, "max_frame_pixels": max_frame_pixels,
+                        "eval_dim": ["VQ", "MQ", "TA"], "prompt_template_type": "detailed_special",
+                        "sample_type": "uniform"},
+        "model_config": {"model_name_or_path": str(out / "base"), "output_dim": 1, "reward_token": "special"},
+        "inference_config": {"VQ_mean": 0.0, "VQ_std": 1.0, "MQ_mean": 0.0, "MQ_std": 1.0, "TA_mean": 0.0,
+                             "TA_std": 1.0}}))
+    return out

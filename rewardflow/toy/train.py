@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rewardflow.io.paths import respect_umask
 from rewardflow.toy import world
 from rewardflow.toy.models import ToyCLIPModel
 from rewardflow.toy.pipeline import MAX_TOKENS, ToyFlowPipeline, build_scheduler, build_tokenizer
@@ -171,6 +172,7 @@ def _save_generator(pipe, modules: torch.nn.Module, ema: dict, out: str | Path, 
     pipe.to(torch.float32)
     modules.load_state_dict(live)
     (out / "training.json").write_text(json.dumps(meta, indent=1))
+    respect_umask(out)  # safetensors writes 0600 whatever the umask
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -259,4 +261,5 @@ def train_reward(out: str | Path, steps: int = 700, batch: int = 128, lr: float 
     meta = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "swap_negatives": swap_negatives,
             "adv_eps": adv_eps, "seconds": round(time.time() - t_start, 1), "log": log}
     (out / "training.json").write_text(json.dumps(meta, indent=1))
+    respect_umask(out)
     return meta

@@ -30,6 +30,7 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
+from rewardflow.io.paths import respect_umask
 from rewardflow.toy import video as vworld
 from rewardflow.toy.models import _stage
 from rewardflow.toy.pipeline import MAX_TOKENS, build_tokenizer
@@ -137,6 +138,7 @@ def train_video_reward(out: str | Path, steps: int = 300, batch: int = 32, frame
     meta = {"steps": steps, "batch": batch, "frames": frames, "lr": lr, "seed": seed,
             "seconds": round(time.time() - t_start, 1), "log": log}
     (out / "training.json").write_text(json.dumps(meta, indent=1))
+    respect_umask(out)  # safetensors writes 0600 whatever the umask
     return meta
 
 

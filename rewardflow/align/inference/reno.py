@@ -64,6 +64,11 @@ class ReNOConfig:
 # ReNO's paper reward set and weights (docs/algorithms.md#reno-defaults): losses "offset - score" with these weights; our rewards
 # return the scores (HPS cos, standardized IR, PickScore s*cos, CLIP s*cos), so the same weights apply to them.
 RENO_PAPER_REWARDS = "hpsv2.1:5,imagereward:1,pickscore:0.05,clip:0.01"
+# ReNO's CLIP term is logit_scale.exp() * cos on laion CLIP-ViT-H-14 (ExplainableML/ReNO rewards/clip.py), not the
+# plain cosine of the `clip` reward's default OpenAI ViT-B/32: these options make the `clip` entry that model.
+# A local copy: a transformers directory of the same repo, or its open_clip_pytorch_model.bin (open_clip ViT-H-14).
+RENO_PAPER_REWARD_KWARGS = {"clip": {"path": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "model": "ViT-H-14",
+                                     "logit_scale": True}}
 
 
 def enable_reward_checkpointing(reward: torch.nn.Module) -> int:

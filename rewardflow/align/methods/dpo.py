@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import io
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +44,7 @@ from rewardflow.align.common.samples import (
 from rewardflow.align.method import Method, register_method
 from rewardflow.config import option
 from rewardflow.io.images import load_image
+from rewardflow.io.preferences import PreferenceDataset, check_preference_columns
 from rewardflow.rewards.base import finite_mask
 
 BETA_SCHEDULES = ("constant", "one_minus_t_sq")
@@ -53,7 +53,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 @dataclass
 class DPOConfig:
-    beta: float = option(500.0, "DPO temperature (Diffusion-DPO SD: 5000; flow_grpo SD3: 100)")
+    beta: float = option(100.0, "DPO temperature on mean-over-dims errors (100: flow_grpo's SD3.5 Flow-DPO, "
+                                "config/dpo.py; the -0.5 * beta convention of Diffusion-DPO)")
     beta_schedule: str = option("constant", "'constant' or 'one_minus_t_sq' (beta (1-t)^2, flow generators only)")
     pairs: str = option("on_policy", "'on_policy' or 'offline'")
     num_samples_per_prompt: int = option(4, "on-policy group size; the pair is its best and worst sample")
@@ -61,7 +62,9 @@ class DPOConfig:
     min_reward_gap: float = option(0.0, "drop on-policy pairs whose reward gap is <= this (ties)")
     timesteps_per_pair: int = option(1, "(noise, t) draws per pair per loss (flow_grpo: 39 over the chain)")
     ref_update_every: int = option(0, "copy policy -> reference every N steps (online DPO); 0 = frozen base")
-    dataset: str | None = option(None, "offline pairs: .jsonl, .parquet, or a saved HF dataset directory", path=True)
+    dataset: str | None = option(None, "offline pairs: Pick-a-Pic parquet shards (caption, jpg_0, jpg_1, label_0) or a "
+                                 "folder of them, .jsonl / .csv (same columns, or prompt, chosen, rejected), or a "
+                                 "saved HF dataset", path=True)
     resolution: int = option(0, "resize offline images to this size before encoding (0 = as stored)")
     sft_weight: float = option(0.0, "optional denoising loss on the winners (Diffusion-DPO ``--sft``-style)")
 
@@ -77,7 +80,14 @@ class DPOConfig:
         if self.timesteps_per_pair < 1:
             raise ValueError("timesteps_per_pair must be >= 1")
         if self.pairs == "offline" and not self.dataset:
-            raise ValueError("pairs=offline needs dataset=PATH (.jsonl, .parquet or a saved HF dataset)")
+            raise ValueError("pairs=offline needs dataset=PATH (Pick-a-Pic parquet shards or a folder of them, a "
+                             ".jsonl / .csv with caption, jpg_0, jpg_1, label_0 or prompt, chosen, rejected, or a "
+                             "saved HF dataset)")
+        if self.pairs == "offline":  # the columns, from the files' schema: fails before any model loads
+            try:
+                check_preference_columns(self.dataset)
+            except (OSError, ValueError) as e:
+                raise type(e)(f"dataset: {e}") from None
         if self.pairs == "on_policy" and self.num_samples_per_prompt < 2:
             raise ValueError("num_samples_per_prompt must be >= 2 to form a (best, worst) pair")
         if self.ref_update_every < 0:
@@ -102,82 +112,59 @@ def dpo_loss(err_w: torch.Tensor, err_l: torch.Tensor, ref_err_w: torch.Tensor, 
 # ---------------------------------------------------------------------------------------------------- offline
 
 
-def _read_records(path: str) -> list[dict[str, Any]]:
-    p = Path(path)
-    if p.is_file() and p.suffix == ".jsonl":
-        recs = []
-        for n, line in enumerate(p.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    recs.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{p}:{n}: not valid JSON ({e})") from None
-        return recs
-    if (p.is_file() and p.suffix == ".parquet") or p.is_dir():
-        try:
-            import datasets  # lazy: an optional dependency, only for .parquet / saved HF datasets
-        except ImportError:
-            raise ImportError(f"reading {p} needs the `datasets` library (pip install datasets); or convert the "
-                              "pairs to JSONL (one {\"prompt\", \"chosen\", \"rejected\"} object per line)") from None
-        ds = datasets.load_dataset("parquet", data_files=str(p), split="train") if p.is_file() \
-            else datasets.load_from_disk(str(p))
-        return [dict(r) for r in ds]
-    if not p.exists():
-        raise FileNotFoundError(f"preference dataset not found: {p}")
-    raise ValueError(f"unsupported preference dataset {p}: use .jsonl, .parquet or a saved HF dataset directory")
-
-
 class PreferencePairs:
-    """Offline (prompt, winner, loser) pairs. Each record has ``prompt`` and either
-
-    * ``chosen`` / ``rejected``, or
-    * ``image_0`` / ``image_1`` / ``label_0`` (Pick-a-Pic v2 columns; ``label_0`` 1 means image 0 wins, 0 image 1,
-      0.5 is a tie and is dropped, as Diffusion-DPO does),
-
-    where an image is a file path (PNG/JPEG/WebP, relative to the dataset file), a ``.safetensors`` file with an
-    encoded ``latent`` tensor, or (HF datasets) a PIL image / ``{"bytes": ...}``."""
+    """Offline (prompt, winner, loser) pairs, read by :class:`rewardflow.io.preferences.PreferenceDataset` (the
+    reader ``rewardflow eval-rewards`` uses): Pick-a-Pic v1 / v2 as published (``caption``, ``jpg_0``, ``jpg_1``,
+    ``label_0``; ``label_0`` 1 means image 0 wins, 0 image 1, 0.5 is a tie and is dropped, as Diffusion-DPO does)
+    or ``prompt`` / ``chosen`` / ``rejected``. A folder with a ``train`` split (Pick-a-Pic's ``train-*.parquet``)
+    trains on that split only. An image is encoded bytes, a file path (PNG/JPEG/WebP, relative to the dataset's
+    folder) or a ``.safetensors`` file with an encoded ``latent`` tensor."""
 
     def __init__(self, path: str, root: str | None = None):
         self.path = path
-        self.root = Path(root) if root else (Path(path).parent if Path(path).is_file() else Path(path))
-        self.pairs: list[tuple[str, Any, Any]] = []
-        for i, r in enumerate(_read_records(path)):
-            if "prompt" not in r and "caption" not in r:
-                raise ValueError(f"{path}: record {i} has no 'prompt' (keys: {sorted(r)})")
-            prompt = r.get("prompt", r.get("caption"))
-            if "chosen" in r and "rejected" in r:
-                self.pairs.append((prompt, r["chosen"], r["rejected"]))
-            elif "image_0" in r and "image_1" in r and "label_0" in r:
-                lab = float(r["label_0"])
-                if lab == 0.5:
-                    continue
-                w, l = (r["image_0"], r["image_1"]) if lab > 0.5 else (r["image_1"], r["image_0"])
-                self.pairs.append((prompt, w, l))
-            else:
-                raise ValueError(f"{path}: record {i} needs chosen/rejected or image_0/image_1/label_0 "
-                                 f"(keys: {sorted(r)})")
-        if not self.pairs:
+        data = PreferenceDataset(path)
+        if len(data._parts) > 1 and any(name == "train" for name, _ in data._parts):
+            data = PreferenceDataset(path, splits=("train",))
+        self.data = data
+        if root:
+            self.data.roots.insert(0, Path(root))
+        self.root = self.data.roots[0]
+        self.index = [i for i, lab in enumerate(self.data.labels()) if lab != 0]  # ties dropped
+        if not self.index:
             raise ValueError(f"{path}: no usable preference pairs (all ties or empty)")
         self._check_files()
 
     def _check_files(self) -> None:
         """Every file a pair names exists (checked now, not at the step that first reads it)."""
-        missing = [(i, item) for i, (_, w, l) in enumerate(self.pairs) for item in (w, l)
-                   if isinstance(item, str) and not (self.root / item).is_file()]
+        used = set(self.index)
+        missing = []
+        for i, item in self.data.string_cells():
+            if i in used and not any((r / item).is_file() for r in self.data.roots) and not Path(item).is_file():
+                missing.append((i, item))
         if missing:
             i, item = missing[0]
             raise FileNotFoundError(
-                f"{self.path}: {len(missing)} file(s) named by the preference pairs do not exist, e.g. pair {i}: "
+                f"{self.path}: {len(missing)} file(s) named by the preference pairs do not exist, e.g. row {i}: "
                 f"{item!r} -> {self.root / item}. Paths are relative to the dataset's folder ({self.root}); fix "
                 "or drop those records")
 
+    def pair(self, k: int) -> tuple[str, Any, Any]:
+        """Pair ``k`` as ``(prompt, winner, loser)`` (a file path or encoded bytes each)."""
+        r = self.data[self.index[k]]
+        return (r.prompt, r.a, r.b) if r.label > 0 else (r.prompt, r.b, r.a)
+
+    @property
+    def pairs(self) -> list[tuple[str, Any, Any]]:
+        """Every pair (reads every row: for small datasets and tests)."""
+        return [self.pair(k) for k in range(len(self))]
+
     def __len__(self) -> int:
-        return len(self.pairs)
+        return len(self.index)
 
     def load_item(self, item: Any, gen, resolution: int = 0) -> torch.Tensor:
         """One winner / loser -> latent [C, H, W] through the generator's own image encoder."""
         if isinstance(item, str) and item.endswith(".safetensors"):
-            f = self.root / item
+            f = Path(item)
             if not f.is_file():
                 raise FileNotFoundError(f"latent file not found: {f}")
             t = load_file(str(f))
@@ -197,14 +184,16 @@ class PreferencePairs:
 
     def _load_image(self, item: Any) -> torch.Tensor:
         if isinstance(item, str):
-            f = self.root / item
+            f = Path(item)
             if f.suffix.lower() not in IMAGE_SUFFIXES:
                 raise ValueError(f"unsupported preference item {item!r}: expected an image file "
                                  f"({', '.join(IMAGE_SUFFIXES)}) or a .safetensors latent")
             if not f.is_file():
                 raise FileNotFoundError(f"image not found: {f}")
             return load_image(f)  # a corrupt / truncated file raises ImageReadError naming it
-        if isinstance(item, dict) and item.get("bytes") is not None:
+        if isinstance(item, (bytes, bytearray)):  # a binary column (Pick-a-Pic v2's jpg_0 / jpg_1)
+            im = Image.open(io.BytesIO(item))
+        elif isinstance(item, dict) and item.get("bytes") is not None:
             im = Image.open(io.BytesIO(item["bytes"]))
         elif hasattr(item, "convert"):
             im = item
@@ -307,13 +296,13 @@ class _DPOBase(Method):
         for i in range(n):
             epoch, pos = divmod(start + i, N)
             perm = torch.randperm(N, generator=torch.Generator().manual_seed(10007 * epoch + 17))
-            p, w, l = self.data.pairs[int(perm[pos])]
+            p, w, l = self.data.pair(int(perm[pos]))
             prompts.append(p)
             xw.append(self.data.load_item(w, gen, self.config.resolution))
             xl.append(self.data.load_item(l, gen, self.config.resolution))
             for item, x in ((w, xw[-1]), (l, xl[-1])):
                 if x.shape != xw[0].shape:  # torch.stack below needs one size
-                    label = item if isinstance(item, str) else type(item).__name__
+                    label = Path(item).name if isinstance(item, str) else type(item).__name__
                     raise ValueError(f"{self.data.path}: preference item {label!r} (prompt {p!r}) gives latents "
                                      f"{tuple(x.shape)} but the batch's first winner gives {tuple(xw[0].shape)}: "
                                      "the pair images differ in size; set resolution=N to resize every pair image "
@@ -363,6 +352,14 @@ class _DPOBase(Method):
             self._ref.load_state_dict(state["ref"], strict=False)
 
 
+@dataclass
+class DiffusionDPOConfig(DPOConfig):
+    """:class:`DPOConfig` with Diffusion-DPO's temperature."""
+
+    beta: float = option(5000.0, "DPO temperature on mean-over-dims errors (5000: Diffusion-DPO's SD 1.5 launcher "
+                                 "--beta_dpo; the -0.5 * beta convention)")
+
+
 @register_method("flow_dpo")
 class FlowDPO(_DPOBase):
     """Flow-DPO (VideoAlign): the DPO loss on a flow generator's velocity errors (same code as Diffusion-DPO)."""
@@ -371,3 +368,5 @@ class FlowDPO(_DPOBase):
 @register_method("diffusion_dpo")
 class DiffusionDPO(_DPOBase):
     """Diffusion-DPO (Wallace et al. 2023): the DPO loss on an epsilon / v generator's errors (same code)."""
+
+    config_class = DiffusionDPOConfig

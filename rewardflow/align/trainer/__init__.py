@@ -27,12 +27,14 @@ What the trainer does:
   (:func:`rewardflow.rewards.base.finite_mask`);
 * atomic checkpoints (written to a temporary directory with a ``manifest.json`` of sizes and sha256 written last,
   fsynced, renamed) holding the trainable weights, the optimizer, lr schedule, EMA, every RNG state, the step and
-  ``method.state_dict()``; ``resume="auto"`` continues from the newest checkpoint that verifies (a corrupt one is
-  skipped with a warning) exactly as an uninterrupted run would have; a failed write (disk full) keeps the earlier
-  checkpoints and raises :class:`CheckpointWriteError` naming the path (docs/usage/robustness.md);
+  ``method.state_dict()``, plus the weights as diffusers loads them (``pytorch_lora_weights.safetensors``, or the
+  fine-tuned ``unet/`` / ``transformer/`` folder written by ``save_pretrained``); ``resume="auto"`` continues
+  from the newest checkpoint that verifies (a corrupt one is skipped with a warning) exactly as an uninterrupted
+  run would have; a failed write (disk full) keeps the earlier checkpoints and raises
+  :class:`CheckpointWriteError` naming the path (docs/usage/robustness.md);
 * one run directory: ``config.yaml`` (resolved), ``metrics.jsonl``, tensorboard events (``report_to``),
-  ``checkpoints/``, ``samples/`` (grids), ``eval.jsonl``, ``reward_curve.png`` and ``final/`` (the LoRA or the
-  trainable weights, EMA applied).
+  ``checkpoints/``, ``samples/`` (grids), ``eval.jsonl``, ``reward_curve.png`` and ``final/`` (the LoRA, or the
+  trainable weights and the fine-tuned denoiser folder; EMA applied).
 
 Methods log collection statistics through ``ctx.log``; by convention ``reward_mean`` is the mean reward of the
 samples collected for the step (drawn on the reward curve).

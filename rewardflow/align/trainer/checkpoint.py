@@ -11,6 +11,7 @@ A failed write (disk full, ...) removes the partial directory, keeps the earlier
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -20,8 +21,10 @@ from pathlib import Path
 
 import safetensors.torch
 import torch
+import yaml
 
 from rewardflow.align.trainer.rng import reseed_process, rng_state, set_rng_state
+from rewardflow.io.paths import respect_umask
 
 
 def fsync_dir(path: Path) -> None:
@@ -49,6 +52,9 @@ def fsync_tree(path: Path) -> None:
 
 MANIFEST = "manifest.json"  # written last inside a checkpoint: every other file with its size and sha256
 CHECKPOINT_FILES = ("trainable.safetensors", "state.pt", "trainer.json")
+# beside them, the weights in a form diffusers loads (CheckpointMixin.write_loadable_weights): the LoRA file, or the
+# fine-tuned denoiser folder (unet/ or transformer/)
+LOADABLE_NAME = "pytorch_lora_weights.safetensors"
 # a sharded checkpoint (strategy fsdp / zero2 / zero3) holds the weights and optimizer state in sharded/, one or more
 # files per process (written by every process, then listed in the manifest by process 0)
 SHARDED_CHECKPOINT_FILES = ("state.pt", "trainer.json")
@@ -151,6 +157,39 @@ def trim_jsonl(path: Path, last_step: int) -> int:
     return dropped
 
 
+# trainer keys a resumed run may change: the run's length, where and how often it records, checkpoints and
+# evaluates, and the devices; every other key changes what the rest of the run computes
+RESUME_FREE_KEYS = ("max_steps", "output_dir", "resume", "resume_allow_changes", "device", "report_to", "run_name",
+                    "log_every", "save_every", "keep_checkpoints", "eval_every", "eval_at_start",
+                    "collective_timeout_s")
+
+
+def _jsonable(v):
+    return json.loads(json.dumps(v, default=list))
+
+
+def saved_run_config(ckpt: Path) -> dict | None:
+    """The resolved config a checkpoint was written with (``trainer.json``; for checkpoints written before it was
+    stored there, the run directory's ``config.yaml``), or None when neither has it."""
+    meta = json.loads((ckpt / "trainer.json").read_text()) if (ckpt / "trainer.json").is_file() else {}
+    if isinstance(meta.get("config"), dict):
+        return meta["config"]
+    cfg = ckpt.parent.parent / "config.yaml"
+    if cfg.is_file():
+        data = yaml.safe_load(cfg.read_text())
+        return data if isinstance(data, dict) else None
+    return None
+
+
+def config_changes(saved: dict | None, current: dict) -> dict[str, tuple]:
+    """``{key: (checkpoint's value, current value)}`` for the keys that differ, except :data:`RESUME_FREE_KEYS`."""
+    if not saved:
+        return {}
+    cur = _jsonable(current)
+    return {k: (saved.get(k), v) for k, v in cur.items()
+            if k not in RESUME_FREE_KEYS and k in saved and _jsonable(saved[k]) != v}
+
+
 class CheckpointMixin:
     """The :class:`~rewardflow.align.trainer.loop.Trainer`'s checkpoint methods (it provides ``config``,
     ``accelerator``, ``method``, ``params``, ``param_names``, ``optimizer``, ``lr_scheduler``, ``ema``, the RNGs,
@@ -189,10 +228,15 @@ class CheckpointMixin:
             per_process = [mine]
         # sharded strategies: every process writes its shard into a staging directory first (None for ddp)
         staged = self.sharding.stage_checkpoint(self.ckpt_dir, self.step)
+        # and the LoRA beside them in diffusers' layout, gathered on process 0 (a sharded full fine-tuning keeps the
+        # shards only: gathering the whole denoiser at every checkpoint would cost a full copy; final/ and best/
+        # hold its folder)
+        loadable = (self.sharding.full_trainable_state(self.param_names, self.params)
+                    if staged is not None and self.trains_generator and self._saves_lora() else None)
         err, final = None, None
         if acc.is_main_process:
             try:
-                final = self._write_checkpoint(mine, method_state, per_process, staged)
+                final = self._write_checkpoint(mine, method_state, per_process, staged, loadable)
             except Exception as e:  # noqa: BLE001 - re-raised below, after the other processes have been told
                 err = e
         # process 0's outcome on every process: a failed write stops them all with the same message instead of
@@ -206,8 +250,8 @@ class CheckpointMixin:
             raise CheckpointWriteError(failed[0], msg) if failed[0] is not None else CheckpointWriteError(msg)
         return final
 
-    def _write_checkpoint(self, mine: dict, method_state: dict, per_process: list, staged: Path | None = None
-                          ) -> Path:
+    def _write_checkpoint(self, mine: dict, method_state: dict, per_process: list, staged: Path | None = None,
+                          loadable: dict | None = None) -> Path:
         """Process 0's part of :meth:`save_checkpoint`: the atomic write and the pruning."""
         final = self.ckpt_dir / f"step_{self.step:07d}"
         tmp = self.ckpt_dir / f".tmp_step_{self.step:07d}"
@@ -231,11 +275,16 @@ class CheckpointMixin:
                         "per_process": per_process}, cur)
             cur = tmp / "trainer.json"
             cur.write_text(json.dumps({"step": self.step, "samples_seen": self.samples_seen,
-                                       "method": self.config.method, "strategy": self.config.strategy,
+                                       "method": self.config.method, "config": _jsonable(self.resolved_config()),
+                                       "strategy": self.config.strategy,
                                        "num_processes": self.accelerator.num_processes}))
+            if staged is None or loadable is not None:  # sharded full fine-tuning: shards only (save_checkpoint)
+                cur = tmp / (LOADABLE_NAME if self._saves_lora() else getattr(self.gen, "lora_component", "unet"))
+                self.write_loadable_weights(tmp, loadable)
             cur = tmp / MANIFEST
             write_manifest(tmp)
             cur = tmp
+            respect_umask(tmp)
             fsync_tree(tmp)
             cur = final
             if final.exists():  # the same step written again (a resumed run redoing it): swap, then delete
@@ -327,6 +376,40 @@ class CheckpointMixin:
                   "process 0 continues its saved random streams, the others reseed (the continuation is "
                   "deterministic but not the uninterrupted run's)", flush=True)
 
+    def _optimizer_from_config(self) -> None:
+        """After a resume with allowed changes: the optimizer's hyperparameters and the lr schedule's base value
+        come from this run's config (the loaded optimizer state carries the old ones), and the current lr is the
+        schedule's value at the restored step."""
+        c, opt, sched = self.config, getattr(self.optimizer, "optimizer", self.optimizer), self.lr_scheduler
+        for g in opt.param_groups:
+            g["initial_lr"], g["weight_decay"] = c.lr, c.weight_decay
+            if "betas" in g:
+                g["betas"], g["eps"] = (c.adam_beta1, c.adam_beta2), c.adam_eps
+        sched.base_lrs = [c.lr] * len(opt.param_groups)
+        lams = getattr(sched, "lr_lambdas", None)
+        if lams is not None:  # diffusers' schedules are LambdaLR
+            for g, lam in zip(opt.param_groups, lams):
+                g["lr"] = c.lr * lam(sched.last_epoch)
+            sched._last_lr = [g["lr"] for g in opt.param_groups]
+
+    def resolved_config(self) -> dict:
+        """The trainer keys and the method's keys as this run uses them (tuples as lists)."""
+        resolved = {**dataclasses.asdict(self.config), **dataclasses.asdict(self.method_config)}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()}
+
+    def check_resume_config(self, path: Path) -> dict[str, tuple]:
+        """Keys this run sets differently from the run that wrote checkpoint ``path``: refused (ValueError naming
+        them) unless ``resume_allow_changes``; then returned, to be recorded."""
+        changes = config_changes(saved_run_config(path), self.resolved_config())
+        if changes and not self.config.resume_allow_changes:
+            listed = ", ".join(f"{k} ({old!r} -> {new!r})" for k, (old, new) in changes.items())
+            raise ValueError(f"resume: {self.run_dir} was trained with other values of {', '.join(changes)}: "
+                             f"{listed} (checkpoint {path.name}). Resuming with changed keys would continue a run "
+                             "whose records say otherwise: set resume_allow_changes=true to continue with the new "
+                             f"values (recorded in {self.run_dir / 'config_changes.jsonl'}), put the old values back, "
+                             "or start a new run (another output_dir, or resume=never)")
+        return changes
+
     def maybe_resume(self) -> bool:
         r = self.config.resume
         if r == "never":
@@ -334,17 +417,49 @@ class CheckpointMixin:
         path = self.latest_checkpoint() if r == "auto" else Path(r)
         if path is None:
             return False
+        changes = self.check_resume_config(path)
         self.load_checkpoint(path)
+        if changes:
+            self._optimizer_from_config()
+        if changes and self.accelerator.is_main_process:
+            with open(self.run_dir / "config_changes.jsonl", "a") as fh:
+                fh.write(json.dumps({"step": self.step, "checkpoint": str(path),
+                                     "changes": {k: {"before": old, "after": new}
+                                                 for k, (old, new) in changes.items()}}) + "\n")
+            print(f"[rewardflow] resume_allow_changes: continuing from step {self.step} with "
+                  + ", ".join(f"{k}={new!r} (was {old!r})" for k, (old, new) in changes.items())
+                  + f"; recorded in {self.run_dir / 'config_changes.jsonl'}", flush=True)
         if self.accelerator.is_main_process:  # the steps after the checkpoint are redone: drop their old records
             for f in ("metrics.jsonl", "eval.jsonl", "hacking.jsonl"):
                 trim_jsonl(self.run_dir / f, self.step)
         print(f"[rewardflow] resumed from {path} at step {self.step}", flush=True)
         return True
 
+    def _saves_lora(self) -> bool:
+        return self.config.lora_rank > 0 and hasattr(self.gen, "save_lora")
+
+    def write_loadable_weights(self, out: Path, full: dict[str, torch.Tensor] | None = None) -> None:
+        """The trained generator weights (EMA applied when EMA is on) in the form diffusers loads, into ``out``:
+        ``pytorch_lora_weights.safetensors`` for a LoRA (``pipe.load_lora_weights(out)``), or the fine-tuned
+        denoiser folder ``unet/`` / ``transformer/`` written by ``save_pretrained`` for full fine-tuning
+        (``UNet2DConditionModel.from_pretrained(out / "unet")``). ``rewardflow sample --lora out`` reads either.
+        Nothing for a method that trains its own module. ``full``: the trainable weights gathered from the shards
+        of a sharded strategy (the module itself holds only this process's shard)."""
+        if not self.trains_generator:
+            return
+        given = {} if full is None else {"state_dict": full}
+        with self._ema_weights():
+            if self._saves_lora():
+                self.gen.save_lora(str(out), **given)
+            elif hasattr(self.gen, "save_denoiser"):
+                self.gen.save_denoiser(str(out), **given)
+
     def save_final(self, name: str = "final", info: dict | None = None) -> Path | None:
-        """``final/`` (or ``name/``): the LoRA (``gen.save_lora``, peft format) or the trainable weights as
-        safetensors; EMA weights when EMA is on; ``info`` as ``NAME.json`` beside them. Written to a temporary
-        directory and renamed, so a crash never leaves a half-written one."""
+        """``final/`` (or ``name/``): the LoRA (``pytorch_lora_weights.safetensors``, diffusers' layout), or for full
+        fine-tuning the trainable weights as safetensors plus the denoiser folder written by ``save_pretrained``
+        (:meth:`write_loadable_weights`); a method's own module through its ``save_pretrained``; EMA weights when
+        EMA is on; ``info`` as ``NAME.json`` beside them. Written to a temporary directory and renamed, so a crash
+        never leaves a half-written one. With a sharded strategy the weights are gathered on process 0 first."""
         # sharded strategies: the whole trainable weights, gathered on process 0 (every process takes part)
         full = self.sharding.full_trainable_state(self.param_names, self.params) if self.trains_generator else None
         if not self.accelerator.is_main_process:
@@ -355,13 +470,13 @@ class CheckpointMixin:
         with self._ema_weights():
             if not self.trains_generator:
                 self.method.save_pretrained(tmp)
-            elif self.config.lora_rank > 0 and hasattr(self.gen, "save_lora"):
-                self.gen.save_lora(str(tmp), **({} if full is None else {"state_dict": full}))
-            else:
+            elif not self._saves_lora():
                 safetensors.torch.save_file(self.trainable_state() if full is None else full,
                                             str(tmp / "trainable.safetensors"))
+        self.write_loadable_weights(tmp, full)
         if info is not None:
             (tmp / f"{name}.json").write_text(json.dumps(info, indent=1))
+        respect_umask(tmp)
         fsync_tree(tmp)
         shutil.rmtree(old, ignore_errors=True)
         if out.exists():

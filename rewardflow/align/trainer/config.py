@@ -23,6 +23,10 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 LR_SCHEDULERS = ("constant", "cosine", "linear", "polynomial", "cosine_with_restarts")
 STRATEGIES = ("ddp", "fsdp", "zero2", "zero3")
+DTYPES = ("fp32", "fp16", "bf16", "float32", "float16", "bfloat16")
+# the TrainConfig keys that are generator options (rewardflow.pipelines.options.GeneratorOptions)
+GENERATOR_OPTION_KEYS = ("height", "width", "num_frames", "dtype", "attention", "gradient_checkpointing",
+                         "vae_slicing", "vae_tiling", "max_sequence_length", "guidance_scale")
 
 
 @dataclass
@@ -36,11 +40,28 @@ class TrainConfig:
     adapter: str | None = option(None, "generator adapter (`rewardflow models`); default: from model_index.json")
     reward: str | None = option(None, "reward spec NAME or NAME:W,NAME:W (a weighted sum); \"\" = none; unset: the "
                                   "model's own (embedded models only)")
+    reward_kwargs: dict[str, dict] = option({}, "options of each reward by name, for reward and heldout_rewards, e.g. "
+                                            "{hpsv2.1: {path: HPS_v2.1_compressed.pt}, clip: {path: FILE, model: "
+                                            "ViT-H-14, logit_scale: true}} (`rewardflow rewards` lists the rewards; "
+                                            "docs/usage/rewards.md their options)")
     prompts: str | None = option(None, "training prompts: a prompt file (one per line, or .jsonl with 'prompt') or a "
                                    "registered source (toy:train); unset: the model's own (embedded models only)",
                                  path=True)
     eval_prompts: str | None = option(None, "held-out evaluation prompts (same forms); \"\" = no evaluation",
                                       path=True)
+    # -- how the model loads (rewardflow.pipelines.options.GeneratorOptions; unset: the pipeline's own default)
+    height: int | None = option(None, "image / video height in pixels (unset: the pipeline's default, e.g. 1024 for "
+                                "SD3 / FLUX, 480 for Wan)")
+    width: int | None = option(None, "image / video width in pixels (unset: the pipeline's default)")
+    num_frames: int | None = option(None, "video models: frames per sample (unset: the pipeline's default)")
+    dtype: str | None = option(None, "dtype of the frozen model weights: fp32, fp16 or bf16 (unset: fp32); trainable "
+                               "LoRA or fine-tuned weights and the optimizer state stay fp32")
+    attention: str | None = option(None, "attention backend: auto (xformers on CUDA when installed, else PyTorch "
+                                   "SDPA), sdpa or xformers (unset: auto)")
+    vae_slicing: bool = option(False, "decode one batch element at a time (memory)")
+    vae_tiling: bool = option(False, "decode in tiles (memory, large images / videos)")
+    max_sequence_length: int | None = option(None, "T5 / UMT5 prompt length of SD3, FLUX, Wan, LTX, CogVideoX (unset: "
+                                             "the pipeline's)")
     eval_per_category: int = option(10, "evaluation prompts per group of a grouped source (the toy's caption categories)")
     eval_hooks: tuple[str, ...] = option((), "extra evaluation hooks (rewardflow.eval.hooks) run on the eval samples, "
                                          "after those the eval prompt source names (toy:heldout -> toy_oracle)")
@@ -50,6 +71,9 @@ class TrainConfig:
     max_steps: int = option(100, "optimizer steps")
     output_dir: str = option("runs/train", "run directory (config, metrics, checkpoints, samples, final/)")
     resume: str = option("auto", "auto (newest intact checkpoint in output_dir, if any), never, or a checkpoint path")
+    resume_allow_changes: bool = option(False, "resume even when keys differ from the checkpoint's run (other than "
+                                        "max_steps, logging, checkpoint and evaluation cadence); the changes are "
+                                        "recorded in output_dir/config_changes.jsonl")
     seed: int = option(0, "seed of the prompt, noise and initialization streams (each process adds its rank)")
     # -- optimization
     lr: float = option(1e-4, "learning rate")
@@ -71,6 +95,11 @@ class TrainConfig:
     lora_rank: int = option(8, "LoRA rank (peft); 0 = full fine-tuning with a frozen copy as the reference")
     lora_alpha: float = option(0.0, "LoRA alpha (0 = lora_rank)")
     lora_targets: tuple[str, ...] = option((), "LoRA target modules (default: the adapter's default_lora_targets)")
+    init_lora: str | None = option(None, "continue training an existing LoRA (a directory with "
+                                   "pytorch_lora_weights.safetensors or a .safetensors file; diffusers or kohya / "
+                                   "A1111 layout) instead of a new one: its rank, alpha and targets replace lora_rank, "
+                                   "lora_alpha and lora_targets; the reference policy stays the base model",
+                                   path=True)
     ema_decay: float = option(0.0, "EMA decay of the trainable weights, used for eval and final/ (0 = no EMA)")
     # -- sampling
     sample_steps: int = option(4, "sampler steps of on-policy rollouts and of evaluation")
@@ -121,6 +150,9 @@ class TrainConfig:
                    f"global_batch_size must be >= 0 (0 = off), got {c.global_batch_size}"),
                   (c.collective_timeout_s > 0, f"collective_timeout_s must be > 0, got {c.collective_timeout_s}"),
                   (c.lora_rank >= 0, f"lora_rank must be >= 0 (0 = full fine-tuning), got {c.lora_rank}"),
+                  (not c.init_lora or c.lora_rank > 0,
+                   "init_lora continues a LoRA: lora_rank must be > 0 (0 is full fine-tuning); the LoRA's own rank "
+                   "is used"),
                   (0.0 <= c.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {c.ema_decay}"),
                   (math.isfinite(c.lr) and c.lr > 0, f"lr must be > 0, got {c.lr}"),
                   (c.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {c.device!r}"),
@@ -128,6 +160,13 @@ class TrainConfig:
                    f"lr_scheduler must be one of {LR_SCHEDULERS}, got {c.lr_scheduler!r}"),
                   (c.lr_warmup_steps >= 0, f"lr_warmup_steps must be >= 0, got {c.lr_warmup_steps}"),
                   (c.best_mode in ("max", "min"), f"best_mode must be max or min, got {c.best_mode!r}"),
+                  (c.dtype is None or c.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {c.dtype!r}"),
+                  (c.attention is None or c.attention in ("auto", "sdpa", "xformers"),
+                   f"attention must be auto, sdpa or xformers, got {c.attention!r}"),
+                  (all(v is None or v >= 1 for v in (c.height, c.width, c.num_frames, c.max_sequence_length)),
+                   "height, width, num_frames and max_sequence_length must be >= 1"),
+                  (all(isinstance(v, dict) for v in c.reward_kwargs.values()),
+                   "reward_kwargs maps each reward name to its options, e.g. {clip: {path: FILE}}"),
                   (c.strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}, got {c.strategy!r}"),
                   (not c.cpu_offload or c.strategy != "ddp",
                    "cpu_offload needs a sharded strategy (strategy=fsdp, zero2 or zero3)"),

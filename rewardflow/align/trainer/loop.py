@@ -13,10 +13,9 @@ from typing import Any
 
 import torch
 import yaml
-from tqdm.auto import tqdm
 
 from rewardflow.align.method import MethodContext, get_method
-from rewardflow.align.trainer.checkpoint import CheckpointMixin
+from rewardflow.align.trainer.checkpoint import CheckpointMixin, trim_jsonl
 from rewardflow.align.trainer.config import TrainConfig, apply_model_defaults
 from rewardflow.align.trainer.distributed import (
     broadcast_from_main,
@@ -41,9 +40,21 @@ from rewardflow.align.trainer.sharding import (
 from rewardflow.align.trainer.zero import ZeRO
 from rewardflow.eval.hooks import check_eval_hooks, run_eval_hooks
 from rewardflow.eval.monitor import RewardHackingMonitor
+from rewardflow.io.manifest import append_manifest_row
+from rewardflow.io.progress import progress
 from rewardflow.io.prompts import load_prompt_source
-from rewardflow.pipelines.registry import load_generator
-from rewardflow.rewards.combine import build_reward
+from rewardflow.pipelines.lora import upcast_trainable
+from rewardflow.pipelines.options import GeneratorOptions, load_generator_with_options
+from rewardflow.rewards.combine import MissingWeightsError, build_reward, parse_reward_spec
+
+
+def generator_options(c: TrainConfig, device=None) -> GeneratorOptions:
+    """The generator options of a training config (gradient checkpointing is switched on by the trainer, after
+    LoRA is attached)."""
+    return GeneratorOptions(height=c.height, width=c.width, num_frames=c.num_frames, dtype=c.dtype,
+                            attention=c.attention, vae_slicing=c.vae_slicing, vae_tiling=c.vae_tiling,
+                            max_sequence_length=c.max_sequence_length, guidance_scale=c.guidance_scale,
+                            device=None if device is None else str(device))
 
 
 class Trainer(CheckpointMixin):
@@ -81,7 +92,7 @@ class Trainer(CheckpointMixin):
             if not c.model:
                 raise ValueError("the config needs `model:` (a diffusers pipeline directory, a hub id, or an "
                                  "embedded model such as toy)")
-            generator = load_generator(c.model, adapter=c.adapter, guidance_scale=c.guidance_scale)
+            generator = load_generator_with_options(c.model, c.adapter, generator_options(c, device=acc.device))
         self.gen = generator
         self.config = c = apply_model_defaults(c, getattr(type(generator), "run_defaults", {}))
         self.gen.guidance_scale = c.guidance_scale
@@ -89,11 +100,14 @@ class Trainer(CheckpointMixin):
             self._move_generator(acc.device)
         self.trains_generator = bool(self.method_cls.trains_generator)
         if self.trains_generator:
-            if c.lora_rank > 0:
+            if c.lora_rank > 0 and c.init_lora:  # continue an existing LoRA (diffusers or kohya / A1111 file)
+                self.gen.load_lora(c.init_lora, trainable=True)
+            elif c.lora_rank > 0:
                 self.gen.add_lora(rank=c.lora_rank, alpha=c.lora_alpha or None,
                                   target_modules=c.lora_targets or None)
             else:
                 self.gen.denoiser.requires_grad_(True)
+                upcast_trainable(self.gen.denoiser)  # fp32 master weights over fp16 / bf16 frozen parts
             if c.gradient_checkpointing:
                 self.gen.enable_gradient_checkpointing()
             self.gen.denoiser.train()
@@ -104,7 +118,7 @@ class Trainer(CheckpointMixin):
 
         # -- reward
         if reward is None and c.reward:
-            reward = self._build_reward(c.reward)
+            reward = self._build_reward(c.reward, c.reward_kwargs)
         self.reward = reward
         if self.reward is not None:
             self.reward.to(acc.device).requires_grad_(False).eval()
@@ -160,7 +174,7 @@ class Trainer(CheckpointMixin):
         check_eval_hooks(self.eval_hook_names)
         # held-out rewards: scored at every eval; a RewardHackingMonitor warns when eval_reward rises while one of
         # them falls (eval/monitor.py)
-        self.heldout = {n.split("(")[0].strip(): self._build_reward(n).to(acc.device).eval()
+        self.heldout = {n.split("(")[0].strip(): self._build_reward(n, c.reward_kwargs).to(acc.device).eval()
                         for n in c.heldout_rewards}
         self.monitor = None
         if self.heldout and acc.is_main_process:
@@ -179,8 +193,14 @@ class Trainer(CheckpointMixin):
             self.gen.denoiser.to(device)
 
     @staticmethod
-    def _build_reward(spec: str):
-        return build_reward(spec)
+    def _build_reward(spec: str, reward_kwargs: dict | None = None):
+        """The reward ``spec`` with the ``reward_kwargs`` of its names; missing weights say which key to set."""
+        names = [n for n, _ in parse_reward_spec(spec)]
+        try:
+            return build_reward(spec, **{n: dict(v) for n, v in (reward_kwargs or {}).items() if n in names})
+        except MissingWeightsError as e:
+            raise e.with_hint(f"give the file in the config: reward_kwargs: {{{e.reward}: {{path: PATH}}}} (or "
+                              f"'reward_kwargs={{{e.reward}: {{path: PATH}}}}' on the command line)") from None
 
     def _gather(self, t: torch.Tensor) -> torch.Tensor:
         return self.accelerator.gather(t) if self.accelerator.num_processes > 1 else t
@@ -203,7 +223,7 @@ class Trainer(CheckpointMixin):
     def describe(self) -> str:
         e = self.effective_batch()
         return (f"[rewardflow] method={self.config.method} trainable parameters={self.params_before:,} "
-                f"({'LoRA r=' + str(self.config.lora_rank) if self.config.lora_rank else 'full fine-tuning'})\n"
+                f"({self._trainable_kind()})\n"
                 f"[rewardflow] effective batch: {e['batch_size']} prompts/process x {e['grad_accum']} grad_accum x "
                 f"{e['num_processes']} processes = {e['prompts_per_step']} prompts per optimizer step; "
                 f"x {e['samples_per_prompt']} samples/prompt = {e['samples_per_step']} samples per optimizer step"
@@ -218,6 +238,15 @@ class Trainer(CheckpointMixin):
                    "prompts, gradients are averaged over processes" if e["num_processes"] > 1 else "")
                 + (f"\n[rewardflow] strategy={self.config.strategy}: {SHARDED_WHAT[self.config.strategy]}"
                    if self.config.strategy != "ddp" else ""))
+
+    def _trainable_kind(self) -> str:
+        c = self.config
+        if not c.lora_rank:
+            return "full fine-tuning"
+        if c.init_lora:
+            cfg = getattr(self.gen.denoiser, "peft_config", {}).get("default")
+            return f"LoRA from {c.init_lora}" + (f", r={cfg.r} alpha={cfg.lora_alpha:g}" if cfg is not None else "")
+        return f"LoRA r={c.lora_rank}"
 
     # ------------------------------------------------------------------ one optimizer step
     def train_step(self) -> dict[str, float]:
@@ -330,7 +359,13 @@ class Trainer(CheckpointMixin):
             out[f"heldout_{name}"] = float(r[torch.isfinite(r)].mean()) if torch.isfinite(r).any() else float("nan")
         out.update(run_eval_hooks(self.eval_hook_names, imgs.cpu(), prompts))
         idx = list(range(0, len(prompts), max(1, len(prompts) // 16)))[:16]
-        save_image_grid(imgs[idx], self.run_dir / "samples" / f"{tag or f'step_{self.step:07d}'}.png", nrow=8)
+        grid = self.run_dir / "samples" / f"{tag or f'step_{self.step:07d}'}.png"
+        shown = [prompts[i] for i in idx]
+        save_image_grid(imgs[idx], grid, nrow=8)
+        # the grid's prompts (row-major) in samples/manifest.json: `rewardflow report` captions the grids with them
+        append_manifest_row(grid.parent, {"file": grid.name, "prompts": shown, "nrow": 8, "step": self.step})
+        if self.reporter is not None:  # tensorboard / wandb: the grid with its prompts
+            self.reporter.log_samples(imgs[idx], shown, self.step)
         return out
 
     def _ema_weights(self):
@@ -354,9 +389,18 @@ class Trainer(CheckpointMixin):
     def train(self) -> dict[str, Any]:
         c, acc = self.config, self.accelerator
         resumed = self.maybe_resume()
+        if resumed and self.step >= c.max_steps:  # a finished run started again: nothing to redo, nothing to add
+            done = self._finished_summary()
+            if done is not None:
+                if acc.is_main_process:
+                    print(f"[rewardflow] {self.run_dir} already finished at step {self.step} (max_steps="
+                          f"{c.max_steps}): nothing to do; raise max_steps to train longer", flush=True)
+                return done
+            if acc.is_main_process:  # stopped between its last checkpoint and the end: only the final eval is redone
+                for f in ("eval.jsonl", "hacking.jsonl"):
+                    trim_jsonl(self.run_dir / f, self.step - 1)
         if acc.is_main_process:
-            resolved = {**dataclasses.asdict(c), **dataclasses.asdict(self.method_config)}
-            resolved = {k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()}
+            resolved = self.resolved_config()
             e = self.effective_batch()
             head = (f"# launched with num_processes={e['num_processes']} ({acc.distributed_type}): "
                     f"{e['batch_size']} prompts/process x {e['grad_accum']} grad_accum x {e['num_processes']} "
@@ -394,8 +438,10 @@ class Trainer(CheckpointMixin):
 
         first = do_eval() if (c.eval_at_start and not resumed) else {}
         t0 = time.time()
-        bar = tqdm(total=c.max_steps, initial=self.step, desc=c.method, disable=not acc.is_main_process,
-                   dynamic_ncols=True)
+        # steps done / to do, seconds per step and the ETA (tqdm's), plus loss, reward and samples per second
+        bar = progress(total=c.max_steps, initial=self.step, desc=c.method, unit="step",
+                       disable=not acc.is_main_process)
+        seen0 = self.samples_seen
         skipped, stopped_early = 0, False
         while self.step < c.max_steps:
             rec = self.train_step()
@@ -408,7 +454,9 @@ class Trainer(CheckpointMixin):
             if self.step % max(1, c.log_every) == 0 or rec["skipped"] or self.step == c.max_steps:
                 self.reporter.log(rec, self.step)
             bar.update(1)
-            bar.set_postfix({k: f"{rec[k]:.4g}" for k in ("loss", "reward_mean") if k in rec})
+            post = {k: f"{rec[k]:.4g}" for k in ("loss", "reward_mean") if k in rec}
+            post["samples/s"] = f"{(self.samples_seen - seen0) / max(time.time() - t0, 1e-9):.3g}"
+            bar.set_postfix(post)
             if c.save_every and self.step % c.save_every == 0 and self.step < c.max_steps:
                 self.save_checkpoint()
             if c.eval_every and self.step % c.eval_every == 0 and self.step < c.max_steps:
@@ -444,6 +492,16 @@ class Trainer(CheckpointMixin):
         if acc.is_main_process:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         return summary
+
+    def _finished_summary(self) -> dict | None:
+        """``summary.json`` of this run when it was written at the current step (the run completed), else None."""
+        f = self.run_dir / "summary.json"
+        try:
+            summary = json.loads(f.read_text()) if f.is_file() else None
+        except ValueError:
+            return None
+        ok = isinstance(summary, dict) and summary.get("steps") == self.step and (self.run_dir / "final").is_dir()
+        return self._main_value(summary if ok else None)
 
     def _make_lr_scheduler(self):
         from diffusers.optimization import (

@@ -1,4 +1,5 @@
-"""Run records: ``metrics.jsonl`` (always), tensorboard or wandb, sample grids and the reward-curve plot."""
+"""Run records: ``metrics.jsonl`` (always), tensorboard or wandb (scalars, and at each evaluation the sample grid
+with its prompts), sample grids and the reward-curve plot."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 from pathlib import Path
 
 import torch
-from torchvision.utils import save_image
+from torchvision.utils import make_grid, save_image
 
 
 class Reporter:
@@ -37,6 +38,7 @@ class Reporter:
             except ImportError as e:
                 raise ImportError("report_to=wandb needs `pip install wandb` (or report_to=tensorboard)") from e
             self.wb = wandb.init(project="rewardflow", name=run_name, config=config, dir=str(run_dir))
+            self._wandb = wandb
 
     def log(self, rec: dict, step: int, file=None) -> None:
         if not self.main:
@@ -49,6 +51,22 @@ class Reporter:
                 self.tb.add_scalar(k, v, step)
         if self.wb is not None:
             self.wb.log(scalars, step=step)
+
+    def log_samples(self, images: torch.Tensor, prompts: list[str], step: int, nrow: int = 8) -> None:
+        """An evaluation's samples ``[N, 3, H, W]`` (videos: first frame) with their prompts: tensorboard gets the
+        grid (``eval/samples``, as ``samples/*.png``) and a table of the prompts by grid position
+        (``eval/prompts``); wandb gets one captioned image per sample (``eval/samples``)."""
+        if not self.main or (self.tb is None and self.wb is None):
+            return
+        images = (images[:, 0] if images.ndim == 5 else images).detach().float().cpu().clamp(0, 1)
+        if self.tb is not None:
+            self.tb.add_image("eval/samples", make_grid(images, nrow=nrow, padding=2, pad_value=1.0), step)
+            rows = "".join(f"| {i // nrow + 1} | {i % nrow + 1} | {p.replace('|', '/')} |\n"
+                           for i, p in enumerate(prompts))
+            self.tb.add_text("eval/prompts", "| row | column | prompt |\n|---|---|---|\n" + rows, step)
+        if self.wb is not None:
+            self.wb.log({"eval/samples": [self._wandb.Image(img, caption=p) for img, p in zip(images, prompts)]},
+                        step=step)
 
     def close(self) -> None:
         if not self.main:

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rewardflow.io.progress import progress
+
 
 @dataclass
 class DemoConfig:
@@ -40,24 +42,85 @@ class DemoConfig:
     weights: tuple[float, ...] = (1.0, 1.0)
 
 
-def _grid(before: torch.Tensor, after: torch.Tensor, passed_b, passed_a, path: Path, cols: int = 10,
-          scale: int = 3) -> None:
-    """Pairs of rows (before / after); a green or red bar under each image shows the oracle verdict."""
-    from PIL import Image
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # scalable (Pillow >= 10.1 with FreeType)
+    except (TypeError, OSError):
+        return ImageFont.load_default()
+
+
+def _wrap(text: str, font, width: int, max_lines: int = 3) -> list[str]:
+    lines, cur = [], ""
+    for word in text.split():
+        trial = f"{cur} {word}".strip()
+        if font.getlength(trial) <= width or not cur:
+            cur = trial
+        else:
+            lines.append(cur)
+            cur = word
+    lines.append(cur)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        while lines[-1] and font.getlength(lines[-1] + "...") > width:
+            lines[-1] = lines[-1][:-1]
+        lines[-1] += "..."
+    return lines
+
+
+PASS, FAIL = (30, 150, 50), (210, 40, 40)
+
+
+def _grid(before: torch.Tensor, after: torch.Tensor, passed_b, passed_a, path: Path, prompts=None, cols: int = 10,
+          scale: int = 4, title: str = "") -> None:
+    """One block per prompt: the image before (top) and after (bottom), a green / red bar under each for the exact
+    oracle's verdict, and below them the prompt and the verdicts in words (``fail -> pass``); row labels on the
+    left, a title and legend on top."""
+    from PIL import Image, ImageDraw
 
     n, _, h, w = before.shape
-    H, W = h * scale, w * scale
+    prompts = list(prompts) if prompts is not None else [""] * n
+    H, W, gap, left, bar = h * scale, w * scale, 12, 58, 5
+    font, small, bold = _font(12), _font(11), _font(14)
+    cap_lines = 5  # up to 4 lines of prompt + the verdict line
+    block_h = 2 * (H + bar + 4) + cap_lines * 14 + 10
+    head = 50
     rows = (n + cols - 1) // cols
-    canvas = np.full((rows * (2 * (H + 4) + 6), cols * (W + 2), 3), 40, np.uint8)
+    canvas = Image.new("RGB", (left + cols * (W + gap), head + rows * (block_h + gap)), (255, 255, 255))
+    d = ImageDraw.Draw(canvas)
+    d.text((8, 6), title or "rewardflow demo", fill=(0, 0, 0), font=bold)
+    legend = [("each prompt: before on top, after below; the bar and the verdict under the prompt are the exact "
+               "oracle's: ", (60, 60, 60)), ("pass", PASS), (" / ", (60, 60, 60)), ("fail", FAIL)]
+    x = 8
+    for text, color in legend:
+        d.text((x, 28), text, fill=color, font=small)
+        x += d.textlength(text, font=small)
     for i in range(n):
         r, c = divmod(i, cols)
+        x0, y0 = left + c * (W + gap), head + r * (block_h + gap)
         for k, (img, ok) in enumerate(((before[i], passed_b[i]), (after[i], passed_a[i]))):
-            y = r * (2 * (H + 4) + 6) + k * (H + 4)
-            x = c * (W + 2)
-            arr = (img.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-            canvas[y:y + H, x:x + W] = np.kron(arr, np.ones((scale, scale, 1), np.uint8))
-            canvas[y + H:y + H + 3, x:x + W] = (40, 200, 60) if ok else (220, 40, 40)
-    Image.fromarray(canvas).save(path)
+            y = y0 + k * (H + bar + 4)
+            arr = (img.permute(1, 2, 0).detach().cpu().clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+            canvas.paste(Image.fromarray(np.kron(arr, np.ones((scale, scale, 1), np.uint8))), (x0, y))
+            d.rectangle([x0, y + H + 1, x0 + W - 1, y + H + bar], fill=PASS if ok else FAIL)
+            if c == 0:
+                label = "before" if k == 0 else "after"
+                d.text((8, y + H // 2 - 7), label, fill=(0, 0, 0), font=font)
+        ty = y0 + 2 * (H + bar + 4) + 2
+        for line in _wrap(prompts[i], small, W, max_lines=cap_lines - 1):
+            d.text((x0, ty), line, fill=(20, 20, 20), font=small)
+            ty += 14
+        ty = y0 + 2 * (H + bar + 4) + 2 + (cap_lines - 1) * 14
+        change = ("  fixed" if passed_a[i] and not passed_b[i] else "  broken" if passed_b[i] and not passed_a[i]
+                  else "")
+        parts = [("pass" if passed_b[i] else "fail", PASS if passed_b[i] else FAIL), (" -> ", (60, 60, 60)),
+                 ("pass" if passed_a[i] else "fail", PASS if passed_a[i] else FAIL), (change, (0, 0, 0))]
+        xx = x0
+        for text, color in parts:
+            d.text((xx, ty), text, fill=color, font=small)
+            xx += d.textlength(text, font=small)
+    canvas.save(path)
 
 
 def run_demo(out: str | Path | None = "demo_out", config: DemoConfig | None = None, generator_path=None,
@@ -87,20 +150,29 @@ def run_demo(out: str | Path | None = "demo_out", config: DemoConfig | None = No
     noise = torch.randn((n, 1, *gen.latent_shape), generator=g)
     noise = torch.cat([noise, torch.randn((n, cfg.n_candidates - 1, *gen.latent_shape), generator=g)], 1)
 
+    stages = 3 + int(cfg.control)
     # 1. before: the candidate-0 noise, plain sampling
+    bar = progress(total=n, desc=f"demo 1/{stages}: before (1 sample)", unit="prompt")
     with torch.no_grad():
         before = gen.decode(gen.sample(gen.encode_prompts(prompts), cfg.steps, noise=noise[:, 0]).final)
         r_before = reward(before, prompts)
     rep_before = oracle_report(before, prompts)
+    bar.update(n)
+    bar.close()
     # 2. best-of-N start
+    bar = progress(total=n * cfg.n_candidates, desc=f"demo 2/{stages}: best-of-{cfg.n_candidates}", unit="sample")
     t_b = time.time()
     bon = best_of_n(gen, reward, prompts, cfg.n_candidates, cfg.steps, noise=noise)
     t_bon = time.time() - t_b
     rep_bon = oracle_report(bon.images, prompts)
+    bar.update(n * cfg.n_candidates)
+    bar.close()
     # 3. ReNO from the selected noise
     reno = ReNO(gen, reward, ReNOConfig(iterations=cfg.iterations, lr=cfg.lr, optimizer=cfg.optimizer,
                                         grad_clip=cfg.grad_clip, reg_weight=cfg.reg_weight, steps=cfg.steps))
-    res = reno.optimize(prompts, bon.noise)
+    bar = progress(total=cfg.iterations, desc=f"demo 3/{stages}: ReNO", unit="it")
+    res = reno.optimize(prompts, bon.noise, callback=lambda it, r: bar.update(1))
+    bar.close()
     rep_after = oracle_report(res.images, prompts)
     seconds = time.time() - t_start
     control = None
@@ -109,7 +181,10 @@ def run_demo(out: str | Path | None = "demo_out", config: DemoConfig | None = No
         m = cfg.n_candidates + max(1, round(res.seconds / max(t_bon / cfg.n_candidates, 1e-6)))
         more = torch.randn((n, m - cfg.n_candidates, *gen.latent_shape), generator=g)
         t_c = time.time()
+        bar = progress(total=n * m, desc=f"demo 4/{stages}: control best-of-{m}", unit="sample")
         ctrl = best_of_n(gen, reward, prompts, m, cfg.steps, noise=torch.cat([noise, more], 1))
+        bar.update(n * m)
+        bar.close()
         control = {"m": m, "oracle_accuracy": oracle_report(ctrl.images, prompts)["accuracy"],
                    "reward_mean": float(ctrl.scores.mean()), "seconds": round(time.time() - t_c + t_bon, 2)}
 
@@ -141,11 +216,15 @@ def run_demo(out: str | Path | None = "demo_out", config: DemoConfig | None = No
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        _grid(before, res.images, rep_before["passed"], rep_after["passed"], out / "before_after.png")
+        title = (f"ReNO on {n} held-out prompts: oracle accuracy {100 * rep_before['accuracy']:.0f}% -> "
+                 f"{100 * rep_after['accuracy']:.0f}% (best-of-{cfg.n_candidates} start + {cfg.iterations} ReNO "
+                 "iterations)")
+        _grid(before, res.images, rep_before["passed"], rep_after["passed"], out / "before_after.png", prompts,
+              title=title)
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
         if verbose:
-            print(f"wrote {out / 'before_after.png'} (top row of each pair: before, bottom: after; "
-                  f"bar = oracle pass/fail) and {out / 'summary.json'}")
+            print(f"wrote {out / 'before_after.png'} (each prompt: before on top, after below, the oracle's verdict "
+                  f"under each) and {out / 'summary.json'}")
     return summary
 
 

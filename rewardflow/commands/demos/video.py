@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from rewardflow.io.progress import progress
+
 
 @dataclass
 class VideoDemoConfig:
@@ -81,13 +83,22 @@ def run_video_demo(out: str | Path, cfg: VideoDemoConfig | None = None, generato
     noise = torch.randn((len(prompts), cfg.n_candidates, *gen.latent_shape), generator=g)
 
     stages: dict[str, dict] = {}
+    n = len(prompts)
+    bar = progress(total=n, desc="video demo 1/3: before (1 sample)", unit="prompt")
     with torch.no_grad():
         before = gen.generate(prompts, cfg.steps, noise=noise[:, 0])
         r_before = reward(before, prompts)
+    bar.update(n)
+    bar.close()
+    bar = progress(total=n * cfg.n_candidates, desc=f"video demo 2/3: best-of-{cfg.n_candidates}", unit="sample")
     bon = best_of_n(gen, reward, prompts, cfg.n_candidates, cfg.steps, noise=noise)
+    bar.update(n * cfg.n_candidates)
+    bar.close()
     reno = ReNO(gen, reward, ReNOConfig(iterations=cfg.iterations, lr=cfg.lr, grad_clip=cfg.grad_clip,
                                         reg_weight=cfg.reg_weight, steps=cfg.steps, seed=cfg.seed))
-    res = reno.optimize(prompts, noise=bon.noise)
+    bar = progress(total=cfg.iterations, desc="video demo 3/3: ReNO", unit="it")
+    res = reno.optimize(prompts, noise=bon.noise, callback=lambda it, r: bar.update(1))
+    bar.close()
     videos = {"before": before, "best_of_n": bon.images, "reno": res.images}
     rewards = {"before": r_before, "best_of_n": bon.scores, "reno": res.best_reward}
     for k, v in videos.items():
