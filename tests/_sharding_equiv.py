@@ -81,15 +81,16 @@ def run_resume(strategy: str, pipe_dir, out_dir, rank: int = 0, world: int = 1) 
     return {"a": (recs_a[1:], state_a), "b": (recs_b, state_b), "files": files}
 
 
-def run_sd3_final(strategy: str, sd3_dir, out_dir, rank: int = 0, world: int = 1) -> dict:
-    """LoRA on a tiny SD3 (transformer blocks sharded) for one step, then final/ (gathered on process 0)."""
+def run_sd3_final(strategy: str, sd3_dir, out_dir, rank: int = 0, world: int = 1, lora_rank: int = 4) -> dict:
+    """A tiny SD3 (transformer blocks sharded), LoRA or full fine-tuning (``lora_rank=0``), one step, then final/
+    (gathered on process 0)."""
     from rewardflow.pipelines.registry import load_generator
     from tests.trainer_utils import Brightness, make_trainer
 
     gen = load_generator(str(sd3_dir), guidance_scale=1.0)
-    tr = make_trainer(Path(out_dir) / f"sd3_{strategy}", None, "draft", reward=Brightness(), generator=gen,
-                      prompts="toy:train", batch_size=1, lora_rank=4, k=1, max_steps=1, optimizer="adamw", lr=1e-2,
-                      strategy=strategy)
+    tr = make_trainer(Path(out_dir) / f"sd3_{strategy}_{lora_rank}", None, "draft", reward=Brightness(),
+                      generator=gen, prompts="toy:train", batch_size=1, lora_rank=lora_rank, k=1, max_steps=1,
+                      optimizer="adamw", lr=1e-2 if lora_rank else 1e-4, strategy=strategy)
     rec = tr.train_step()
     tr.step += 1
     final = tr.save_final()
@@ -107,9 +108,10 @@ def main(argv: list[str]) -> None:
         strategy, case = job.split(":")
         if case == "resume":
             res = run_resume(strategy, pipe_dir, out_dir, rank, world)
-        elif case.startswith("sd3="):  # sd3=DIR: the tiny SD3 pipeline directory
-            res = run_sd3_final(strategy, case[4:], out_dir, rank, world)
-            case = "sd3"
+        elif case.startswith(("sd3=", "sd3full=")):  # sd3=DIR / sd3full=DIR: the tiny SD3 pipeline directory
+            kind, sd3 = case.split("=", 1)
+            res = run_sd3_final(strategy, sd3, out_dir, rank, world, lora_rank=4 if kind == "sd3" else 0)
+            case = kind
         else:
             res = run_case(case, strategy, pipe_dir, out_dir, rank, world)
         if rank == 0:

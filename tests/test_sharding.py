@@ -39,7 +39,8 @@ def sharded_runs(tmp_path_factory, tiny_pipe_dir):
     out = tmp_path_factory.mktemp("sharded")
     sd3 = out / "sd3_pipe"
     build_tiny_sd3(sd3)
-    jobs = [f"{s}:{c}" for s in STRATEGIES for c in CASES] + [f"{s}:resume" for s in STRATEGIES] + [f"fsdp:sd3={sd3}"]
+    jobs = ([f"{s}:{c}" for s in STRATEGIES for c in CASES] + [f"{s}:resume" for s in STRATEGIES]
+            + [f"fsdp:sd3={sd3}", f"zero3:sd3full={sd3}"])
     res = _torchrun(["tests/_sharding_equiv.py", str(out), str(tiny_pipe_dir), *jobs], timeout=1200)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     runs = {p.stem: torch.load(p, weights_only=False) for p in out.glob("*.pt")}
@@ -104,6 +105,7 @@ def test_sharded_checkpoint_resumes_exactly(sharded_runs, strategy):
     expect = ({"sharded/__0_0.distcp", "sharded/__1_0.distcp", "sharded/.metadata"} if strategy == "fsdp" else
               {f"sharded/zero/zero_pp_rank_{i}_mp_rank_00_optim_states.pt" for i in (0, 1)})
     assert expect <= set(shards) and "trainable.safetensors" not in r["files"]
+    assert "pytorch_lora_weights.safetensors" in r["files"]  # the LoRA, gathered, beside the shards
     ckpt = sharded_runs["out"] / f"resume_{strategy}" / "checkpoints" / "step_0000001"
     assert verify_checkpoint(ckpt) is None
     victim = ckpt / sorted(expect)[0]
@@ -126,6 +128,24 @@ def test_final_lora_from_fsdp_shards_loads_in_plain_diffusers(sharded_runs):
     assert set(loaded) == set(r["state"]) and len(loaded) >= 8
     assert all(torch.equal(loaded[k], r["state"][k]) for k in loaded)
     assert max(float(v.abs().max()) for k, v in r["state"].items() if "lora_B" in k) > 1e-3  # trained, not zero
+
+
+def test_final_full_fine_tune_from_zero3_shards_is_a_diffusers_folder(sharded_runs):
+    """Full fine-tuning of the tiny SD3 with strategy=zero3: final/transformer is gathered on process 0 and
+    ``SD3Transformer2DModel.from_pretrained`` reads exactly the trained weights (fp32 masters)."""
+    from diffusers import SD3Transformer2DModel
+    from safetensors.torch import load_file
+
+    r = sharded_runs["runs"]["zero3_sd3full"]
+    assert not r["rec"]["skipped"]
+    model = SD3Transformer2DModel.from_pretrained(str(Path(r["final"]) / "transformer"))
+    params = dict(model.named_parameters())
+    assert set(params) == set(r["state"]) and len(params) > 20
+    assert all(torch.equal(params[k].detach(), r["state"][k]) for k in params)
+    base = SD3Transformer2DModel.from_pretrained(str(sharded_runs["sd3"] / "transformer"))
+    assert any(not torch.equal(p, params[n]) for n, p in base.named_parameters())  # trained, not the base
+    trainable = load_file(str(Path(r["final"]) / "trainable.safetensors"))
+    assert all(torch.equal(trainable[k], r["state"][k]) for k in trainable)
 
 
 # ------------------------------------------------------------------------------------------------ start-up checks
