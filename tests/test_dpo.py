@@ -144,7 +144,8 @@ def test_offline_pairs_from_jsonl_images_and_latents(tmp_path, tiny_pipe_dir):
     # Pick-a-Pic v2's own parquet columns: jpg_0 / jpg_1 with label_0, the caption as the prompt
     (tmp_path / "pickapic.jsonl").write_text(json.dumps({"caption": "a cat", "jpg_0": "l.png", "jpg_1": "w.png",
                                                          "label_0": 0.0}))
-    assert PreferencePairs(str(tmp_path / "pickapic.jsonl")).pairs == [("a cat", "w.png", "l.png")]
+    assert PreferencePairs(str(tmp_path / "pickapic.jsonl")).pairs == [  # paths resolve against the file's folder
+        ("a cat", str(tmp_path / "w.png"), str(tmp_path / "l.png"))]
 
 
 def test_offline_pairs_from_a_folder_of_pickapic_parquet_shards(tmp_path, tiny_pipe_dir):

@@ -96,7 +96,7 @@ def test_saved_weights_follow_the_umask(tmp_path, tiny_pipe_dir, trained_lora):
     run = trained_lora[0].parent
     want = 0o666 & ~current_umask()
     files = [run / "final" / "pytorch_lora_weights.safetensors", *run.glob("checkpoints/step_*/*.safetensors")]
-    assert len(files) == 2
+    assert len(files) == 3  # final/ + the checkpoint's trainable weights and its loadable LoRA
     for f in files:
         assert stat.S_IMODE(f.stat().st_mode) == want, f
     old = os.umask(0o002)

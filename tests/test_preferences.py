@@ -86,8 +86,14 @@ def test_a_missing_column_is_named_before_any_model_loads(tmp_path, capsys):
                    tmp_path / "urls.parquet")
     with pytest.raises(ValueError, match="_no_images"):
         check_preference_columns(tmp_path / "urls.parquet")
-    with pytest.raises(FileNotFoundError, match="preference dataset not found"):
-        DPOConfig(pairs="offline", dataset=str(tmp_path / "none.parquet"))
+    # a dataset that does not exist yet: --print-config still shows the config (recipes name files to download);
+    # the run itself stops at start, before the model loads, naming the key
+    DPOConfig(pairs="offline", dataset=str(tmp_path / "none.parquet"))
+    assert main(["train", cfg, "pairs=offline", f"dataset={tmp_path / 'none.parquet'}",
+                 f"output_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rewardflow: error: dataset: not found: ") and "none.parquet" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_shard_folder_splits(tmp_path):

@@ -80,7 +80,7 @@ def _run(a) -> int:
     if a.print_config:
         print(json.dumps({**dataclasses.asdict(tcfg), **dataclasses.asdict(mcfg)}, indent=1, default=list))
         return 0
-    tcfg = preflight(tcfg)  # cheap input checks before a (possibly large) model loads
+    tcfg = preflight(tcfg, mcfg)  # cheap input checks before a (possibly large) model loads
     summary = Trainer(tcfg, mcfg).train()
     if int(os.environ.get("RANK", "0") or 0) != 0:  # several processes: the run's summary is printed once
         return 0
@@ -103,10 +103,11 @@ def check_recipe_command(path: str, command: str) -> None:
         raise ValueError(f"{path} is a `rewardflow {other}` recipe: run `rewardflow {other} --config {path}`")
 
 
-def preflight(tcfg):
+def preflight(tcfg, mcfg=None):
     """Fail in seconds, not after the model loaded: the model's adapter is known, the run names its prompts (or the
-    model supplies them), prompt files exist and hold prompts, reward names are known. Returns the config with the
-    model's defaults applied."""
+    model supplies them), prompt files and the method's input files (e.g. an offline dataset) exist, reward names are
+    known. Returns the config with the model's defaults applied."""
+    import dataclasses
     import os
 
     from rewardflow.align.trainer import apply_model_defaults
@@ -124,6 +125,11 @@ def preflight(tcfg):
 
     if tcfg.init_lora and not os.path.exists(tcfg.init_lora):
         raise FileNotFoundError(f"init_lora: LoRA directory or file not found: {tcfg.init_lora}")
+    for f in dataclasses.fields(mcfg) if mcfg is not None else ():
+        value = getattr(mcfg, f.name)
+        if f.metadata.get("path") and value and not os.path.exists(value):
+            raise FileNotFoundError(f"{f.name}: not found: {value} (relative paths in a config file are looked up "
+                                    "next to it, then under assets/, then in the working directory)")
     for key in ("prompts", "eval_prompts"):
         spec = getattr(tcfg, key)
         if not spec:

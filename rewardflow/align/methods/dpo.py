@@ -83,7 +83,9 @@ class DPOConfig:
             raise ValueError("pairs=offline needs dataset=PATH (Pick-a-Pic parquet shards or a folder of them, a "
                              ".jsonl / .csv with caption, jpg_0, jpg_1, label_0 or prompt, chosen, rejected, or a "
                              "saved HF dataset)")
-        if self.pairs == "offline":  # the columns, from the files' schema: fails before any model loads
+        if self.pairs == "offline" and Path(self.dataset).exists():
+            # the columns, from the files' schema, before any model loads (a missing dataset is reported when the
+            # run starts, so `--print-config` of a recipe works before its data is downloaded)
             try:
                 check_preference_columns(self.dataset)
             except (OSError, ValueError) as e:
