@@ -332,6 +332,31 @@ def test_sharded_options_evaluation_and_best_dir(tmp_path, options):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("strategy,precision", [("fsdp", "no"), ("fsdp", "bf16"), ("zero3", "bf16"), ("zero2", "no")])
+def test_bf16_frozen_weights_with_fp32_lora(tmp_path, strategy, precision):
+    """A tiny SD3 loaded with dtype=bf16 (frozen weights in bf16, the LoRA upcast to fp32) trains under each
+    sharded strategy; the memory report shows the bf16 frozen weights."""
+    import yaml
+
+    from rewardflow.testing.tiny_flow import build_tiny_sd3
+
+    build_tiny_sd3(tmp_path / "sd3")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"method": "draft", "model": str(tmp_path / "sd3"), "reward": "toy_clip",
+                                   "prompts": "toy:train", "eval_prompts": "", "eval_at_start": False,
+                                   "report_to": "none", "max_steps": 2, "batch_size": 1, "sample_steps": 2,
+                                   "lora_rank": 4, "guidance_scale": 1.0, "k": 1, "dtype": "bf16",
+                                   "strategy": strategy, "mixed_precision": precision,
+                                   "output_dir": str(tmp_path / "run")}))
+    res = _torchrun(["-m", "rewardflow", "train", str(cfg)], timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["skipped_steps"] == 0 and s["strategy"] == strategy
+    assert "bfloat16" in s["memory"]["parameters"]
+    assert (tmp_path / "run" / "final" / "pytorch_lora_weights.safetensors").is_file()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_kill_9_mid_run_and_resume_auto_continues_exactly(tmp_path, tiny_pipe_dir, strategy):
     """An uninterrupted 4-step run against one killed with SIGKILL (the whole launch) once its step-2 checkpoint

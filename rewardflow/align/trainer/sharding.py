@@ -296,7 +296,7 @@ class ShardedStrategy(DataParallel):
 
 
 def _mib(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB"
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 or n == 0 else f"{n / 2**10:.1f} KiB"
 
 
 def describe_memory(rep: dict) -> str:
