@@ -2,8 +2,8 @@
 the union batch, resumes exactly from its sharded checkpoint, writes a final/ LoRA plain diffusers loads, reports its
 memory; the launcher's accelerate config maps onto the same strategies; unsupported combinations are refused at start.
 
-The 2-process runs share one ``torchrun`` launch (module fixture ``sharded_runs``, ~1-2 min on 2 cores; the first
-DeepSpeed run on a machine also JIT-compiles DeepSpeed's small shared-memory op, cached in ~/.cache/torch_extensions).
+The 2-process runs share one ``torchrun`` launch (module fixture ``sharded_runs``, ~1-2 min on 2 cores; on CPU the
+trainer keeps DeepSpeed from JIT-compiling its shared-memory inference op, so nothing lands in ~/.cache/torch_extensions).
 The command-line runs (``rewardflow train ... strategy=S``, kill -9 + resume=auto, accelerate launch) are slow-marked:
 ``HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python -m pytest -q -m slow tests/test_sharding.py``.
 """

@@ -6,6 +6,7 @@ only when a ZeRO strategy is used."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import math
 from pathlib import Path
@@ -39,6 +40,12 @@ class ZeRO(ShardedStrategy):
                              f"itself: managed_gradient_accumulation=false); found {deepspeed.__version__}. "
                              "pip install --no-build-isolation 'deepspeed>=0.19.8'")
         ensure_process_group(self.acc)
+        if self.acc.device.type == "cpu":
+            # DeepSpeed's CPU accelerator compiles a shared-memory all-reduce op (C++, minutes on first use) when its
+            # communication backend starts; only DeepSpeed inference (inference_all_reduce) uses it, training
+            # collectives go through torch.distributed (gloo), so it is not built. (importlib: the package
+            # `deepspeed.comm` re-exports the torch library under the same name as its submodule `torch`.)
+            importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
         n = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
         cfg = deepspeed_config(self.config, n)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=gen.denoiser, optimizer=optimizer, config=cfg)
