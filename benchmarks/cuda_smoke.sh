@@ -13,6 +13,10 @@
 #      PASS = exit 0 and every reward's file-path score within 1e-3 of the official call pattern with no ranking
 #      swap (cuDNN may pick other kernels per batch size); the images/s table is printed and kept in
 #      OUT/reward_throughput.json.
+#   4. sharding: the toy DRaFT config for 2 steps in bf16 with strategy=fsdp and strategy=zero3, LoRA and full
+#      fine-tuning (lora_rank=0; once each with cpu_offload=true), 1 process and 2 processes (SKIP without 2 GPUs);
+#      PASS = exit 0, summary.json with the strategy and num_processes and no skipped step; the per-process
+#      parameter bytes of the memory report are printed (2 processes hold half of 1 process's).
 # Exit status: the number of FAIL lines (0 = all passed).
 set -u
 OUT=${1:-/tmp/rewardflow_cuda_smoke}
@@ -115,6 +119,45 @@ EOF
 )
 if [ $rc -eq 0 ] && [ "$check" = ok ]; then report PASS "$name" ""; else
   report FAIL "$name" "rc=$rc ${check//$'\n'/ } log=$OUT/reward_throughput.log"; fi
+
+# ---------------------------------------------------------------- 4. sharding (fsdp, zero3), bf16
+SHARD_CASES=("fsdp lora_rank=8" "fsdp lora_rank=0" "fsdp lora_rank=0 cpu_offload=true"
+             "zero3 lora_rank=8" "zero3 lora_rank=0" "zero3 lora_rank=0 cpu_offload=true")
+for case in "${SHARD_CASES[@]}"; do
+  read -r strategy rest <<< "$case"
+  for np in 1 2; do
+    name="shard[$strategy ${rest// /,},procs=$np]"
+    if [ "$np" -gt "$NGPU" ]; then
+      report SKIP "$name" "(needs $np GPUs, found $NGPU)"
+      continue
+    fi
+    port=$((port + 1))
+    run="$OUT/shard_${strategy}_${rest//[ =]/_}_np$np"
+    rm -rf "$run"
+    t0=$(date +%s)
+    # shellcheck disable=SC2086  # rest holds several key=value words
+    torchrun --nproc_per_node "$np" --master_port "$port" -m rewardflow train configs/toy/draft.yaml \
+      "${COMMON[@]}" "strategy=$strategy" $rest "output_dir=$run" > "$run.log" 2>&1
+    rc=$?
+    check=$($PY - "$run" "$np" "$strategy" <<'EOF' 2>&1
+import json, sys
+from pathlib import Path
+run, np_, strategy = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+s = json.loads((run / "summary.json").read_text())
+assert s["strategy"] == strategy and s["num_processes"] == np_, (s["strategy"], s["num_processes"])
+assert s["skipped_steps"] == 0, f"{s['skipped_steps']} skipped (non-finite) steps"
+m = s["memory"]
+print(f"params/process {m['parameter_bytes'] / 2**20:.1f} MiB, trainable here {m['trainable_parameters_local']:,}")
+print("ok")
+EOF
+)
+    if [ $rc -eq 0 ] && [ "${check##*$'\n'}" = ok ]; then
+      report PASS "$name" "$(( $(date +%s) - t0 ))s ${check%%$'\n'*}"
+    else
+      report FAIL "$name" "rc=$rc ${check//$'\n'/ } log=$run.log"
+    fi
+  done
+done
 
 echo "failures: $fails"
 exit "$fails"

@@ -86,6 +86,14 @@ class Method:
         """Whether the last :meth:`collect` drew new samples (False when it re-served a cached rollout)."""
         return self.reuse is None or self.reuse.fresh
 
+    @classmethod
+    def sharding_conflict(cls, config, strategy: str) -> str | None:
+        """Why this method with ``config`` cannot train under a sharded ``strategy`` (fsdp, zero2, zero3), or None.
+        Sharded strategies run the denoiser in lockstep (every forward / backward is a collective), so a method
+        whose number of denoiser calls is drawn per process, or that keeps its own unsharded copy of the denoiser,
+        says so here; the trainer refuses the run at start with this reason."""
+        return None
+
     def trainable_module(self) -> torch.nn.Module | None:
         """The module whose parameters the trainer optimizes when ``trains_generator`` is False."""
         return None

@@ -31,7 +31,11 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from rewardflow.pipelines.lora import LoraMixin
 from rewardflow.pipelines.parametrization import ParametrizationMixin, StepOutput
 
-__all__ = ["Conditioning", "Generator", "StepOutput", "Trajectory", "prompt_list"]
+__all__ = ["UNET_BLOCK_CLASSES", "Conditioning", "Generator", "StepOutput", "Trajectory", "prompt_list"]
+
+# the blocks of diffusers' UNet2DConditionModel (down, mid, up): the units strategy=fsdp shards a UNet by
+UNET_BLOCK_CLASSES = ("DownBlock2D", "CrossAttnDownBlock2D", "UNetMidBlock2DCrossAttn", "CrossAttnUpBlock2D",
+                      "UpBlock2D")
 
 
 def prompt_list(prompts: Sequence[str]) -> list[str]:
@@ -103,6 +107,9 @@ class Generator(ParametrizationMixin, LoraMixin):
     # embedded models that ship their own world (the toy) also "reward", "prompts", "eval_prompts",
     # "diversity_encoder"
     run_defaults: dict[str, Any] = {"steps": 30}
+    # class names of the denoiser's transformer / UNet blocks: strategy=fsdp shards each of them, then the whole
+    # denoiser (rewardflow/align/trainer/fsdp.py)
+    shard_block_classes: tuple[str, ...] = ()
     denoiser: torch.nn.Module
     scheduler: Any
 
@@ -122,7 +129,10 @@ class Generator(ParametrizationMixin, LoraMixin):
 
     @property
     def device(self) -> torch.device:
-        return next(self.denoiser.parameters()).device
+        # a sharded denoiser may keep its parameters in CPU memory (offload) and compute on the accelerator: the
+        # trainer then sets _compute_device (rewardflow/align/trainer/fsdp.py, zero.py)
+        dev = getattr(self, "_compute_device", None)
+        return dev if dev is not None else next(self.denoiser.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:

@@ -55,6 +55,7 @@ class CogVideoXGenerator(VideoGenerator):
     pipeline_class = "CogVideoXPipeline"
     # the targets of diffusers' examples/cogvideo/train_cogvideox_lora.py
     default_lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
+    shard_block_classes = ("CogVideoXBlock",)
 
     def __init__(self, pipe, guidance_scale: float = 6.0, num_frames: int = 49, height: int = 480,
                  width: int = 720, max_sequence_length: int | None = None):

@@ -49,6 +49,7 @@ class FluxGenerator(FlowTransformerGenerator):
     # FluxPipeline.__call__ defaults: distilled guidance 3.5, T5 length 512 (1024 px from the transformer config)
     default_guidance_scale = 3.5
     default_max_sequence_length = 512
+    shard_block_classes = ("FluxTransformerBlock", "FluxSingleTransformerBlock")
 
     def __init__(self, pipe, guidance_scale: float | None = None, height: int | None = None,
                  width: int | None = None, max_sequence_length: int | None = None,

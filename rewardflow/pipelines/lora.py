@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
+from safetensors.torch import save_file
 
 from rewardflow.io.paths import respect_umask
 
@@ -61,7 +62,8 @@ class LoraMixin:
                                              target_modules=targets))
         upcast_trainable(self.denoiser)
 
-    def save_lora(self, save_directory: str | os.PathLike, adapter_name: str = "default") -> str:
+    def save_lora(self, save_directory: str | os.PathLike, adapter_name: str = "default",
+                  state_dict: dict[str, torch.Tensor] | None = None) -> str:
         """Write the denoiser's LoRA so plain diffusers reads it: ``pipe.load_lora_weights(save_directory)``.
 
         As the diffusers training scripts do (``examples/text_to_image/train_text_to_image_lora.py`` for UNets,
@@ -69,6 +71,7 @@ class LoraMixin:
         (``get_peft_model_state_dict``), converted to the diffusers key layout for UNets
         (``convert_state_dict_to_diffusers``), written by the pipeline class's ``save_lora_weights`` together
         with the LoRA config (rank, alpha, targets) as adapter metadata. Returns the path of the written file.
+        ``state_dict``: the denoiser's (trainable) weights to write instead of its own, e.g. gathered from shards.
         """
         from peft.utils import get_peft_model_state_dict  # lazy: heavy import, needed only to save a LoRA
 
@@ -78,7 +81,7 @@ class LoraMixin:
         if self.lora_component not in ("unet", "transformer"):
             raise ValueError(f"lora_component must be 'unet' or 'transformer', got {self.lora_component!r}")
         writer = self._lora_writer()
-        state = get_peft_model_state_dict(self.denoiser, adapter_name=adapter_name)
+        state = get_peft_model_state_dict(self.denoiser, state_dict=state_dict, adapter_name=adapter_name)
         state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
         if self.lora_component == "unet":
             from diffusers.utils import convert_state_dict_to_diffusers  # lazy: diffusers is a heavy import
@@ -162,7 +165,8 @@ class LoraMixin:
             upcast_trainable(self.denoiser)
 
     # ------------------------------------------------------------------ full fine-tuning
-    def save_denoiser(self, save_directory: str | os.PathLike) -> str:
+    def save_denoiser(self, save_directory: str | os.PathLike,
+                      state_dict: dict[str, torch.Tensor] | None = None) -> str:
         """Full fine-tuning: write the denoiser with diffusers' ``save_pretrained`` into
         ``save_directory/<component>/`` (``unet`` or ``transformer``: ``config.json`` +
         ``diffusion_pytorch_model.safetensors``), the folder a pipeline's ``from_pretrained`` takes as that
@@ -171,14 +175,31 @@ class LoraMixin:
             unet = UNet2DConditionModel.from_pretrained("run/final/unet")
             pipe = StableDiffusionPipeline.from_pretrained(BASE, unet=unet)
 
-        Returns the folder written. A denoiser with LoRA adapters is saved with :meth:`save_lora` instead."""
+        Returns the folder written. A denoiser with LoRA adapters is saved with :meth:`save_lora` instead.
+        ``state_dict``: the denoiser's parameters to write instead of its own (e.g. gathered from shards; its
+        persistent buffers are added), in the same layout (``config.json`` +
+        ``diffusion_pytorch_model.safetensors``)."""
         if self.has_lora():
             raise ValueError("save_denoiser writes a fully fine-tuned denoiser; this one has LoRA adapters: use "
                              "gen.save_lora(DIR)")
         if not hasattr(self.denoiser, "save_pretrained"):
             raise ValueError(f"{type(self.denoiser).__name__} has no save_pretrained (not a diffusers model)")
         folder = os.path.join(str(save_directory), self.lora_component)
-        self.denoiser.save_pretrained(folder, safe_serialization=True)
+        if state_dict is None:
+            self.denoiser.save_pretrained(folder, safe_serialization=True)
+            return folder
+        missing = sorted({n for n, _ in self.denoiser.named_parameters()} - set(state_dict))
+        if missing:
+            raise ValueError(f"save_denoiser: state_dict lacks {len(missing)} of the denoiser's parameters "
+                             f"(e.g. {missing[0]})")
+        buffers = {f"{m}.{b}" if m else b: t for m, mod in self.denoiser.named_modules()
+                   for b, t in mod.named_buffers(recurse=False)
+                   if t is not None and b not in mod._non_persistent_buffers_set}
+        os.makedirs(folder, exist_ok=True)
+        self.denoiser.save_config(folder)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in {**buffers, **state_dict}.items()}
+        save_file(tensors, os.path.join(folder, "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+        respect_umask(folder)  # safetensors writes 0600 whatever the umask
         return folder
 
     def load_weights(self, path: str | os.PathLike, trainable: bool = False) -> str:

@@ -44,6 +44,7 @@ class LTXGenerator(VideoGenerator):
     pipeline_class = "LTXPipeline"
     # attention projections (self- and cross-attention), the targets of finetrainers' LTX-Video LoRA training
     default_lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
+    shard_block_classes = ("LTXVideoTransformerBlock",)
 
     def __init__(self, pipe, guidance_scale: float = 3.0, num_frames: int = 161, height: int = 512,
                  width: int = 704, max_sequence_length: int = 128, frame_rate: int = 25,

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import torch
 
-from rewardflow.pipelines.base import Conditioning, Generator, StepOutput, prompt_list
+from rewardflow.pipelines.base import UNET_BLOCK_CLASSES, Conditioning, Generator, StepOutput, prompt_list
 from rewardflow.pipelines.loading import (
     load_diffusers_pipeline,
     note_sampler_substitution,
@@ -59,6 +59,7 @@ class StableDiffusionGenerator(Generator):
     lora_component = "unet"
     # the attention projections, as diffusers' examples/text_to_image/train_text_to_image_lora.py
     default_lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
+    shard_block_classes = UNET_BLOCK_CLASSES
     default_guidance_scale = 7.5  # StableDiffusionPipeline.__call__ default
     modality = "image"
 

@@ -39,6 +39,7 @@ class SD3Generator(FlowTransformerGenerator):
 
     pipeline_class = "StableDiffusion3Pipeline"
     default_lora_targets = SD3_LORA_TARGETS
+    shard_block_classes = ("JointTransformerBlock",)
 
     # StableDiffusion3Pipeline.__call__ defaults: guidance 7.0, T5 length 256 (1024 px from the transformer config)
     default_guidance_scale = 7.0

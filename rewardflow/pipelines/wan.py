@@ -52,6 +52,7 @@ class WanGenerator(VideoGenerator):
     # attention projections of the self- and cross-attention (attn1 / attn2) of every block: the targets of
     # diffusers' Wan LoRA training (finetrainers) and of DanceGRPO's Wan script
     default_lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
+    shard_block_classes = ("WanTransformerBlock",)
 
     def __init__(self, pipe, guidance_scale: float = 5.0, num_frames: int = 81, height: int = 480,
                  width: int = 832, max_sequence_length: int = 512):

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from rewardflow.pipelines.base import Conditioning, Generator, prompt_list
+from rewardflow.pipelines.base import UNET_BLOCK_CLASSES, Conditioning, Generator, prompt_list
 from rewardflow.pipelines.loading import check_pipeline_dir, parametrization_from_scheduler
 from rewardflow.pipelines.registry import register_generator
 from rewardflow.toy.assets import asset_path
@@ -22,6 +22,7 @@ from rewardflow.toy.assets import asset_path
                     description="the embedded toy text-to-image model (shipped weights)")
 class ToyGenerator(Generator):
     modality = "image"
+    shard_block_classes = UNET_BLOCK_CLASSES  # a diffusers UNet2DConditionModel
     # the toy world's own prompts, reward and evaluation (used only when a run names none)
     run_defaults = {"steps": 4, "reward": "toy_clip:1,toy_clip_adv:1", "prompts": "toy:train",
                     "eval_prompts": "toy:heldout", "diversity_encoder": "toy_clip", "noise_opt_steps": 4,

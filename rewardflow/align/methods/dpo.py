@@ -234,6 +234,13 @@ class _DPOBase(Method):
         if c.ref_update_every > 0:
             self._ref = copy.deepcopy(ctx.generator.denoiser).requires_grad_(False).eval()
 
+    @classmethod
+    def sharding_conflict(cls, config: DPOConfig, strategy: str) -> str | None:
+        if config.ref_update_every > 0 and strategy in ("fsdp", "zero3"):
+            return ("ref_update_every > 0 keeps an unsharded copy of the policy as the reference; set "
+                    "ref_update_every=0 (the frozen base is the reference) or use strategy=zero2 / ddp")
+        return None
+
     # -- reference handling (frozen base via gen.reference(), or the refreshed copy)
     def _reference(self):
         gen, ref = self.ctx.generator, self._ref

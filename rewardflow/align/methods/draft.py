@@ -62,6 +62,13 @@ class DRaFT(Method):
         self.k: int | str = "random" if config.random_k else int(config.k)
         self.uses_reference = config.kl_weight > 0
 
+    @classmethod
+    def sharding_conflict(cls, config: DRaFTConfig, strategy: str) -> str | None:
+        if config.random_k and config.variant == "draft" and strategy in ("fsdp", "zero3"):
+            return ("random_k=true draws K per process, so the processes would recompute different numbers of "
+                    "sampler steps in backward (each one a collective); set random_k=false (a fixed k)")
+        return None
+
     def collect(self, prompts: list[str], step: int) -> list[dict[str, Any]]:
         # nothing to collect: the differentiable sampling happens in the loss; draw the noise here so the step is
         # reproducible from the checkpointed RNG

@@ -8,6 +8,8 @@ A method (``rewardflow/align/methods/<method>.py``) says how to collect data and
 * ``writes``: fsync and a failed write (any exception) as one :class:`CheckpointWriteError` naming path and free space;
 * ``signals``: SIGTERM / SIGINT finish the step and write a checkpoint (:class:`TrainingInterrupted`);
 * ``distributed``: the ``Accelerator``, per-process batch, bucketed all-reduce / broadcast;
+* ``sharding`` (with ``fsdp`` and ``zero``): the ``strategy`` (ddp, fsdp, zero2, zero3): sharding the denoiser, the
+  lockstep step, sharded checkpoints and the memory report;
 * ``reporting``: metrics.jsonl, tensorboard / wandb, sample grids, the reward-curve plot;
 * ``selection``: :class:`BestTracker` (best/ and early stopping);
 * ``rng``: every process's random streams (seeding, their state in a checkpoint);

@@ -36,6 +36,10 @@ RUN_LOGS = ("metrics.jsonl", "eval.jsonl", "hacking.jsonl")  # one record per st
 # beside them, the weights in a form diffusers loads (CheckpointMixin.write_loadable_weights): the LoRA file, or the
 # fine-tuned denoiser folder (unet/ or transformer/)
 LOADABLE_NAME = "pytorch_lora_weights.safetensors"
+# a sharded checkpoint (strategy fsdp / zero2 / zero3) holds the weights and optimizer state in sharded/, one or more
+# files per process (written by every process, then listed in the manifest by process 0)
+SHARDED_CHECKPOINT_FILES = ("state.pt", "trainer.json")
+SHARDED_DIR = "sharded"
 
 
 def _sha256(path: Path) -> str:
@@ -71,7 +75,8 @@ def verify_checkpoint(ckpt: str | os.PathLike) -> str | None:
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         return f"{MANIFEST} is unreadable ({type(e).__name__}: {e})"
     listed = {k for k, _, _ in entries}
-    for need in CHECKPOINT_FILES:
+    sharded = any(k.startswith(SHARDED_DIR + "/") for k in listed)
+    for need in SHARDED_CHECKPOINT_FILES if sharded else CHECKPOINT_FILES:
         if need not in listed:
             return f"{MANIFEST} does not list {need}"
     for rel, size, sha in entries:
@@ -177,7 +182,8 @@ def config_changes(saved: dict | None, current: dict) -> dict[str, tuple]:
 class CheckpointMixin:
     """The :class:`~rewardflow.align.trainer.loop.Trainer`'s checkpoint methods (it provides ``config``,
     ``accelerator``, ``method``, ``params``, ``param_names``, ``optimizer``, ``lr_scheduler``, ``ema``, the RNGs,
-    ``step``, ``samples_seen``, ``run_dir``, ``ckpt_dir``, ``reporter`` and ``_main_value``)."""
+    ``step``, ``samples_seen``, ``run_dir``, ``ckpt_dir``, ``sharding`` (:mod:`~rewardflow.align.trainer.sharding`)
+    and ``_main_value``)."""
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {n: p.detach().cpu().contiguous().clone() for n, p in zip(self.param_names, self.params)}
@@ -220,10 +226,17 @@ class CheckpointMixin:
             torch.distributed.all_gather_object(per_process, mine)
         else:
             per_process = [mine]
+        # sharded strategies: every process writes its shard into a staging directory first (None for ddp)
+        staged = self.sharding.stage_checkpoint(self.ckpt_dir, self.step)
+        # and the LoRA beside them in diffusers' layout, gathered on process 0 (a sharded full fine-tuning keeps the
+        # shards only: gathering the whole denoiser at every checkpoint would cost a full copy; final/ and best/
+        # hold its folder)
+        loadable = (self.sharding.full_trainable_state(self.param_names, self.params)
+                    if staged is not None and self.trains_generator and self._saves_lora() else None)
         err, final = None, None
         if acc.is_main_process:
             try:
-                final = self._write_checkpoint(mine, method_state, per_process)
+                final = self._write_checkpoint(mine, method_state, per_process, staged, loadable)
             except Exception as e:  # noqa: BLE001 - re-raised below, after the other processes have been told
                 err = e
         # process 0's outcome on every process: a failed write stops them all with the same message instead of
@@ -238,7 +251,8 @@ class CheckpointMixin:
         self.checkpointed_step = self.step
         return final
 
-    def _write_checkpoint(self, mine: dict, method_state: dict, per_process: list) -> Path:
+    def _write_checkpoint(self, mine: dict, method_state: dict, per_process: list, staged: Path | None = None,
+                          loadable: dict | None = None) -> Path:
         """Process 0's part of :meth:`save_checkpoint`: the atomic write and the pruning."""
         final = self.ckpt_dir / f"step_{self.step:07d}"
         tmp = self.ckpt_dir / f".tmp_step_{self.step:07d}"
@@ -248,18 +262,26 @@ class CheckpointMixin:
         cur = tmp
         try:
             tmp.mkdir(parents=True)
-            cur = tmp / "trainable.safetensors"
-            safetensors.torch.save_file(self.trainable_state(), str(cur))
+            if staged is not None:  # the weights and optimizer state, already written by every process
+                cur = tmp / SHARDED_DIR
+                os.replace(staged, cur)
+            else:
+                cur = tmp / "trainable.safetensors"
+                safetensors.torch.save_file(self.trainable_state(), str(cur))
             cur = tmp / "state.pt"
-            torch.save({"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
+            torch.save({"optimizer": None if staged is not None else self.optimizer.state_dict(),
+                        "lr_scheduler": self.lr_scheduler.state_dict(),
                         "ema": None if self.ema is None else self.ema.state_dict(),
                         "rng": mine["rng"], "method": method_state,  # process 0's (older readers, shared keys)
                         "per_process": per_process}, cur)
             cur = tmp / "trainer.json"
             cur.write_text(json.dumps({"step": self.step, "samples_seen": self.samples_seen,
-                                       "method": self.config.method, "config": _jsonable(self.resolved_config())}))
-            cur = tmp / (LOADABLE_NAME if self._saves_lora() else getattr(self.gen, "lora_component", "unet"))
-            self.write_loadable_weights(tmp)
+                                       "method": self.config.method, "config": _jsonable(self.resolved_config()),
+                                       "strategy": self.config.strategy,
+                                       "num_processes": self.accelerator.num_processes}))
+            if staged is None or loadable is not None:  # sharded full fine-tuning: shards only (save_checkpoint)
+                cur = tmp / (LOADABLE_NAME if self._saves_lora() else getattr(self.gen, "lora_component", "unet"))
+                self.write_loadable_weights(tmp, loadable)
             cur = tmp / MANIFEST
             write_manifest(tmp)
             cur = tmp
@@ -273,6 +295,8 @@ class CheckpointMixin:
             fsync_dir(self.ckpt_dir)
         except Exception as e:  # noqa: BLE001 - a full disk raises RuntimeError (torch) / SafetensorError too
             shutil.rmtree(tmp, ignore_errors=True)
+            if staged is not None:
+                shutil.rmtree(staged, ignore_errors=True)
             if old.exists() and not final.exists():
                 os.replace(old, final)
             kept = sorted(p.name for p in self.ckpt_dir.glob("step_*"))
@@ -310,10 +334,19 @@ class CheckpointMixin:
         if meta.get("method") != self.config.method:
             raise ValueError(f"checkpoint {path} was written by method {meta.get('method')!r}, "
                              f"not {self.config.method!r}")
-        self.load_trainable_state(safetensors.torch.load_file(str(path / "trainable.safetensors")),
-                                  source=f"checkpoint {path}")
+        saved = meta.get("strategy", "ddp")
+        if saved != self.config.strategy:
+            raise ValueError(f"checkpoint {path} was written with strategy={saved}; resume it with strategy={saved} "
+                             f"(this run has strategy={self.config.strategy}; checkpoints do not convert between "
+                             "strategies)")
+        if (path / SHARDED_DIR).is_dir():
+            self.sharding.load_sharded(path / SHARDED_DIR, meta)
+        else:
+            self.load_trainable_state(safetensors.torch.load_file(str(path / "trainable.safetensors")),
+                                      source=f"checkpoint {path}")
         st = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
-        self.optimizer.load_state_dict(st["optimizer"])
+        if st["optimizer"] is not None:
+            self.optimizer.load_state_dict(st["optimizer"])
         self.lr_scheduler.load_state_dict(st["lr_scheduler"])
         if self.ema is not None and st["ema"] is not None:
             self.ema.load_state_dict(st["ema"])
@@ -444,26 +477,30 @@ class CheckpointMixin:
     def _saves_lora(self) -> bool:
         return self.config.lora_rank > 0 and hasattr(self.gen, "save_lora")
 
-    def write_loadable_weights(self, out: Path) -> None:
+    def write_loadable_weights(self, out: Path, full: dict[str, torch.Tensor] | None = None) -> None:
         """The trained generator weights (EMA applied when EMA is on) in the form diffusers loads, into ``out``:
         ``pytorch_lora_weights.safetensors`` for a LoRA (``pipe.load_lora_weights(out)``), or the fine-tuned
         denoiser folder ``unet/`` / ``transformer/`` written by ``save_pretrained`` for full fine-tuning
         (``UNet2DConditionModel.from_pretrained(out / "unet")``). ``rewardflow sample --lora out`` reads either.
-        Nothing for a method that trains its own module."""
+        Nothing for a method that trains its own module. ``full``: the trainable weights gathered from the shards
+        of a sharded strategy (the module itself holds only this process's shard)."""
         if not self.trains_generator:
             return
+        given = {} if full is None else {"state_dict": full}
         with self._ema_weights():
             if self._saves_lora():
-                self.gen.save_lora(str(out))
+                self.gen.save_lora(str(out), **given)
             elif hasattr(self.gen, "save_denoiser"):
-                self.gen.save_denoiser(str(out))
+                self.gen.save_denoiser(str(out), **given)
 
     def save_final(self, name: str = "final", info: dict | None = None) -> Path | None:
         """``final/`` (or ``name/``): the LoRA (``pytorch_lora_weights.safetensors``, diffusers' layout), or for full
         fine-tuning the trainable weights as safetensors plus the denoiser folder written by ``save_pretrained``
         (:meth:`write_loadable_weights`); a method's own module through its ``save_pretrained``; EMA weights when
         EMA is on; ``info`` as ``NAME.json`` beside them. Written to a temporary directory and renamed, so a crash
-        never leaves a half-written one."""
+        never leaves a half-written one. With a sharded strategy the weights are gathered on process 0 first."""
+        # sharded strategies: the whole trainable weights, gathered on process 0 (every process takes part)
+        full = self.sharding.full_trainable_state(self.param_names, self.params) if self.trains_generator else None
         if not self.accelerator.is_main_process:
             return None
         out, tmp, old = (self.run_dir / name, self.run_dir / f".{name}.tmp", self.run_dir / f".{name}.old")
@@ -474,8 +511,9 @@ class CheckpointMixin:
                 if not self.trains_generator:
                     self.method.save_pretrained(tmp)
                 elif not self._saves_lora():
-                    safetensors.torch.save_file(self.trainable_state(), str(tmp / "trainable.safetensors"))
-            self.write_loadable_weights(tmp)
+                    safetensors.torch.save_file(self.trainable_state() if full is None else full,
+                                                str(tmp / "trainable.safetensors"))
+            self.write_loadable_weights(tmp, full)
             if info is not None:
                 (tmp / f"{name}.json").write_text(json.dumps(info, indent=1))
             respect_umask(tmp)

@@ -22,6 +22,7 @@ REPORT_TO = ("tensorboard", "wandb", "none")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 LR_SCHEDULERS = ("constant", "cosine", "linear", "polynomial", "cosine_with_restarts")
+STRATEGIES = ("ddp", "fsdp", "zero2", "zero3")
 DTYPES = ("fp32", "fp16", "bf16", "float32", "float16", "bfloat16")
 # the TrainConfig keys that are generator options (rewardflow.pipelines.options.GeneratorOptions)
 GENERATOR_OPTION_KEYS = ("height", "width", "num_frames", "dtype", "attention", "gradient_checkpointing",
@@ -120,6 +121,17 @@ class TrainConfig:
     device: str = option("auto", "auto, cpu or cuda")
     collective_timeout_s: float = option(1800.0, "several processes: a collective waiting longer than this fails the "
                                              "run (a hung or dead rank becomes an error instead of a hang)")
+    # -- sharding (docs/usage/distributed.md#sharding)
+    strategy: str = option("ddp", "ddp (each process holds the whole model; gradients averaged), fsdp (torch FSDP2: "
+                           "parameters, gradients and optimizer state sharded per transformer / UNet block), zero2 "
+                           "(DeepSpeed ZeRO-2: gradients and optimizer state sharded) or zero3 (DeepSpeed ZeRO-3: "
+                           "parameters too); ddp follows an accelerate config that selects FSDP or DeepSpeed")
+    cpu_offload: bool = option(False, "fsdp / zero3: keep the sharded parameters in CPU memory between uses; zero2 / "
+                               "zero3: the optimizer state too (slower; frees accelerator memory)")
+    deepspeed_config: str | None = option(None, "zero2 / zero3: a DeepSpeed JSON config to start from instead of the "
+                                          "one written from the trainer keys (the trainer still sets the stage, "
+                                          "accumulation, clipping and precision; a conflicting value is an error)",
+                                          path=True)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -155,6 +167,17 @@ class TrainConfig:
                    "height, width, num_frames and max_sequence_length must be >= 1"),
                   (all(isinstance(v, dict) for v in c.reward_kwargs.values()),
                    "reward_kwargs maps each reward name to its options, e.g. {clip: {path: FILE}}"),
+                  (c.strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}, got {c.strategy!r}"),
+                  (not c.cpu_offload or c.strategy != "ddp",
+                   "cpu_offload needs a sharded strategy (strategy=fsdp, zero2 or zero3)"),
+                  (not c.deepspeed_config or c.strategy in ("zero2", "zero3"),
+                   f"deepspeed_config needs strategy=zero2 or zero3 (strategy={c.strategy})"),
+                  (c.strategy == "ddp" or c.mixed_precision != "fp16",
+                   f"strategy={c.strategy} supports mixed_precision=no or bf16, not fp16 (its loss scaling would "
+                   "bypass the trainer's skip of non-finite steps); use mixed_precision=bf16"),
+                  (c.strategy == "ddp" or c.ema_decay == 0,
+                   f"ema_decay > 0 needs strategy=ddp: the EMA copy is not sharded (strategy={c.strategy}); set "
+                   "ema_decay=0"),
                   (c.early_stop_patience >= 0, f"early_stop_patience must be >= 0, got {c.early_stop_patience}"),
                   (not c.early_stop_patience or c.best_metric,
                    ("early_stop_patience needs best_metric (the eval key to watch, e.g. "

@@ -7,6 +7,7 @@ LoRA adapters can be switched off for the reference policy inside a step.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import warnings
@@ -38,6 +39,23 @@ def _env_int(name: str, default: int = 1) -> int:
         return default
 
 
+@contextlib.contextmanager
+def plain_accelerate_env():
+    """Build the ``Accelerator`` as a plain data-parallel one even under an FSDP / DeepSpeed accelerate config: the
+    trainer shards the denoiser itself (accelerate's plugins would wrap a model it is never given)."""
+    keys = ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")
+    saved = {k: os.environ.get(k) for k in keys}
+    for k in keys:
+        if k in os.environ:
+            os.environ[k] = "false"
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is not None:
+                os.environ[k] = v
+
+
 def make_accelerator(c: TrainConfig):
     """The run's ``Accelerator``: CPU (gloo) whenever CUDA is unavailable or ``device=cpu``, a collective timeout of
     ``collective_timeout_s``, and two launch traps turned into messages:
@@ -56,7 +74,8 @@ def make_accelerator(c: TrainConfig):
         # process group when it is told to use the CPU (without it, N independent single-process runs start)
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
     pg = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=float(c.collective_timeout_s)))
-    acc = Accelerator(mixed_precision=c.mixed_precision, cpu=cpu, kwargs_handlers=[pg])
+    with plain_accelerate_env():  # FSDP / DeepSpeed are the trainer's strategies, not accelerate's
+        acc = Accelerator(mixed_precision=c.mixed_precision, cpu=cpu, kwargs_handlers=[pg])
     if world > 1 and acc.num_processes != world:
         raise RuntimeError(
             f"the launcher started {world} processes (WORLD_SIZE={world}) but accelerate set up "
@@ -73,11 +92,9 @@ def make_accelerator(c: TrainConfig):
         print("[rewardflow] WARNING: several processes were requested but only one started; see "
               "docs/usage/distributed.md", flush=True)
     dt = str(acc.distributed_type)
-    if "FSDP" in dt or "DEEPSPEED" in dt:
-        raise NotImplementedError(
-            f"distributed_type={dt} is not supported yet: the trainer all-reduces gradients itself and never wraps "
-            "the denoiser (accelerator.prepare), so FSDP / DeepSpeed would not shard anything (DeepSpeed would fail "
-            "in backward). Use data parallelism: configs/accelerate/ddp_8gpu.yaml or torchrun")
+    if "FSDP" in dt or "DEEPSPEED" in dt:  # plain_accelerate_env failed to keep accelerate's plugins out
+        raise RuntimeError(f"accelerate set up distributed_type={dt}; rewardflow shards the denoiser itself: select "
+                           "the sharding with the strategy key (docs/usage/distributed.md#sharding)")
     return acc
 
 

@@ -18,12 +18,12 @@ from rewardflow.align.method import MethodContext, get_method
 from rewardflow.align.trainer.checkpoint import CheckpointMixin, read_jsonl
 from rewardflow.align.trainer.config import TrainConfig, apply_model_defaults
 from rewardflow.align.trainer.distributed import (
-    allreduce_mean,
     broadcast_from_main,
     make_accelerator,
     max_over_processes,
     per_process_batch_size,
 )
+from rewardflow.align.trainer.fsdp import FSDP
 from rewardflow.align.trainer.reporting import (
     Reporter,
     plot_reward_curve,
@@ -31,7 +31,15 @@ from rewardflow.align.trainer.reporting import (
 )
 from rewardflow.align.trainer.rng import seed_process
 from rewardflow.align.trainer.selection import BestTracker
+from rewardflow.align.trainer.sharding import (
+    SHARDED_WHAT,
+    DataParallel,
+    check_method,
+    describe_memory,
+    resolve_strategy,
+)
 from rewardflow.align.trainer.signals import GracefulStop, TrainingInterrupted
+from rewardflow.align.trainer.zero import ZeRO
 from rewardflow.eval.hooks import check_eval_hooks, run_eval_hooks
 from rewardflow.eval.monitor import RewardHackingMonitor
 from rewardflow.io.manifest import append_manifest_row
@@ -63,6 +71,13 @@ class Trainer(CheckpointMixin):
         self.method_config = method_config
         self.accelerator = make_accelerator(c)
         acc = self.accelerator
+        # an accelerate config selecting FSDP / DeepSpeed maps onto `strategy` (sharding.py, fsdp.py, zero.py)
+        c, launcher_blocks = resolve_strategy(c)
+        self.config = c
+        strategies = {"ddp": DataParallel, "fsdp": FSDP, "zero2": ZeRO, "zero3": ZeRO}
+        self.sharding = strategies[c.strategy](c, acc, launcher_blocks)
+        self.method_cls = get_method(c.method)
+        check_method(c.strategy, self.method_cls, method_config)
         if c.global_batch_size:
             self.config = c = dataclasses.replace(
                 c, batch_size=per_process_batch_size(c.global_batch_size, acc.num_processes, c.grad_accum))
@@ -85,7 +100,6 @@ class Trainer(CheckpointMixin):
         self.gen.guidance_scale = c.guidance_scale
         if self.gen.device != acc.device:
             self._move_generator(acc.device)
-        self.method_cls = get_method(c.method)
         self.trains_generator = bool(self.method_cls.trains_generator)
         if self.trains_generator:
             if c.lora_rank > 0 and c.init_lora:  # continue an existing LoRA (diffusers or kohya / A1111 file)
@@ -133,6 +147,11 @@ class Trainer(CheckpointMixin):
         if acc.num_processes > 1 and not self.trains_generator:  # the method's own module, randomly initialized
             broadcast_from_main([p.data for p in self.params], acc)
         self.params_before = sum(p.numel() for p in self.params)
+        if self.trains_generator:  # fsdp replaces the parameters by their shards
+            self.sharding.shard(self.gen)
+            self.params = [p for p in module.parameters() if p.requires_grad]
+        else:
+            self.sharding.modules = [module]
 
         # -- optimizer, schedule, EMA
         if c.optimizer in ("adamw", "adam"):
@@ -142,7 +161,8 @@ class Trainer(CheckpointMixin):
         else:
             self.optimizer = torch.optim.SGD(self.params, lr=c.lr, weight_decay=c.weight_decay)
         self.lr_scheduler = self._make_lr_scheduler()
-        self.optimizer = acc.prepare_optimizer(self.optimizer)
+        self.optimizer = self.sharding.prepare_optimizer(self.gen, self.optimizer)
+        self.memory = self.sharding.memory_report(self.params)
         self.ema = None
         if c.ema_decay > 0:
             # lazy: diffusers' training utilities (heavy) are needed only with EMA
@@ -218,7 +238,9 @@ class Trainer(CheckpointMixin):
                    f" = {e['batch_size']}" if self.config.global_batch_size else "")
                 + (f"\n[rewardflow] {e['num_processes']} processes ({self.accelerator.distributed_type}, "
                    f"{getattr(self.accelerator.state, 'backend', None) or 'no backend'}); each process samples its own "
-                   "prompts, gradients are averaged over processes" if e["num_processes"] > 1 else ""))
+                   "prompts, gradients are averaged over processes" if e["num_processes"] > 1 else "")
+                + (f"\n[rewardflow] strategy={self.config.strategy}: {SHARDED_WHAT[self.config.strategy]}"
+                   if self.config.strategy != "ddp" else ""))
 
     def _trainable_kind(self) -> str:
         c = self.config
@@ -232,9 +254,10 @@ class Trainer(CheckpointMixin):
     # ------------------------------------------------------------------ one optimizer step
     def train_step(self) -> dict[str, float]:
         """Collect, accumulate the loss over micro-batches, guard against non-finite values, step."""
-        c, acc, m = self.config, self.accelerator, self.method
+        c, acc, m, sh = self.config, self.accelerator, self.method, self.sharding
         self._log_buffer = {}
         self.optimizer.zero_grad(set_to_none=True)
+        sh.begin_step()
         losses, diags, finite = [], {}, True
         batches = []
         for _ in range(c.grad_accum):
@@ -245,21 +268,35 @@ class Trainer(CheckpointMixin):
             # a method that re-serves the same rollout (updates_per_rollout > 1) drew no new samples
             if m.collected_new_samples():
                 self.samples_seen += c.batch_size * m.samples_per_prompt * acc.num_processes
-        n_micro = sum(len(b) for b in batches)
-        for collected in batches:
-            for mb in collected:
-                with acc.autocast():
-                    loss, d = m.loss(mb, self.step)
+        micro = [mb for collected in batches for mb in collected]
+        n_micro = len(micro)
+        # sharded strategies run the denoiser in lockstep: pad with weight-0 replays, or skip on every process
+        pad, lockstep_skip = sh.lockstep_plan(n_micro)
+        if lockstep_skip:
+            micro, pad = [], 0
+        for i, mb in enumerate(micro + micro[-1:] * pad):
+            replay = i >= n_micro
+            log_before = {k: list(v) for k, v in self._log_buffer.items()} if replay else None
+            with acc.autocast():
+                loss, d = m.loss(mb, self.step)
+            if replay:  # only keeps the collectives in step: no gradient, no record
+                self._log_buffer = log_before
                 if not torch.isfinite(loss.detach()).all():
-                    finite = False
-                    losses.append(float("nan"))
-                    continue
-                if loss.requires_grad:
-                    acc.backward(loss / n_micro)
-                losses.append(float(loss.detach()))
-                for k, v in d.items():
-                    diags.setdefault(k, []).append(float(v.item() if torch.is_tensor(v) else v))
-        has_grad = any(p.grad is not None for p in self.params)
+                    sh.backward_nonfinite(loss)
+                elif loss.requires_grad:
+                    sh.backward(loss * 0.0)
+                continue
+            if not torch.isfinite(loss.detach()).all():
+                finite = False
+                losses.append(float("nan"))
+                sh.backward_nonfinite(loss)
+                continue
+            if loss.requires_grad:
+                sh.backward(loss / n_micro)
+            losses.append(float(loss.detach()))
+            for k, v in d.items():
+                diags.setdefault(k, []).append(float(v.item() if torch.is_tensor(v) else v))
+        has_grad = sh.has_grad(self.params)
         loss_sum, n_finite = sum(x for x in losses if math.isfinite(x)), sum(math.isfinite(x) for x in losses)
         if acc.num_processes > 1:
             # one small all-reduce so that every process takes the same decision (step or skip) and logs the loss
@@ -268,27 +305,15 @@ class Trainer(CheckpointMixin):
                                             dtype=torch.float64, device=acc.device), reduction="sum").cpu()
             finite, has_grad = bool(flags[0] == 0), bool(flags[1] > 0)
             loss_sum, n_finite = float(flags[2]), int(flags[3])
-            # average gradients over processes (the denoiser is deliberately not DDP-wrapped): each process divided
-            # its loss by its number of micro-batches, so the mean over processes is the gradient of the mean loss
-            for p in self.params:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-            allreduce_mean([p.grad for p in self.params], acc)
-        grads = [p.grad for p in self.params if p.grad is not None] if has_grad else []
-        if grads:
-            if acc.scaler is not None:
-                acc.unscale_gradients()
-            gnorm = torch.nn.utils.clip_grad_norm_(self.params, c.grad_clip if c.grad_clip > 0 else float("inf"))
-            gnorm = float(gnorm)
-        else:
-            gnorm = 0.0
-        skipped = (not finite) or (not math.isfinite(gnorm)) or not grads
-        reason = ("non-finite loss" if not finite else "non-finite gradient" if not math.isfinite(gnorm)
-                  else "no gradient" if not grads else "")
-        if skipped:
-            self.optimizer.zero_grad(set_to_none=True)
-        else:
-            self.optimizer.step()
+        # ddp averages the gradients over processes here (the denoiser is deliberately not DDP-wrapped: each process
+        # divided its loss by its number of micro-batches, so the mean is the gradient of the mean loss); fsdp and
+        # zero reduced them in backward
+        gnorm, stepped = sh.step(self.params, c.grad_clip, skip=not finite or not has_grad, has_grad=has_grad)
+        skipped = not stepped
+        reasons = [(not finite, "non-finite loss"), (bool(lockstep_skip), lockstep_skip),
+                   (not math.isfinite(gnorm), "non-finite gradient"), (not has_grad, "no gradient")]
+        reason = next((r for cond, r in reasons if cond), "skipped by the optimizer")
+        if stepped:
             self.lr_scheduler.step()
             if self.ema is not None:
                 self.ema.step(self.params)
@@ -307,14 +332,16 @@ class Trainer(CheckpointMixin):
     def evaluate(self, tag: str | None = None) -> dict[str, float]:
         """Mean reward on the held-out prompts (fixed noise), the evaluation hooks' metrics, a sample grid.
         Runs with the EMA weights when EMA is on; leaves every RNG untouched."""
-        if self.eval_source is None or not self.accelerator.is_main_process:
+        main = self.accelerator.is_main_process
+        # sharded parameters: every process takes part in each forward pass, process 0 keeps the result
+        if self.eval_source is None or not (main or self.sharding.shards_params):
             return {}
         c = self.config
         prompts = self.eval_source.eval_list(c.eval_per_category, seed=0)
         if not self.trains_generator:  # the generator is frozen: the method reports on its own module
             with torch.random.fork_rng(devices=[]), self._ema_weights():
                 return {"step": self.step, "samples": self.samples_seen, **self.method.evaluate(prompts)}
-        with torch.random.fork_rng(devices=[]), self._ema_weights():
+        with torch.random.fork_rng(devices=[]), self._ema_weights(), self.sharding.eval_autocast():
             was_training = self.gen.denoiser.training
             self.gen.denoiser.eval()
             noise = torch.randn((len(prompts), *self.gen.latent_shape), generator=torch.Generator().manual_seed(0))
@@ -322,6 +349,8 @@ class Trainer(CheckpointMixin):
                                                 noise=noise[i:i + 50].to(self.gen.device, self.gen.dtype))
                               for i in range(0, len(prompts), 50)]).float()
             self.gen.denoiser.train(was_training)
+        if not main:
+            return {}
         out: dict[str, float] = {"step": self.step, "samples": self.samples_seen}
         if self.reward is not None:
             r = torch.cat([self.reward(imgs[i:i + 50].to(self.accelerator.device), prompts[i:i + 50]).float().cpu()
@@ -388,6 +417,7 @@ class Trainer(CheckpointMixin):
                                   acc.is_main_process, resume_step=self.step if resumed else -1)
         if acc.is_main_process:
             print(self.describe(), flush=True)
+            print(describe_memory(self.memory), flush=True)
         # open for the whole run
         eval_file = open(self.run_dir / "eval.jsonl", "a") if acc.is_main_process else None  # noqa: SIM115
         try:
@@ -419,6 +449,8 @@ class Trainer(CheckpointMixin):
                 print("[rewardflow] eval " + json.dumps({k: round(v, 4) if isinstance(v, float) else v
                                                          for k, v in ev.items()}), flush=True)
             improved = bool(ev) and best is not None and best.update(ev)
+            if self.sharding.name != "ddp":  # gathering the weights of best/ takes every process
+                improved = self._main_flag(improved)
             self._save_everywhere("best", lambda: self.save_final("best", info={**best.summary(), "eval": ev})
                                   if improved else None)
             return ev
@@ -475,7 +507,10 @@ class Trainer(CheckpointMixin):
         summary = {"run_dir": str(self.run_dir), "steps": self.step, "samples": self.samples_seen,
                    "skipped_steps": skipped, "seconds": round(time.time() - t0, 1), "final": str(final_dir),
                    "reward_curve": None if curve is None else str(curve),
-                   "num_processes": acc.num_processes, "effective_batch": self.effective_batch(),
+                   "num_processes": acc.num_processes, "strategy": c.strategy,
+                   "effective_batch": self.effective_batch(),
+                   "memory": {**self.memory,
+                              "optimizer_state_bytes_measured": self.sharding.measured_optimizer_bytes()},
                    "before": first, "after": last, "early_stopped": stopped_early}
         if best is not None and acc.is_main_process:
             evals = {**recorded, **{h.get("step"): h for h in history}}
