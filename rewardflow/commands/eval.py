@@ -19,7 +19,8 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    from rewardflow.eval.layouts import LAYOUTS
+    # torch-free: building the parser must not load torch (rewardflow/runtime.py)
+    from rewardflow.eval.layout_names import LAYOUTS
 
     p = subparsers.add_parser(
         "eval", help="sample a prompt set and report reward means + CIs, diversity, evaluation hooks (toy oracle)",

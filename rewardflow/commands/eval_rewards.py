@@ -11,7 +11,8 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    from rewardflow.eval.benchmarks import FORMATS
+    # torch-free: building the parser must not load torch (rewardflow/runtime.py)
+    from rewardflow.eval.benchmark_readers import FORMATS
 
     p = subparsers.add_parser(
         "eval-rewards", help="reward-model accuracy on a preference benchmark (Pick-a-Pic, HPD v2, ...)",
