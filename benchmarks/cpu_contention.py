@@ -66,9 +66,41 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOC
 BUSY = "while True:\n    pass\n"
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds all processes of the machine have used since boot (/proc/stat: all but idle and iowait)."""
+    v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(v) - v[3] - v[4]) / TICK
+
+
+def _process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a running process (/proc/PID/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def others_cores(seconds: float = 3.0) -> float:
+    """Cores the rest of the machine (other users, other agents) keeps busy, averaged over ``seconds``."""
+    b0, t0 = _machine_busy_s(), time.perf_counter()
+    time.sleep(seconds)
+    return (_machine_busy_s() - b0) / (time.perf_counter() - t0)
+
+
+def wait_for_quiet(max_others: float, max_wait: float) -> float:
+    """Wait until the rest of the machine keeps fewer than ``max_others`` cores busy (at most ``max_wait`` s);
+    returns the last reading."""
+    t_end = time.time() + max_wait
+    while (o := others_cores()) >= max_others and time.time() < t_end:
+        time.sleep(7.0)
+    return o
+
+
 def one_run(workload: str, setting: str, busy: int, timeout: float) -> dict:
-    """One fresh workload process: its wall time, its CPU time (user + system), the load average before, its
-    start-up line."""
+    """One fresh workload process: its wall time, its CPU time (user + system), the cores the rest of the machine
+    kept busy meanwhile (all CPU time used on the machine during the run, less the workload's and the busy loops'),
+    the load average before, its start-up line."""
     env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}
     env.update(SETTINGS[setting], HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
@@ -79,7 +111,8 @@ def one_run(workload: str, setting: str, busy: int, timeout: float) -> dict:
         with tempfile.TemporaryDirectory() as tmp, open(Path(tmp) / "log", "w+") as log:
             cmd = [sys.executable, "-m", "rewardflow"] + [a.format(out=f"{tmp}/out") for a in WORKLOADS[workload]]
             ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the busy loops count only once reaped
-            t0 = time.perf_counter()
+            hog0 = sum(_process_cpu_s(h.pid) for h in hogs)
+            m0, t0 = _machine_busy_s(), time.perf_counter()
             proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
             try:
                 proc.wait(timeout=timeout)
@@ -88,6 +121,8 @@ def one_run(workload: str, setting: str, busy: int, timeout: float) -> dict:
                 proc.wait()
                 return {"wall_s": None, "timed_out_after_s": timeout, "load_avg_1min_before": round(load, 2)}
             wall = time.perf_counter() - t0
+            machine = _machine_busy_s() - m0
+            hog_cpu = sum(_process_cpu_s(h.pid) for h in hogs) - hog0
             ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
             log.seek(0)
             text = log.read()
@@ -99,12 +134,48 @@ def one_run(workload: str, setting: str, busy: int, timeout: float) -> dict:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{text[-3000:]}")
     line = next((x for x in text.splitlines() if x.startswith("[rewardflow] CPU:")), None)
     cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
-    return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "load_avg_1min_before": round(load, 2),
-            "startup_line": line}
+    return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+            "others_cores": round(max(0.0, machine - cpu - hog_cpu) / wall, 2),
+            "load_avg_1min_before": round(load, 2), "startup_line": line}
 
 
 def _fmt(x) -> str:
     return "   n/a" if x is None else f"{x:6.1f}"
+
+
+def summarize(runs: dict, busy: list[int]) -> dict:
+    """Per case: median wall and CPU time, the median cores the rest of the machine used, the ratio of the median
+    wall time to the same setting's idle median."""
+    cases: dict = {}
+    for (w, s, b), rs in runs.items():
+        done = [r for r in rs if r["wall_s"] is not None]
+        med = {k: statistics.median(r[k] for r in done) if done else None
+               for k in ("wall_s", "cpu_s", "others_cores")}
+        cases[f"{w}/{s}/busy{b}"] = {
+            "workload": w, "setting": s, "busy": b, "runs_done": len(done), "runs_timed_out": len(rs) - len(done),
+            "median_wall_s": med["wall_s"] if len(done) == len(rs) else None, "median_cpu_s": med["cpu_s"],
+            "median_others_cores": med["others_cores"], "runs": rs}
+    for c in cases.values():
+        idle = cases.get(f"{c['workload']}/{c['setting']}/busy0", {}).get("median_wall_s")
+        c["ratio_vs_idle"] = (round(c["median_wall_s"] / idle, 2) if idle and c["median_wall_s"] is not None
+                              else None)
+    return cases
+
+
+def table(cases: dict, workloads: list[str], settings: list[str], busy: list[int]) -> str:
+    lines = [(f"{CORES} cores; median wall time in s (ratio to the same setting's idle time) "
+              "[median cores the rest of the machine kept busy meanwhile]"),
+             "workload setting  " + "".join(f"{f'busy={b}':>26s}" for b in busy)]
+    for w in workloads:
+        for s in settings:
+            cells = []
+            for b in busy:
+                c = cases[f"{w}/{s}/busy{b}"]
+                r, o = c["ratio_vs_idle"], c["median_others_cores"]
+                cells.append(f"{_fmt(c['median_wall_s'])} ({'  n/a' if r is None else f'{r:5.2f}'}) "
+                             f"[{'n/a' if o is None else f'{o:.2f}'}]")
+            lines.append(f"{w:8s} {s:8s}" + "".join(f"{x:>26s}" for x in cells))
+    return "\n".join(lines)
 
 
 def main(argv=None) -> dict:
@@ -114,6 +185,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--busy", default="0,1,2", help="numbers of competing busy processes")
     ap.add_argument("--repeats", type=int, default=3, help="rounds (each case once per round; medians reported)")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds before a run counts as timed out")
+    ap.add_argument("--quiet", type=float, default=None, metavar="CORES",
+                    help="before each run, wait until the rest of the machine keeps fewer than CORES cores busy")
+    ap.add_argument("--max-wait", type=float, default=300.0, help="seconds --quiet waits at most before each run")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/cpu_contention.json"))
     a = ap.parse_args(argv)
     workloads, settings = a.workloads.split(","), a.settings.split(",")
@@ -126,55 +200,34 @@ def main(argv=None) -> dict:
             ap.error(f"unknown setting {s!r}; known: {', '.join(SETTINGS)}")
     keys = [(w, s, b) for w in workloads for b in busy for s in settings]
     runs: dict = {k: [] for k in keys}
-    t_start = time.time()
-    for rnd in range(a.repeats):
-        for w, s, b in keys:
-            r = one_run(w, s, b, a.timeout)
-            runs[(w, s, b)].append(r)
-            print(f"round {rnd + 1}: {w:5s} {s:8s} busy={b}: {_fmt(r['wall_s'])} s  (load before "
-                  f"{r['load_avg_1min_before']})", flush=True)
-    cases: dict = {}
-    for (w, s, b), rs in runs.items():
-        walls = [r["wall_s"] for r in rs if r["wall_s"] is not None]
-        cpus = [r["cpu_s"] for r in rs if r["wall_s"] is not None]
-        cases[f"{w}/{s}/busy{b}"] = {
-            "workload": w, "setting": s, "busy": b,
-            "median_wall_s": statistics.median(walls) if len(walls) == len(rs) else None,
-            "median_cpu_s": statistics.median(cpus) if cpus else None,
-            "median_load_before": statistics.median(r["load_avg_1min_before"] for r in rs), "runs": rs}
-    for c in cases.values():
-        idle = cases[f"{c['workload']}/{c['setting']}/busy0"]["median_wall_s"] if 0 in busy else None
-        c["ratio_vs_idle"] = (round(c["median_wall_s"] / idle, 2) if idle and c["median_wall_s"] is not None
-                              else None)
-    result = {
-        "benchmark": "cpu_contention",
-        "command": "python benchmarks/cpu_contention.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "workloads": {w: "rewardflow " + " ".join(WORKLOADS[w]).replace(" --out {out}", "").replace(
-            " output_dir={out}", "") for w in workloads},
-        "settings": {s: SETTINGS[s] or "(nothing set: the command's own choice)" for s in settings},
-        "busy_process": "python -c 'while True: pass' (one core each)",
-        "cores": CORES, "machine": platform.platform(), "python": platform.python_version(),
-        "repeats": a.repeats, "minutes": round((time.time() - t_start) / 60, 1),
-        "note": "wall time of the whole command (start-up, model loading, work, writing); cpu_s: the workload's "
-                "user + system CPU time; other work on the machine competes too: compare "
-                "median_load_before with the cores",
-        "cases": cases,
-    }
-    print(f"\n{CORES} cores; median wall time in s (ratio to the same setting's idle time), "
-          f"median 1-min load average before the runs in []")
-    print("workload setting  " + "".join(f"{f'busy={b}':>24s}" for b in busy))
-    for w in workloads:
-        for s in settings:
-            cells = []
-            for b in busy:
-                c = cases[f"{w}/{s}/busy{b}"]
-                r = c["ratio_vs_idle"]
-                cells.append(f"{_fmt(c['median_wall_s'])} ({'  n/a' if r is None else f'{r:5.2f}'}) "
-                             f"[{c['median_load_before']:.1f}]")
-            print(f"{w:8s} {s:8s}" + "".join(f"{x:>24s}" for x in cells))
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    t_start = time.time()
+    result: dict = {}
+    for rnd in range(a.repeats):
+        for w, s, b in keys:
+            quiet = None if a.quiet is None else round(wait_for_quiet(a.quiet, a.max_wait), 2)
+            r = one_run(w, s, b, a.timeout)
+            r["others_cores_before"] = quiet
+            runs[(w, s, b)].append(r)
+            print(f"round {rnd + 1}: {w:5s} {s:8s} busy={b}: {_fmt(r['wall_s'])} s  cpu {r.get('cpu_s')} s  "
+                  f"(others: {r.get('others_cores')} cores during, {quiet} before)", flush=True)
+        result = {
+            "benchmark": "cpu_contention",
+            "command": "python benchmarks/cpu_contention.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "workloads": {w: "rewardflow " + " ".join(WORKLOADS[w]).replace(" --out {out}", "").replace(
+                " output_dir={out}", "") for w in workloads},
+            "settings": {s: SETTINGS[s] or "(nothing set: the command's own choice)" for s in settings},
+            "busy_process": "python -c 'while True: pass' (one core each)",
+            "cores": CORES, "machine": platform.platform(), "python": platform.python_version(),
+            "rounds_done": rnd + 1, "minutes": round((time.time() - t_start) / 60, 1),
+            "note": "wall_s: the whole command (start-up, model loading, work, writing); cpu_s: the workload's user "
+                    "+ system CPU time; others_cores: cores the rest of the machine (other users) kept busy during "
+                    "the run (all CPU time used on the machine less the workload's and the busy loops')",
+            "cases": summarize(runs, busy),
+        }
+        out.write_text(json.dumps(result, indent=1) + "\n")  # after every round: an interrupted run keeps its data
+    print("\n" + table(result["cases"], workloads, settings, busy))
     print(f"wrote {out}")
     return result
 

@@ -118,10 +118,10 @@ def configure(threads: int | None = None, env=None) -> dict:
 
 
 def apply_threads(threads: int | None) -> dict:
-    """For a config key (the trainer's ``threads``): ``None`` keeps the current choice; a number sets the intra-op
-    threads now (``torch.set_num_threads`` once torch is loaded) unless ``--threads`` was given on the command line,
-    which wins. Returns :func:`current`, for the run's summary."""
-    if threads is not None and _current.get("threads_from") != "--threads":
+    """For a config key (the trainer's ``threads``): ``None`` or 0 keeps the current choice; a number sets the
+    intra-op threads now (``torch.set_num_threads`` once torch is loaded) unless ``--threads`` was given on the
+    command line, which wins. Returns :func:`current`, for the run's summary."""
+    if threads not in (None, 0) and _current.get("threads_from") != "--threads":
         n = check_threads(threads)
         os.environ["OMP_NUM_THREADS"] = str(n)
         torch = sys.modules.get("torch")

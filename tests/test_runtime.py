@@ -23,6 +23,14 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOC
                "SLURM_NTASKS_PER_NODE")
 
 
+@pytest.fixture(autouse=True)
+def _fresh_choice():
+    """Each test starts and ends with no recorded choice (the module keeps the process's choice)."""
+    runtime._current.clear()
+    yield
+    runtime._current.clear()
+
+
 def _run(args, cpus=None, **env_vars):
     """``python -m rewardflow ARGS`` with none of the threading variables but ``env_vars``, optionally pinned to
     ``cpus``; returns (the --print-threads JSON, libgomp's display of its settings, the start-up line)."""
@@ -30,10 +38,10 @@ def _run(args, cpus=None, **env_vars):
     env.update(env_vars, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", OMP_DISPLAY_ENV="verbose")
     pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
     res = subprocess.run([sys.executable, "-m", "rewardflow", *args], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=120, preexec_fn=pin)
+                         text=True, timeout=120, preexec_fn=pin, check=False)
     assert res.returncode == 0, res.stderr[-2000:]
     seen = json.loads(res.stdout.strip().splitlines()[-1])
-    omp = dict(re.findall(r"^\s+(\w+) = '([^']*)'", res.stderr, flags=re.M))
+    omp = dict(re.findall(r"^\s+(\w+) = '([^']*)'", res.stderr, flags=re.MULTILINE))
     line = next(x for x in res.stderr.splitlines() if x.startswith("[rewardflow] CPU:"))
     return seen, omp, line
 
@@ -76,7 +84,7 @@ def test_building_the_parser_loads_no_torch():
     code = ("import sys; from rewardflow.cli import build_parser; build_parser(); "
             "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, check=False)
     assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr[-2000:]
 
 
@@ -119,13 +127,14 @@ def test_apply_threads_config_key_and_the_flag_winning():
     try:
         runtime.configure()
         assert runtime.apply_threads(None)["torch_threads"] == before  # no key: the current choice stays
+        assert runtime.apply_threads(0)["torch_threads"] == before
         info = runtime.apply_threads(2)
         assert torch.get_num_threads() == 2 and info["threads"] == 2 and info["threads_from"] == "config key threads"
         runtime.configure(threads=1)
         assert runtime.apply_threads(2)["torch_threads"] == 1 and torch.get_num_threads() == 1  # --threads wins
         with pytest.raises(ValueError, match="whole number"):
             runtime.configure()
-            runtime.apply_threads(0)
+            runtime.apply_threads(-1)
     finally:
         torch.set_num_threads(before)
         if saved is None:

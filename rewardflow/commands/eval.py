@@ -17,6 +17,8 @@ import json
 import math
 from pathlib import Path
 
+from rewardflow import runtime
+
 
 def register(subparsers) -> None:
     # torch-free: building the parser must not load torch (rewardflow/runtime.py)
@@ -122,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     man = sample_to_files(gen, prompts, out / "images", steps=args.steps or gen.run_defaults["steps"],
                           guidance_scale=args.guidance, seed=args.seed, n_per_prompt=args.n_per_prompt,
-                          batch_size=args.batch_size, info={"model": args.model, "lora": args.lora})
+                          batch_size=args.batch_size, info={"model": args.model, "lora": args.lora,
+                                                                     "cpu": runtime.current()})
     rows = man["images"]
     video = man.get("media") == "video"
     # score what external evaluators will read: the files as decoded (PIL images / uint8 MP4 frames), each reward

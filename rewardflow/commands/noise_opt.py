@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rewardflow import runtime
+
 
 def register(sub) -> None:
     p = sub.add_parser("noise-opt", help="ReNO noise optimization / best-of-N / Flow-NRG at inference time")
@@ -189,7 +191,8 @@ def run(args) -> int:
     summary = {"method": args.method, "model": args.model, "reward": spec, "steps": steps, "prompts": len(prompts),
                "seconds": round(time.time() - t0, 2),
                "mean_initial_reward": sum(r["initial_reward"] for r in rows) / len(rows),
-               "mean_final_reward": sum(r["final_reward"] for r in rows) / len(rows), "per_prompt": rows}
+               "mean_final_reward": sum(r["final_reward"] for r in rows) / len(rows), "cpu": runtime.current(),
+               "per_prompt": rows}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"{args.method}: mean reward {summary['mean_initial_reward']:.4f} -> {summary['mean_final_reward']:.4f} "
           f"over {len(prompts)} prompts in {summary['seconds']:.1f} s; wrote {out}")

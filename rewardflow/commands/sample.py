@@ -3,6 +3,8 @@ and a JSON manifest, through :func:`rewardflow.eval.sampling.sample_to_files` (t
 
 from __future__ import annotations
 
+from rewardflow import runtime
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -54,7 +56,7 @@ def run_sample(args) -> int:
     if args.lora:
         gen.load_lora(args.lora, trainable=False)
     steps = args.steps or gen.run_defaults["steps"]
-    info = {"model": args.model, "adapter": entry["name"], "lora": args.lora}
+    info = {"model": args.model, "adapter": entry["name"], "lora": args.lora, "cpu": runtime.current()}
     man = sample_to_files(gen, prompts, args.out, steps=steps, guidance_scale=args.guidance, seed=args.seed,
                           n_per_prompt=args.n_per_prompt, batch_size=args.batch_size, info=info)
     kind = "videos (mp4)" if man.get("media") == "video" else "images"

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rewardflow import runtime
+
 
 @dataclass
 class DemoConfig:
@@ -134,7 +136,7 @@ def run_demo(out: str | Path | None = "demo_out", config: DemoConfig | None = No
         "seconds_best_of_n": round(t_bon, 2),
         "control_best_of_m_equal_time": control,
         "config": asdict(cfg),
-        "torch_threads": torch.get_num_threads(),
+        "cpu": runtime.current(),  # threads and OpenMP wait policy (rewardflow/runtime.py)
     }
     if verbose:
         print(format_table(summary))

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from rewardflow import runtime
+
 
 @dataclass
 class VideoDemoConfig:
@@ -98,6 +100,6 @@ def run_video_demo(out: str | Path, cfg: VideoDemoConfig | None = None, generato
     save_video(grid, out / "grid.gif", fps=4)
     save_video(grid, out / "grid.mp4", fps=4)
     summary = {"config": asdict(cfg), "prompts": prompts, "stages": stages, "seconds": round(time.time() - t_start, 1),
-               "grid": ["grid.gif", "grid.mp4"], "rows": list(videos)}
+               "grid": ["grid.gif", "grid.mp4"], "rows": list(videos), "cpu": runtime.current()}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
