@@ -145,34 +145,38 @@ def _fmt(x) -> str:
 
 def summarize(runs: dict, busy: list[int]) -> dict:
     """Per case: median wall and CPU time, the median cores the rest of the machine used, the ratio of the median
-    wall time to the same setting's idle median."""
+    wall time to the same setting's idle median. A run that timed out counts as its timeout: when the median falls
+    on one, ``median_wall_s`` is that timeout and ``at_least`` is true (the ratio is then a lower bound)."""
     cases: dict = {}
     for (w, s, b), rs in runs.items():
         done = [r for r in rs if r["wall_s"] is not None]
-        med = {k: statistics.median(r[k] for r in done) if done else None
-               for k in ("wall_s", "cpu_s", "others_cores")}
+        # (seconds, timed out); a timed-out run sorts above every finished one (none ran longer than the timeout)
+        walls = sorted((r["wall_s"], False) if r["wall_s"] is not None else (r["timed_out_after_s"], True)
+                       for r in rs)
+        mid = walls[(len(walls) - 1) // 2: len(walls) // 2 + 1]
+        med = {k: statistics.median(r[k] for r in done) if done else None for k in ("cpu_s", "others_cores")}
         cases[f"{w}/{s}/busy{b}"] = {
             "workload": w, "setting": s, "busy": b, "runs_done": len(done), "runs_timed_out": len(rs) - len(done),
-            "median_wall_s": med["wall_s"] if len(done) == len(rs) else None, "median_cpu_s": med["cpu_s"],
-            "median_others_cores": med["others_cores"], "runs": rs}
+            "median_wall_s": round(statistics.median(x for x, _ in walls), 2), "at_least": any(t for _, t in mid),
+            "median_cpu_s": med["cpu_s"], "median_others_cores": med["others_cores"], "runs": rs}
     for c in cases.values():
-        idle = cases.get(f"{c['workload']}/{c['setting']}/busy0", {}).get("median_wall_s")
-        c["ratio_vs_idle"] = (round(c["median_wall_s"] / idle, 2) if idle and c["median_wall_s"] is not None
-                              else None)
+        idle = cases.get(f"{c['workload']}/{c['setting']}/busy0", {})
+        ok = idle and not idle["at_least"]
+        c["ratio_vs_idle"] = round(c["median_wall_s"] / idle["median_wall_s"], 2) if ok else None
     return cases
 
 
 def table(cases: dict, workloads: list[str], settings: list[str], busy: list[int]) -> str:
     lines = [(f"{CORES} cores; median wall time in s (ratio to the same setting's idle time) "
-              "[median cores the rest of the machine kept busy meanwhile]"),
+              "[median cores the rest of the machine kept busy meanwhile]; >: the median run timed out"),
              "workload setting  " + "".join(f"{f'busy={b}':>26s}" for b in busy)]
     for w in workloads:
         for s in settings:
             cells = []
             for b in busy:
                 c = cases[f"{w}/{s}/busy{b}"]
-                r, o = c["ratio_vs_idle"], c["median_others_cores"]
-                cells.append(f"{_fmt(c['median_wall_s'])} ({'  n/a' if r is None else f'{r:5.2f}'}) "
+                r, o, ge = c["ratio_vs_idle"], c["median_others_cores"], ">" if c["at_least"] else ""
+                cells.append(f"{ge}{_fmt(c['median_wall_s'])} ({'  n/a' if r is None else f'{ge}{r:.2f}'}) "
                              f"[{'n/a' if o is None else f'{o:.2f}'}]")
             lines.append(f"{w:8s} {s:8s}" + "".join(f"{x:>26s}" for x in cells))
     return "\n".join(lines)
