@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 
+from rewardflow import runtime
 from rewardflow.commands import (
     demo,
     eval,
@@ -24,6 +25,8 @@ from rewardflow.io.progress import close_bars, set_quiet
 
 # in the order `rewardflow --help` lists them
 COMMANDS = (demo, rewards, models, score, sample, train, noise_opt, eval, eval_rewards, report, toy)
+# the commands that compute with torch: --threads N, --print-threads and a start-up line of the CPU threading
+COMPUTE = ("demo", "score", "sample", "train", "noise-opt", "eval", "eval-rewards", "toy")
 
 
 def _setup_env() -> None:
@@ -44,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for cmd in COMMANDS:
         cmd.register(sub)
+    for name in COMPUTE:
+        runtime.add_arguments(sub.choices[name])
     return p
 
 
@@ -55,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "quiet", False):
         set_quiet(True)
     try:
+        cpu = runtime.configure(getattr(args, "threads", None))  # before any command imports torch
+        if hasattr(args, "print_threads"):
+            print(runtime.describe(cpu), file=sys.stderr, flush=True)
+            if args.print_threads:
+                runtime.print_threads()
+                return 0
         return int(args.fn(args) or 0)
     except KeyboardInterrupt:  # Ctrl-C: no traceback from wherever the interrupt landed (diffusers, torch, ...)
         close_bars()

@@ -19,6 +19,7 @@ def test_noise_opt_reno_writes_images_curve_and_summary(tmp_path):
     assert rc == 0
     s = json.loads((out / "summary.json").read_text())
     assert s["method"] == "reno" and s["prompts"] == 2 and s["reward"] == "toy_clip:1,toy_clip_adv:1"
+    assert s["cpu"]["torch_threads"] == torch.get_num_threads() and s["cpu"]["wait"]  # the CPU threading
     curves = json.loads((out / "curve.json").read_text())
     assert len(curves) == 2 and all(len(c) == 3 for c in curves)
     for row, c in zip(s["per_prompt"], curves):

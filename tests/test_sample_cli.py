@@ -30,6 +30,7 @@ def test_sample_toy_writes_pngs_and_manifest(tmp_path):
                  "--seed", "7", "--batch-size", "2", "--out", str(tmp_path)]) == 0
     man = json.loads((tmp_path / "manifest.json").read_text())
     assert man["adapter"] == "toy" and man["steps"] == 2 and man["n_per_prompt"] == 3
+    assert man["cpu"]["torch_threads"] == torch.get_num_threads()  # the CPU threading is recorded
     assert [r["file"] for r in man["images"]] == ["00000_00.png", "00000_01.png", "00000_02.png"]
     assert [r["seed"] for r in man["images"]] == [7, 8, 9]
     # each image equals the adapter's ODE sample from its own seed (independent of the batch size)

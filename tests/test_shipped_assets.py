@@ -52,6 +52,7 @@ def test_demo_small_run_writes_summary_and_grid(tmp_path):
               "seconds_total", "num_prompts"):
         assert k in saved
     assert saved["num_prompts"] == 10 == s["num_prompts"]
+    assert saved["cpu"]["torch_threads"] == torch.get_num_threads()  # the CPU threading is recorded
     # ReNO keeps the best iterate, and best-of-N includes the base noise: the reward cannot go down
     assert saved["reward_mean_after"] >= saved["reward_mean_best_of_n"] - 1e-6
     assert saved["reward_mean_best_of_n"] >= saved["reward_mean_before"] - 1e-6

@@ -17,14 +17,21 @@ import json
 import math
 from pathlib import Path
 
+from rewardflow import runtime
 from rewardflow.commands._args import nonneg_int, positive_int
+from rewardflow.commands._options import (
+    add_generator_options,
+    add_reward_weights_option,
+    build_reward_from_args,
+    check_weights_names,
+    load_generator_from_args,
+)
 from rewardflow.io.progress import add_quiet_flag
-from rewardflow.commands._options import (add_generator_options, add_reward_weights_option, build_reward_from_args,
-                                          check_weights_names, load_generator_from_args)
 
 
 def register(subparsers) -> None:
-    from rewardflow.eval.layouts import LAYOUTS
+    # torch-free: building the parser must not load torch (rewardflow/runtime.py)
+    from rewardflow.eval.layout_names import LAYOUTS
 
     p = subparsers.add_parser(
         "eval", help="sample a prompt set and report reward means + CIs, diversity, evaluation hooks (toy oracle)",
@@ -110,9 +117,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from rewardflow.commands.eval_rewards import _json_safe, split_reward_specs
+    from rewardflow.eval.benchmarks import decode_media
     from rewardflow.eval.hooks import run_eval_hooks
     from rewardflow.eval.sampling import sample_to_files
-    from rewardflow.eval.benchmarks import decode_media
     from rewardflow.io.images import pil_to_tensor
     from rewardflow.io.progress import progress
 
@@ -126,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     man = sample_to_files(gen, prompts, out / "images", steps=args.steps or gen.run_defaults["steps"],
                           seed=args.seed, n_per_prompt=args.n_per_prompt, batch_size=args.batch_size,
-                          info={"model": args.model, "lora": args.lora})
+                          info={"model": args.model, "lora": args.lora,
+                                                     "cpu": runtime.current()})
     rows = man["images"]
     video = man.get("media") == "video"
     # score what external evaluators will read: the files as decoded (PIL images / uint8 MP4 frames), each reward

@@ -15,7 +15,8 @@ from rewardflow.commands._options import add_reward_weights_option, build_reward
 
 
 def register(subparsers) -> None:
-    from rewardflow.eval.benchmarks import FORMATS
+    # torch-free: building the parser must not load torch (rewardflow/runtime.py)
+    from rewardflow.eval.benchmark_readers import FORMATS
 
     p = subparsers.add_parser(
         "eval-rewards", help="reward-model accuracy on a preference benchmark (Pick-a-Pic, HPD v2, ...)",

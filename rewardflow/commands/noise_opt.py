@@ -14,10 +14,20 @@ import json
 import math
 from pathlib import Path
 
-from rewardflow.commands._args import finite_float, nonneg_float, positive_float, positive_int
+from rewardflow import runtime
+from rewardflow.commands._args import (
+    finite_float,
+    nonneg_float,
+    positive_float,
+    positive_int,
+)
+from rewardflow.commands._options import (
+    add_generator_options,
+    add_reward_weights_option,
+    build_reward_from_args,
+    load_generator_from_args,
+)
 from rewardflow.io.progress import add_quiet_flag
-from rewardflow.commands._options import (add_generator_options, add_reward_weights_option, build_reward_from_args,
-                                          load_generator_from_args)
 
 
 def register(sub) -> None:
@@ -140,7 +150,12 @@ def run(args) -> int:
 
     import torch
 
-    from rewardflow.align.inference.reno import RENO_PAPER_REWARD_KWARGS, RENO_PAPER_REWARDS, ReNO, ReNOConfig
+    from rewardflow.align.inference.reno import (
+        RENO_PAPER_REWARD_KWARGS,
+        RENO_PAPER_REWARDS,
+        ReNO,
+        ReNOConfig,
+    )
     from rewardflow.commands.eval_rewards import _json_safe
     from rewardflow.eval.layouts import write_layout
     from rewardflow.io.manifest import write_manifest
@@ -262,7 +277,8 @@ def run(args) -> int:
     summary = {"method": args.method, "model": args.model, "reward": spec, "steps": steps, "prompts": len(prompts),
                "seconds": round(time.time() - t0, 2),
                "mean_initial_reward": sum(r["initial_reward"] for r in rows) / len(rows),
-               "mean_final_reward": sum(r["final_reward"] for r in rows) / len(rows), "per_prompt": rows}
+               "mean_final_reward": sum(r["final_reward"] for r in rows) / len(rows), "cpu": runtime.current(),
+               "per_prompt": rows}
     (out / "summary.json").write_text(json.dumps(_json_safe(summary), indent=1, allow_nan=False))  # NaN -> null
     print(f"{args.method}: mean reward {summary['mean_initial_reward']:.4f} -> {summary['mean_final_reward']:.4f} "
           f"over {len(prompts)} prompts in {summary['seconds']:.1f} s; wrote {out}")

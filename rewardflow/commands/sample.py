@@ -3,6 +3,7 @@ and a JSON manifest, through :func:`rewardflow.eval.sampling.sample_to_files` (t
 
 from __future__ import annotations
 
+from rewardflow import runtime
 from rewardflow.commands._args import positive_int
 from rewardflow.commands._options import add_generator_options, load_generator_from_args
 from rewardflow.io.progress import add_quiet_flag
@@ -38,7 +39,7 @@ def run_sample(args) -> int:
     prompts = [args.prompt] if args.prompt is not None else read_prompt_file(args.prompts)
     gen, entry = load_generator_from_args(args)
     steps = args.steps or gen.run_defaults["steps"]
-    info = {"model": args.model, "adapter": entry["name"], "lora": args.lora}
+    info = {"model": args.model, "adapter": entry["name"], "lora": args.lora, "cpu": runtime.current()}
     man = sample_to_files(gen, prompts, args.out, steps=steps, seed=args.seed, n_per_prompt=args.n_per_prompt,
                           batch_size=args.batch_size, info=info)
     kind = "videos (mp4)" if man.get("media") == "video" else "images"

@@ -23,11 +23,9 @@ from typing import Sequence
 import torch
 from PIL import Image
 
+from rewardflow.eval.layout_names import LAYOUTS, VIDEO_LAYOUTS
 from rewardflow.io.manifest import write_manifest
 from rewardflow.io.video import save_video
-
-LAYOUTS = ("plain", "geneval", "t2i-compbench", "vbench")
-VIDEO_LAYOUTS = ("vbench",)
 
 
 def save_png(img: torch.Tensor, path: str | Path) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rewardflow import runtime
 from rewardflow.config import check_numbers
 from rewardflow.io.progress import progress
 
@@ -132,10 +133,10 @@ def run_demo(out: str | Path | None = "demo_out", config: DemoConfig | None = No
              reward_paths: dict | None = None, verbose: bool = True) -> dict:
     from rewardflow.align.inference.best_of_n import best_of_n
     from rewardflow.align.inference.reno import ReNO, ReNOConfig
-    from rewardflow.toy.evaluation import eval_prompts, oracle_report
-    from rewardflow.toy.generator import ToyGenerator
     from rewardflow.rewards.base import load_reward
     from rewardflow.rewards.combine import WeightedReward
+    from rewardflow.toy.evaluation import eval_prompts, oracle_report
+    from rewardflow.toy.generator import ToyGenerator
 
     cfg = config or DemoConfig()
     if cfg.n_candidates < 1 or cfg.iterations < 1 or cfg.per_category < 1 or cfg.steps < 1:
@@ -214,7 +215,7 @@ def run_demo(out: str | Path | None = "demo_out", config: DemoConfig | None = No
         "seconds_best_of_n": round(t_bon, 2),
         "control_best_of_m_equal_time": control,
         "config": asdict(cfg),
-        "torch_threads": torch.get_num_threads(),
+        "cpu": runtime.current(),  # threads and OpenMP wait policy (rewardflow/runtime.py)
     }
     if verbose:
         print(format_table(summary))

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from rewardflow import runtime
 from rewardflow.config import check_numbers
 from rewardflow.io.progress import progress
 
@@ -71,10 +72,10 @@ def run_video_demo(out: str | Path, cfg: VideoDemoConfig | None = None, generato
     from rewardflow.align.inference.best_of_n import best_of_n
     from rewardflow.align.inference.reno import ReNO, ReNOConfig
     from rewardflow.io.video import save_video
-    from rewardflow.toy.video_generator import ToyVideoGenerator
     from rewardflow.rewards.base import load_reward
     from rewardflow.toy.video import video_oracle
     from rewardflow.toy.video_gen_train import oracle_summary, train_captions
+    from rewardflow.toy.video_generator import ToyVideoGenerator
 
     cfg = cfg or VideoDemoConfig()
     out = Path(out)
@@ -114,6 +115,6 @@ def run_video_demo(out: str | Path, cfg: VideoDemoConfig | None = None, generato
     save_video(grid, out / "grid.gif", fps=4)
     save_video(grid, out / "grid.mp4", fps=4)
     summary = {"config": asdict(cfg), "prompts": prompts, "stages": stages, "seconds": round(time.time() - t_start, 1),
-               "grid": ["grid.gif", "grid.mp4"], "rows": list(videos)}
+               "grid": ["grid.gif", "grid.mp4"], "rows": list(videos), "cpu": runtime.current()}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
