@@ -141,3 +141,29 @@ def test_apply_threads_config_key_and_the_flag_winning():
             os.environ.pop("OMP_NUM_THREADS", None)
         else:
             os.environ["OMP_NUM_THREADS"] = saved
+
+
+def test_trainer_threads_key_sets_torch_threads_and_is_recorded(tmp_path, tiny_pipe_dir, capsys):
+    """``threads: 2`` in a trainer config sets torch's intra-op threads when the trainer starts, prints the CPU line,
+    and the run's summary.json records the choice; ``threads: -1`` is refused before any model loads."""
+    from rewardflow.align.trainer import split_config
+    from tests.trainer_utils import make_trainer
+
+    before = torch.get_num_threads()
+    saved = os.environ.get("OMP_NUM_THREADS")
+    try:
+        runtime.configure()
+        tr = make_trainer(tmp_path / "run", tiny_pipe_dir, "draft", threads=2, max_steps=1)
+        assert torch.get_num_threads() == 2
+        assert "[rewardflow] CPU: 2 thread(s) (config key threads)" in capsys.readouterr().out
+        summary = tr.train()
+        assert summary["cpu"]["threads"] == 2 and summary["cpu"]["threads_from"] == "config key threads"
+        assert json.loads((tmp_path / "run" / "summary.json").read_text())["cpu"]["torch_threads"] == 2
+    finally:
+        torch.set_num_threads(before)
+        if saved is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
+    with pytest.raises(ValueError, match="threads"):
+        split_config({"method": "draft", "threads": -1})

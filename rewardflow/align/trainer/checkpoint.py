@@ -148,8 +148,8 @@ def read_jsonl(path: Path) -> list[dict]:
 
 # trainer keys a resumed run may change: the run's length, where and how often it records, checkpoints and
 # evaluates, and the devices; every other key changes what the rest of the run computes
-RESUME_FREE_KEYS = ("max_steps", "output_dir", "resume", "resume_allow_changes", "device", "report_to", "run_name",
-                    "log_every", "save_every", "keep_checkpoints", "eval_every", "eval_at_start",
+RESUME_FREE_KEYS = ("max_steps", "output_dir", "resume", "resume_allow_changes", "device", "threads", "report_to",
+                    "run_name", "log_every", "save_every", "keep_checkpoints", "eval_every", "eval_at_start",
                     "collective_timeout_s")
 
 

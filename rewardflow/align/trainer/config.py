@@ -119,6 +119,8 @@ class TrainConfig:
     report_to: str = option("tensorboard", "tensorboard, wandb or none (metrics.jsonl is always written)")
     run_name: str | None = option(None, "wandb run name")
     device: str = option("auto", "auto, cpu or cuda")
+    threads: int = option(0, "CPU intra-op threads of each process (0: the command's choice: --threads, else "
+                          "OMP_NUM_THREADS, else the cores split over this machine's processes); --threads wins")
     collective_timeout_s: float = option(1800.0, "several processes: a collective waiting longer than this fails the "
                                              "run (a hung or dead rank becomes an error instead of a hang)")
     # -- sharding (docs/usage/distributed.md#sharding)
@@ -193,7 +195,7 @@ class TrainConfig:
         # the numbers where 0, a negative value (or, for every float, NaN / inf) means nothing
         check_numbers(c, at_least_1=("eval_per_category", "sample_steps", "keep_checkpoints", "log_every"),
                       positive=("adam_eps",), unit=("adam_beta1", "adam_beta2"),
-                      non_negative=("save_every", "eval_every", "grad_clip", "weight_decay", "lora_alpha",
+                      non_negative=("threads", "save_every", "eval_every", "grad_clip", "weight_decay", "lora_alpha",
                                     "guidance_scale"))
 
 

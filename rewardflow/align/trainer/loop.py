@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import yaml
 
+from rewardflow import runtime
 from rewardflow.align.method import MethodContext, get_method
 from rewardflow.align.trainer.checkpoint import CheckpointMixin, read_jsonl
 from rewardflow.align.trainer.config import TrainConfig, apply_model_defaults
@@ -47,7 +48,11 @@ from rewardflow.io.progress import progress
 from rewardflow.io.prompts import load_prompt_source
 from rewardflow.pipelines.lora import upcast_trainable
 from rewardflow.pipelines.options import GeneratorOptions, load_generator_with_options
-from rewardflow.rewards.combine import MissingWeightsError, build_reward, parse_reward_spec
+from rewardflow.rewards.combine import (
+    MissingWeightsError,
+    build_reward,
+    parse_reward_spec,
+)
 
 
 def generator_options(c: TrainConfig, device=None) -> GeneratorOptions:
@@ -68,6 +73,9 @@ class Trainer(CheckpointMixin):
     def __init__(self, config: TrainConfig, method_config: Any, generator=None, reward=None):
         self.config = c = config
         c.validate()
+        self.cpu = runtime.apply_threads(c.threads)  # the config key; --threads on the command line wins
+        if c.threads and self.cpu.get("threads_from") == "config key threads":
+            print(runtime.describe(self.cpu), flush=True)
         self.method_config = method_config
         self.accelerator = make_accelerator(c)
         acc = self.accelerator
@@ -507,7 +515,7 @@ class Trainer(CheckpointMixin):
         summary = {"run_dir": str(self.run_dir), "steps": self.step, "samples": self.samples_seen,
                    "skipped_steps": skipped, "seconds": round(time.time() - t0, 1), "final": str(final_dir),
                    "reward_curve": None if curve is None else str(curve),
-                   "num_processes": acc.num_processes, "strategy": c.strategy,
+                   "num_processes": acc.num_processes, "strategy": c.strategy, "cpu": runtime.current(),
                    "effective_batch": self.effective_batch(),
                    "memory": {**self.memory,
                               "optimizer_state_bytes_measured": self.sharding.measured_optimizer_bytes()},
