@@ -61,11 +61,15 @@ def main(argv: list[str] | None = None) -> int:
         set_quiet(True)
     try:
         cpu = runtime.configure(getattr(args, "threads", None))  # before any command imports torch
-        if hasattr(args, "print_threads"):
+        if getattr(args, "print_threads", False):
             print(runtime.describe(cpu), file=sys.stderr, flush=True)
-            if args.print_threads:
-                runtime.print_threads()
-                return 0
+            runtime.print_threads()
+            return 0
+        # the start-up line of a compute command says what was chosen; nothing under --quiet, and nothing when
+        # called from a Python process that had loaded torch already and chose nothing here (see runtime.configure)
+        quiet = getattr(args, "quiet", False)
+        if hasattr(args, "print_threads") and not quiet and cpu.get("wait_from") != runtime.TORCH_LOADED:
+            print(runtime.describe(cpu), file=sys.stderr, flush=True)
         return int(args.fn(args) or 0)
     except KeyboardInterrupt:  # Ctrl-C: no traceback from wherever the interrupt landed (diffusers, torch, ...)
         close_bars()

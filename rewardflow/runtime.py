@@ -23,6 +23,8 @@ import sys
 from pathlib import Path
 
 WAIT_POLICY = "PASSIVE"
+# where the choice came from when torch was imported before configure() ran (the OpenMP runtime had read its settings)
+TORCH_LOADED = "torch was loaded before"
 # any of these set by the user means the user chose how OpenMP threads wait (libgomp reads OMP_WAIT_POLICY and
 # GOMP_SPINCOUNT, which wins; Intel's OpenMP runtime KMP_BLOCKTIME)
 WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
@@ -96,7 +98,7 @@ def configure(threads: int | None = None, env=None) -> dict:
         if torch is not None:
             torch.set_num_threads(n)
     elif torch is not None:
-        info.update(threads=torch.get_num_threads(), threads_from="torch was loaded before")
+        info.update(threads=torch.get_num_threads(), threads_from=TORCH_LOADED)
     elif env.get("OMP_NUM_THREADS", "").strip():
         v = env["OMP_NUM_THREADS"].strip()  # libgomp also takes a list ("4,2": per nesting level)
         info.update(threads=int(v) if v.isdigit() else v, threads_from="OMP_NUM_THREADS")
@@ -108,7 +110,7 @@ def configure(threads: int | None = None, env=None) -> dict:
     if user_wait is not None:
         info.update(wait=f"{user_wait}={env[user_wait].strip()}", wait_from="yours")
     elif torch is not None:
-        info.update(wait="OpenMP default", wait_from="torch was loaded before")
+        info.update(wait="OpenMP default", wait_from=TORCH_LOADED)
     else:
         env["OMP_WAIT_POLICY"] = WAIT_POLICY
         info.update(wait=f"OMP_WAIT_POLICY={WAIT_POLICY}", wait_from="default")

@@ -167,3 +167,19 @@ def test_trainer_threads_key_sets_torch_threads_and_is_recorded(tmp_path, tiny_p
             os.environ["OMP_NUM_THREADS"] = saved
     with pytest.raises(ValueError, match="threads"):
         split_config({"method": "draft", "threads": -1})
+
+
+def test_start_up_line_is_on_stderr_once_and_absent_under_quiet(tmp_path):
+    """A compute command prints its CPU line once, on stderr (stdout stays the command's output); ``-q`` hides it
+    with the progress bars. The wait policy is still set under -q (libgomp's own display says so)."""
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}
+    env.update(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", OMP_DISPLAY_ENV="true")
+    base = [sys.executable, "-m", "rewardflow", "sample", "--model", "toy", "--prompt", "a red circle", "--steps", "1"]
+    loud = subprocess.run([*base, "--out", str(tmp_path / "a")], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120, check=True)
+    quiet = subprocess.run([*base, "--out", str(tmp_path / "b"), "-q"], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=120, check=True)
+    assert [x for x in loud.stderr.splitlines() if x.startswith("[rewardflow] CPU:")] != []
+    assert sum(x.startswith("[rewardflow] CPU:") for x in loud.stderr.splitlines()) == 1
+    assert "[rewardflow] CPU:" not in loud.stdout and "[rewardflow] CPU:" not in quiet.stderr + quiet.stdout
+    assert "OMP_WAIT_POLICY = 'PASSIVE'" in quiet.stderr

@@ -76,6 +76,7 @@ def _run(a) -> int:
         run_train_smoke(a.config, a.overrides)
         return 0
     from rewardflow.align.trainer import Trainer, TrainingInterrupted, load_train_config
+    from rewardflow.align.trainer.distributed import end_process_group
 
     tcfg, mcfg = load_train_config(a.config, a.overrides)
     if a.print_config:
@@ -85,9 +86,11 @@ def _run(a) -> int:
     try:
         summary = Trainer(tcfg, mcfg).train()
     except TrainingInterrupted as e:  # SIGTERM / SIGINT: the checkpoint is written; one line, no traceback
+        end_process_group()
         if int(os.environ.get("RANK", "0") or 0) == 0:
             print(f"rewardflow: {e}", file=sys.stderr)
         return e.exit_code
+    end_process_group()
     if int(os.environ.get("RANK", "0") or 0) != 0:  # several processes: the run's summary is printed once
         return 0
     print(json.dumps({k: v for k, v in summary.items() if k not in ("before", "after")}, indent=1))

@@ -146,3 +146,11 @@ def max_over_processes(value: int, acc) -> int:
     t = torch.tensor([int(value)], dtype=torch.int64, device=acc.device)
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
     return int(t.item())
+
+
+def end_process_group() -> None:
+    """Leave the run's process group when training ends (every process, after its last collective): a gloo group
+    still alive at interpreter exit can abort a process ("terminate called without an active exception") after the
+    run itself has finished. Nothing when there is no group."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
