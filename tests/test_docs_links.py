@@ -189,3 +189,10 @@ def test_code_cites_no_document_outside_the_repository():
                     break
     assert not problems, (f"{len(problems)} line(s) cite a document that is not in the repository (write "
                           "docs/<page>.md#<anchor>, or 'Sec. N' for a paper's section):\n" + "\n".join(problems))
+
+
+def test_readme_is_a_front_page_of_at_most_15_kb():
+    """The README is the front page (what it is, install, demo, tests, a tour, pointers into docs/): at most 15 KB;
+    detail belongs in docs/."""
+    size = len((ROOT / "README.md").read_bytes())
+    assert size <= 15_000, f"README.md is {size} bytes (> 15 KB): move detail into docs/"
