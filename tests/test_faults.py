@@ -21,6 +21,7 @@ import torch
 
 from rewardflow.rewards.base import load_reward
 from rewardflow.rewards.judge import JudgeConfigError
+from tests._http import send_reply
 
 KEY = "sk-fault-SECRET-81c2e7"
 ENV = "RF_FAULT_JUDGE_KEY"
@@ -51,13 +52,7 @@ class Recorder(ThreadingHTTPServer):
                 body = self.rfile.read(n) if n else b""
                 server.requests.append({"method": self.command, "path": self.path, "headers": dict(self.headers),
                                         "body": body})
-                status, headers, data = server.respond(self)
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_reply(self, *server.respond(self))
 
             do_GET = do_POST = _any
 

@@ -16,6 +16,7 @@ from PIL import Image
 
 from rewardflow.rewards.base import finite_mask, load_reward
 from rewardflow.rewards.judge import JudgeConfigError, parse_preference, parse_rating
+from tests._http import send_reply
 
 KEY = "sk-test-SECRET-5f3a9c"
 
@@ -68,12 +69,7 @@ class FakeServer:
                     with server.lock:
                         server.in_flight -= 1
                     done = True
-                    self.send_response(status)
-                    for k, v in headers.items():
-                        self.send_header(k, v)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
+                    send_reply(self, status, headers, data)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
                 finally:

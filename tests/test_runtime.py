@@ -121,50 +121,45 @@ def test_threads_flag_errors_are_one_line(capsys):
     assert err == ["rewardflow: error: threads must be a whole number >= 1, got 0 (e.g. --threads 1)"]
 
 
-def test_apply_threads_config_key_and_the_flag_winning():
-    before = torch.get_num_threads()
-    saved = os.environ.get("OMP_NUM_THREADS")
-    try:
+@pytest.fixture
+def restore_threads():
+    """Torch's thread count and OMP_NUM_THREADS as they were, after a test that changes them in this process."""
+    before, saved = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    yield before
+    torch.set_num_threads(before)
+    if saved is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = saved
+
+
+def test_apply_threads_config_key_and_the_flag_winning(restore_threads):
+    before = restore_threads
+    runtime.configure()
+    assert runtime.apply_threads(None)["torch_threads"] == before  # no key: the current choice stays
+    assert runtime.apply_threads(0)["torch_threads"] == before
+    info = runtime.apply_threads(2)
+    assert torch.get_num_threads() == 2 and info["threads"] == 2 and info["threads_from"] == "config key threads"
+    runtime.configure(threads=1)
+    assert runtime.apply_threads(2)["torch_threads"] == 1 and torch.get_num_threads() == 1  # --threads wins
+    with pytest.raises(ValueError, match="whole number"):
         runtime.configure()
-        assert runtime.apply_threads(None)["torch_threads"] == before  # no key: the current choice stays
-        assert runtime.apply_threads(0)["torch_threads"] == before
-        info = runtime.apply_threads(2)
-        assert torch.get_num_threads() == 2 and info["threads"] == 2 and info["threads_from"] == "config key threads"
-        runtime.configure(threads=1)
-        assert runtime.apply_threads(2)["torch_threads"] == 1 and torch.get_num_threads() == 1  # --threads wins
-        with pytest.raises(ValueError, match="whole number"):
-            runtime.configure()
-            runtime.apply_threads(-1)
-    finally:
-        torch.set_num_threads(before)
-        if saved is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = saved
+        runtime.apply_threads(-1)
 
 
-def test_trainer_threads_key_sets_torch_threads_and_is_recorded(tmp_path, tiny_pipe_dir, capsys):
+def test_trainer_threads_key_sets_torch_threads_and_is_recorded(tmp_path, tiny_pipe_dir, capsys, restore_threads):
     """``threads: 2`` in a trainer config sets torch's intra-op threads when the trainer starts, prints the CPU line,
     and the run's summary.json records the choice; ``threads: -1`` is refused before any model loads."""
     from rewardflow.align.trainer import split_config
     from tests.trainer_utils import make_trainer
 
-    before = torch.get_num_threads()
-    saved = os.environ.get("OMP_NUM_THREADS")
-    try:
-        runtime.configure()
-        tr = make_trainer(tmp_path / "run", tiny_pipe_dir, "draft", threads=2, max_steps=1)
-        assert torch.get_num_threads() == 2
-        assert "[rewardflow] CPU: 2 thread(s) (config key threads)" in capsys.readouterr().out
-        summary = tr.train()
-        assert summary["cpu"]["threads"] == 2 and summary["cpu"]["threads_from"] == "config key threads"
-        assert json.loads((tmp_path / "run" / "summary.json").read_text())["cpu"]["torch_threads"] == 2
-    finally:
-        torch.set_num_threads(before)
-        if saved is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = saved
+    runtime.configure()
+    tr = make_trainer(tmp_path / "run", tiny_pipe_dir, "draft", threads=2, max_steps=1)
+    assert torch.get_num_threads() == 2
+    assert "[rewardflow] CPU: 2 thread(s) (config key threads)" in capsys.readouterr().out
+    summary = tr.train()
+    assert summary["cpu"]["threads"] == 2 and summary["cpu"]["threads_from"] == "config key threads"
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["cpu"]["torch_threads"] == 2
     with pytest.raises(ValueError, match="threads"):
         split_config({"method": "draft", "threads": -1})
 
