@@ -12,6 +12,7 @@ A method (``rewardflow/align/methods/<method>.py``) says how to collect data and
   lockstep step, sharded checkpoints and the memory report;
 * ``reporting``: metrics.jsonl, tensorboard / wandb, sample grids, the reward-curve plot;
 * ``selection``: :class:`BestTracker` (best/ and early stopping);
+* ``evaluation``: held-out reward, watched rewards, evaluation hooks and sample grids (EMA weights swapped in);
 * ``rng``: every process's random streams (seeding, their state in a checkpoint);
 * ``loop``: :class:`Trainer` (build, collect -> loss -> step, evaluate, train).
 

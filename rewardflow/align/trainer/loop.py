@@ -3,7 +3,6 @@ evaluation, checkpoints and records (the one trainer every method shares; see th
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -24,11 +23,11 @@ from rewardflow.align.trainer.distributed import (
     max_over_processes,
     per_process_batch_size,
 )
+from rewardflow.align.trainer.evaluation import EvaluationMixin
 from rewardflow.align.trainer.fsdp import FSDP
 from rewardflow.align.trainer.reporting import (
     Reporter,
     plot_reward_curve,
-    save_image_grid,
 )
 from rewardflow.align.trainer.rng import seed_process
 from rewardflow.align.trainer.selection import BestTracker
@@ -41,9 +40,8 @@ from rewardflow.align.trainer.sharding import (
 )
 from rewardflow.align.trainer.signals import GracefulStop, TrainingInterrupted
 from rewardflow.align.trainer.zero import ZeRO
-from rewardflow.eval.hooks import check_eval_hooks, run_eval_hooks
+from rewardflow.eval.hooks import check_eval_hooks
 from rewardflow.eval.monitor import RewardHackingMonitor
-from rewardflow.io.manifest import append_manifest_row
 from rewardflow.io.progress import progress
 from rewardflow.io.prompts import load_prompt_source
 from rewardflow.pipelines.lora import upcast_trainable
@@ -64,7 +62,7 @@ def generator_options(c: TrainConfig, device=None) -> GeneratorOptions:
                             device=None if device is None else str(device))
 
 
-class Trainer(CheckpointMixin):
+class Trainer(EvaluationMixin, CheckpointMixin):
     """Build everything from a (TrainConfig, method config) pair and run :meth:`train`.
 
     ``generator`` / ``reward`` may be passed in (tests, notebooks); otherwise they are loaded from the config.
@@ -334,67 +332,6 @@ class Trainer(CheckpointMixin):
         rec.update({k: sum(v) / len(v) for k, v in diags.items()})
         rec.update({k: sum(v) / len(v) for k, v in self._log_buffer.items()})
         return rec
-
-    # ------------------------------------------------------------------ evaluation
-    @torch.no_grad()
-    def evaluate(self, tag: str | None = None) -> dict[str, float]:
-        """Mean reward on the held-out prompts (fixed noise), the evaluation hooks' metrics, a sample grid.
-        Runs with the EMA weights when EMA is on; leaves every RNG untouched."""
-        main = self.accelerator.is_main_process
-        # sharded parameters: every process takes part in each forward pass, process 0 keeps the result
-        if self.eval_source is None or not (main or self.sharding.shards_params):
-            return {}
-        c = self.config
-        prompts = self.eval_source.eval_list(c.eval_per_category, seed=0)
-        if not self.trains_generator:  # the generator is frozen: the method reports on its own module
-            with torch.random.fork_rng(devices=[]), self._ema_weights():
-                return {"step": self.step, "samples": self.samples_seen, **self.method.evaluate(prompts)}
-        with torch.random.fork_rng(devices=[]), self._ema_weights(), self.sharding.eval_autocast():
-            was_training = self.gen.denoiser.training
-            self.gen.denoiser.eval()
-            noise = torch.randn((len(prompts), *self.gen.latent_shape), generator=torch.Generator().manual_seed(0))
-            imgs = torch.cat([self.gen.generate(prompts[i:i + 50], c.sample_steps,
-                                                noise=noise[i:i + 50].to(self.gen.device, self.gen.dtype))
-                              for i in range(0, len(prompts), 50)]).float()
-            self.gen.denoiser.train(was_training)
-        if not main:
-            return {}
-        out: dict[str, float] = {"step": self.step, "samples": self.samples_seen}
-        if self.reward is not None:
-            r = torch.cat([self.reward(imgs[i:i + 50].to(self.accelerator.device), prompts[i:i + 50]).float().cpu()
-                           for i in range(0, len(prompts), 50)])
-            out["eval_reward"] = float(r[torch.isfinite(r)].mean()) if torch.isfinite(r).any() else float("nan")
-        for name, rw in self.heldout.items():  # held-out rewards: watched for reward hacking, never optimized
-            r = torch.cat([rw(imgs[i:i + 50].to(self.accelerator.device), prompts[i:i + 50]).float().cpu()
-                           for i in range(0, len(prompts), 50)])
-            out[f"heldout_{name}"] = float(r[torch.isfinite(r)].mean()) if torch.isfinite(r).any() else float("nan")
-        out.update(run_eval_hooks(self.eval_hook_names, imgs.cpu(), prompts))
-        idx = list(range(0, len(prompts), max(1, len(prompts) // 16)))[:16]
-        grid = self.run_dir / "samples" / f"{tag or f'step_{self.step:07d}'}.png"
-        shown = [prompts[i] for i in idx]
-        save_image_grid(imgs[idx], grid, nrow=8)
-        # the grid's prompts (row-major) in samples/manifest.json: `rewardflow report` captions the grids with them
-        append_manifest_row(grid.parent, {"file": grid.name, "prompts": shown, "nrow": 8, "step": self.step})
-        if self.reporter is not None:  # tensorboard / wandb: the grid with its prompts
-            self.reporter.log_samples(imgs[idx], shown, self.step)
-        return out
-
-    def _ema_weights(self):
-        """Context: the EMA weights swapped into the trainable parameters (no-op without EMA)."""
-        if self.ema is None:
-            return contextlib.nullcontext()
-        ema, params = self.ema, self.params
-
-        @contextlib.contextmanager
-        def swap():
-            ema.store(params)
-            ema.copy_to(params)
-            try:
-                yield
-            finally:
-                ema.restore(params)
-
-        return swap()
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> dict[str, Any]:
