@@ -42,38 +42,48 @@ report() {  # status name detail
   if [ "$1" = FAIL ]; then fails=$((fails + 1)); fi
 }
 
-# ---------------------------------------------------------------- 1. training, bf16, 1 and 2 processes
+# one training run under torchrun and its check: train_case NAME PROCS RUN_DIR STRATEGY CONFIG [key=value ...]
+# PASS = exit 0 and summary.json with the strategy, the number of processes and no skipped (non-finite) step; the
+# per-process parameter bytes of the memory report are printed
 port=29700
-for m in $METHODS; do
-  for np in 1 2; do
-    name="train[$m,bf16,procs=$np]"
-    if [ "$np" -gt "$NGPU" ]; then
-      report SKIP "$name" "(needs $np GPUs, found $NGPU)"
-      continue
-    fi
-    port=$((port + 1))
-    run="$OUT/train_${m}_np$np"
-    rm -rf "$run"
-    t0=$(date +%s)
-    # shellcheck disable=SC2086  # EXTRA holds several key=value words
-    torchrun --nproc_per_node "$np" --master_port "$port" -m rewardflow train "configs/toy/$m.yaml" \
-      "${COMMON[@]}" ${EXTRA[$m]:-} "output_dir=$run" > "$run.log" 2>&1
-    rc=$?
-    check=$($PY - "$run" "$np" <<'EOF' 2>&1
+train_case() {
+  local name=$1 np=$2 run=$3 strategy=$4 config=$5
+  shift 5
+  if [ "$np" -gt "$NGPU" ]; then
+    report SKIP "$name" "(needs $np GPUs, found $NGPU)"
+    return
+  fi
+  port=$((port + 1))
+  rm -rf "$run"
+  local t0 rc check
+  t0=$(date +%s)
+  torchrun --nproc_per_node "$np" --master_port "$port" -m rewardflow train "$config" \
+    "${COMMON[@]}" "strategy=$strategy" "$@" "output_dir=$run" > "$run.log" 2>&1
+  rc=$?
+  check=$($PY - "$run" "$np" "$strategy" <<'EOF' 2>&1
 import json, sys
 from pathlib import Path
-run, np_ = Path(sys.argv[1]), int(sys.argv[2])
+run, np_, strategy = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 s = json.loads((run / "summary.json").read_text())
-assert s["num_processes"] == np_, f"num_processes {s['num_processes']} != {np_}"
+assert s["strategy"] == strategy and s["num_processes"] == np_, (s["strategy"], s["num_processes"])
 assert s["skipped_steps"] == 0, f"{s['skipped_steps']} skipped (non-finite) steps"
+m = s["memory"]
+print(f"params/process {m['parameter_bytes'] / 2**20:.1f} MiB, trainable here {m['trainable_parameters_local']:,}")
 print("ok")
 EOF
 )
-    if [ $rc -eq 0 ] && [ "$check" = ok ]; then
-      report PASS "$name" "$(( $(date +%s) - t0 ))s"
-    else
-      report FAIL "$name" "rc=$rc ${check//$'\n'/ } log=$run.log"
-    fi
+  if [ $rc -eq 0 ] && [ "${check##*$'\n'}" = ok ]; then
+    report PASS "$name" "$(( $(date +%s) - t0 ))s ${check%%$'\n'*}"
+  else
+    report FAIL "$name" "rc=$rc ${check//$'\n'/ } log=$run.log"
+  fi
+}
+
+# ---------------------------------------------------------------- 1. training, bf16, 1 and 2 processes
+for m in $METHODS; do
+  for np in 1 2; do
+    # shellcheck disable=SC2086  # EXTRA holds several key=value words
+    train_case "train[$m,bf16,procs=$np]" "$np" "$OUT/train_${m}_np$np" ddp "configs/toy/$m.yaml" ${EXTRA[$m]:-}
   done
 done
 
@@ -126,36 +136,9 @@ SHARD_CASES=("fsdp lora_rank=8" "fsdp lora_rank=0" "fsdp lora_rank=0 cpu_offload
 for case in "${SHARD_CASES[@]}"; do
   read -r strategy rest <<< "$case"
   for np in 1 2; do
-    name="shard[$strategy ${rest// /,},procs=$np]"
-    if [ "$np" -gt "$NGPU" ]; then
-      report SKIP "$name" "(needs $np GPUs, found $NGPU)"
-      continue
-    fi
-    port=$((port + 1))
-    run="$OUT/shard_${strategy}_${rest//[ =]/_}_np$np"
-    rm -rf "$run"
-    t0=$(date +%s)
     # shellcheck disable=SC2086  # rest holds several key=value words
-    torchrun --nproc_per_node "$np" --master_port "$port" -m rewardflow train configs/toy/draft.yaml \
-      "${COMMON[@]}" "strategy=$strategy" $rest "output_dir=$run" > "$run.log" 2>&1
-    rc=$?
-    check=$($PY - "$run" "$np" "$strategy" <<'EOF' 2>&1
-import json, sys
-from pathlib import Path
-run, np_, strategy = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-s = json.loads((run / "summary.json").read_text())
-assert s["strategy"] == strategy and s["num_processes"] == np_, (s["strategy"], s["num_processes"])
-assert s["skipped_steps"] == 0, f"{s['skipped_steps']} skipped (non-finite) steps"
-m = s["memory"]
-print(f"params/process {m['parameter_bytes'] / 2**20:.1f} MiB, trainable here {m['trainable_parameters_local']:,}")
-print("ok")
-EOF
-)
-    if [ $rc -eq 0 ] && [ "${check##*$'\n'}" = ok ]; then
-      report PASS "$name" "$(( $(date +%s) - t0 ))s ${check%%$'\n'*}"
-    else
-      report FAIL "$name" "rc=$rc ${check//$'\n'/ } log=$run.log"
-    fi
+    train_case "shard[$strategy ${rest// /,},procs=$np]" "$np" "$OUT/shard_${strategy}_${rest//[ =]/_}_np$np" \
+      "$strategy" configs/toy/draft.yaml $rest
   done
 done
 

@@ -57,9 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     or an expected failure (the one-line message names the fix); 130 interrupted (Ctrl-C)."""
     _setup_env()
     args = build_parser().parse_args(argv)
-    if getattr(args, "quiet", False):
-        set_quiet(True)
     try:
+        if hasattr(args, "prepare"):  # a command's own late parsing (train: flags among the key=value overrides)
+            args.prepare(args)
+        if getattr(args, "quiet", False):
+            set_quiet(True)
         cpu = runtime.configure(getattr(args, "threads", None))  # before any command imports torch
         if getattr(args, "print_threads", False):
             print(runtime.describe(cpu), file=sys.stderr, flush=True)

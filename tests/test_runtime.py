@@ -71,12 +71,18 @@ def test_threads_flag_wins_and_multi_process_runs_split_the_cores():
     seen, omp, line = _run(["toy", "eval", "--threads", "1", "--print-threads"], OMP_NUM_THREADS="3")
     assert seen["torch_threads"] == 1 and omp["OMP_NUM_THREADS"] == "1" and "(--threads)" in line
     assert omp["OMP_WAIT_POLICY"] == "PASSIVE"
-    if len(os.sched_getaffinity(0)) < 2:
-        pytest.skip("needs 2 cores to pin a 2-core process")
+    # train takes its flags after the config too (among the key=value overrides), --threads included
+    seen, omp, line = _run(["train", "configs/toy/draft.yaml", "max_steps=1", "--threads", "1", "--print-threads"],
+                           OMP_NUM_THREADS="3")
+    assert seen["torch_threads"] == 1 and omp["OMP_NUM_THREADS"] == "1" and "(--threads)" in line
+    # torchrun with 2 processes on this machine (of 4 in all), pinned to at most 2 cores: each process gets
+    # cores // 2 threads, at least 1
     cpus = sorted(os.sched_getaffinity(0))[:2]
+    n = len(cpus)
     seen, _, line = _run(["sample", "--model", "toy", "--prompt", "x", "--out", "o", "--print-threads"], cpus=cpus,
-                         LOCAL_WORLD_SIZE="2", WORLD_SIZE="4")  # torchrun: 2 processes on this machine
-    assert seen["cores"] == 2 and seen["torch_threads"] == 1 and "2 cores / 2 processes" in line
+                         LOCAL_WORLD_SIZE="2", WORLD_SIZE="4")
+    assert seen["cores"] == n and seen["processes"] == 2 and seen["torch_threads"] == max(1, n // 2)
+    assert f"{n} core{'s' * (n > 1)} / 2 processes" in line
 
 
 def test_building_the_parser_loads_no_torch():
@@ -119,6 +125,10 @@ def test_threads_flag_errors_are_one_line(capsys):
     assert main(["demo", "--threads", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["rewardflow: error: threads must be a whole number >= 1, got 0 (e.g. --threads 1)"]
+    assert main(["train", "configs/toy/draft.yaml", "max_steps=1", "--threads"]) == 2
+    assert capsys.readouterr().err.strip() == "rewardflow: error: --threads needs a number, e.g. --threads 1"
+    assert main(["train", "configs/toy/draft.yaml", "--threads=x"]) == 2
+    assert "threads must be a whole number >= 1, got 'x'" in capsys.readouterr().err
 
 
 @pytest.fixture

@@ -29,23 +29,30 @@ def register(subparsers) -> None:
                    help="dry run on the CPU: the recipe with a tiny random model of the same family and random-weight "
                         "rewards, 2 steps with capped sizes; prints what the real run would load, checks that the "
                         "saved weights change a plain diffusers pipeline's output")
-    p.set_defaults(fn=_run)
+    # the command line runs this before it chooses the CPU threading, so --threads / -q after the config count too
+    p.set_defaults(fn=_run, prepare=_split_flags)
 
 
-FLAGS_AFTER_CONFIG = ("--smoke", "--print-config", "--list-methods", "--quiet")
+FLAGS_AFTER_CONFIG = ("--smoke", "--print-config", "--list-methods", "--quiet", "--print-threads")
 
 
 def _split_flags(a) -> None:
-    """Flags written among the ``key=value`` overrides (after the config) set as if written before it."""
-    rest = []
-    for tok in a.overrides:
+    """Flags written among the ``key=value`` overrides (after the config) set as if written before it:
+    :data:`FLAGS_AFTER_CONFIG`, ``-q`` and ``--threads N`` (or ``--threads=N``)."""
+    rest, toks = [], iter(a.overrides)
+    for tok in toks:
         if tok in FLAGS_AFTER_CONFIG or tok == "-q":
             setattr(a, "quiet" if tok == "-q" else tok[2:].replace("-", "_"), True)
             if tok in ("--quiet", "-q"):
                 set_quiet(True)
+        elif tok == "--threads" or tok.startswith("--threads="):
+            value = tok.partition("=")[2] if "=" in tok else next(toks, None)
+            if value is None:
+                raise ValueError("--threads needs a number, e.g. --threads 1")
+            a.threads = value  # checked by rewardflow.runtime.configure
         elif tok.startswith("-"):
             raise ValueError(f"unknown option {tok!r} after the config; train takes key=value overrides and "
-                             f"{', '.join(FLAGS_AFTER_CONFIG)}")
+                             f"{', '.join(FLAGS_AFTER_CONFIG)}, -q, --threads N")
         else:
             rest.append(tok)
     a.overrides = rest
@@ -59,7 +66,7 @@ def _run(a) -> int:
 
     from rewardflow.align.method import list_methods
 
-    _split_flags(a)
+    _split_flags(a)  # idempotent: done already when called through rewardflow.cli
 
     if a.list_methods:
         print("\n".join(list_methods()))
